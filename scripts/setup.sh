@@ -12,6 +12,9 @@ stamp=.venv/.bgan_tf_installed
 want=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+  # tensorflow-serving-api declares a dependency on the full "tensorflow"
+  # package, which would overwrite tensorflow-cpu: take only its protos.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps tensorflow-serving-api==2.21.0
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi
