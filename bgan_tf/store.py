@@ -1,0 +1,349 @@
+"""What a binary index keeps: packed codes, int64 ids, per-item metadata, a manifest.
+
+On disk an index is one folder:
+
+    manifest.json   format_version, num_bits, model_id, count, created, next_id, extra
+    codes.npy       uint8 [N, ceil(num_bits / 8)] (bgan_tf.codes.pack order)
+    ids.npy         int64 [N]
+    metadata.jsonl  one JSON object per row (e.g. {"path": ..., "label": ...})
+
+Saving writes a complete new folder next to the target and then swaps it in, so a
+crash at any moment leaves either the old index or the new one, never a mix
+(see `_commit_dir`). Rows are kept in insertion order; search backends decide
+their own internal order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime as _dt
+import errno
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from bgan_tf.errors import UserError
+
+FORMAT_VERSION = 1
+_MANIFEST = "manifest.json"
+_CODES = "codes.npy"
+_IDS = "ids.npy"
+_META = "metadata.jsonl"
+_OLD_PREFIX = ".old-"
+_TMP_PREFIX = ".tmp-"
+
+
+def code_bytes(num_bits: int) -> int:
+    """Bytes per packed code."""
+    return (int(num_bits) + 7) // 8
+
+
+class CodeStore:
+    """In-memory table of (id, packed code, metadata) rows plus the manifest."""
+
+    def __init__(
+        self,
+        num_bits: int,
+        model_id: str,
+        *,
+        created: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        if int(num_bits) <= 0:
+            raise UserError(f"num_bits must be positive, got {num_bits}")
+        self.num_bits = int(num_bits)
+        self.model_id = str(model_id)
+        self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        # Free-form manifest fields owned by callers (e.g. the backend config).
+        self.extra: dict[str, Any] = dict(extra or {})
+        self._codes = np.zeros((0, code_bytes(num_bits)), dtype=np.uint8)
+        self._ids = np.zeros((0,), dtype=np.int64)
+        self._meta: list[dict[str, Any]] = []
+        self._pos: dict[int, int] = {}
+        # Never reuse an id, even after removal, so a stale result cannot point
+        # at a different image.
+        self.next_id = 0
+
+    # ----------------------------------------------------------------- access
+    @property
+    def code_bytes(self) -> int:
+        return self._codes.shape[1]
+
+    @property
+    def packed(self) -> np.ndarray:
+        """uint8 [N, code_bytes], read-only view."""
+        v = self._codes.view()
+        v.flags.writeable = False
+        return v
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64 [N], read-only view."""
+        v = self._ids.view()
+        v.flags.writeable = False
+        return v
+
+    def __len__(self) -> int:
+        return int(self._ids.shape[0])
+
+    def __contains__(self, item_id: object) -> bool:
+        return self.contains(int(item_id))  # type: ignore[arg-type]
+
+    def contains(self, item_id: int) -> bool:
+        return int(item_id) in self._pos
+
+    def metadata(self, item_id: int) -> dict[str, Any]:
+        """Metadata of one id (a copy); KeyError if absent."""
+        return dict(self._meta[self._pos[int(item_id)]])
+
+    def metadata_rows(self) -> list[dict[str, Any]]:
+        """Metadata of every row, in row order (shared dicts: do not mutate)."""
+        return self._meta
+
+    def code(self, item_id: int) -> np.ndarray:
+        return self._codes[self._pos[int(item_id)]].copy()
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "num_bits": self.num_bits,
+            "code_bytes": self.code_bytes,
+            "model_id": self.model_id,
+            "count": len(self),
+            "created": self.created,
+            "next_id": int(self.next_id),
+            "extra": self.extra,
+        }
+
+    # --------------------------------------------------------------- mutation
+    def check_packed(self, packed: np.ndarray) -> np.ndarray:
+        """Validate a packed batch against this store's code length."""
+        arr = np.asarray(packed)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != self.code_bytes:
+            raise UserError(
+                f"expected packed uint8 codes of shape [N, {self.code_bytes}] "
+                f"({self.num_bits} bits), got {arr.dtype} {arr.shape}"
+            )
+        return np.ascontiguousarray(arr)
+
+    def assign_ids(self, n: int) -> np.ndarray:
+        """Fresh ids for n new rows (not yet added)."""
+        return np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+
+    def add(
+        self,
+        packed: np.ndarray,
+        ids: Sequence[int] | np.ndarray | None = None,
+        metadata: Sequence[dict[str, Any] | None] | None = None,
+    ) -> np.ndarray:
+        """Append rows; returns their ids. Duplicate ids are refused (UserError)."""
+        packed = self.check_packed(packed)
+        n = packed.shape[0]
+        ids_arr = self.assign_ids(n) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids_arr.shape[0] != n:
+            raise UserError(f"got {n} codes but {ids_arr.shape[0]} ids")
+        if metadata is not None and len(metadata) != n:
+            raise UserError(f"got {n} codes but {len(metadata)} metadata entries")
+        if (ids_arr < 0).any():
+            raise UserError("ids must be non-negative (-1 marks 'no result' in searches)")
+        if np.unique(ids_arr).shape[0] != n:
+            raise UserError("duplicate ids within one add() call")
+        clash = [int(i) for i in ids_arr if int(i) in self._pos]
+        if clash:
+            raise UserError(f"ids already in the index: {clash[:5]} (remove them first)")
+        base = len(self)
+        self._codes = np.concatenate([self._codes, packed], axis=0)
+        self._ids = np.concatenate([self._ids, ids_arr], axis=0)
+        for j, i in enumerate(ids_arr.tolist()):
+            self._pos[i] = base + j
+        self._meta.extend(dict(m or {}) for m in (metadata or [None] * n))
+        if n:
+            self.next_id = max(self.next_id, int(ids_arr.max()) + 1)
+        return ids_arr
+
+    def remove(self, ids: Iterable[int]) -> np.ndarray:
+        """Drop rows by id; returns the ids that were present (absent ones are ignored)."""
+        wanted = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
+        present = np.array([i for i in wanted.tolist() if i in self._pos], dtype=np.int64)
+        if present.size == 0:
+            return present
+        keep = ~np.isin(self._ids, present)
+        self._codes = self._codes[keep]
+        self._ids = self._ids[keep]
+        self._meta = [m for m, k in zip(self._meta, keep.tolist()) if k]
+        self._pos = {i: p for p, i in enumerate(self._ids.tolist())}
+        return present
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the store to folder `path` atomically (old contents replaced)."""
+        target = Path(path).absolute()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{_TMP_PREFIX}", dir=target.parent))
+        try:
+            _save_npy(tmp / _CODES, self._codes)
+            _save_npy(tmp / _IDS, self._ids)
+            with open(tmp / _META, "w", encoding="utf-8") as f:
+                for m in self._meta:
+                    f.write(json.dumps(m, ensure_ascii=False, sort_keys=True) + "\n")
+                _fsync(f)
+            # Manifest last: a folder without one is never a valid index.
+            with open(tmp / _MANIFEST, "w", encoding="utf-8") as f:
+                json.dump(self.manifest(), f, indent=2, sort_keys=True)
+                f.write("\n")
+                _fsync(f)
+            _before_commit(tmp, target)
+            _commit_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        expect_num_bits: int | None = None,
+        expect_model_id: str | None = None,
+    ) -> "CodeStore":
+        """Read a folder written by `save`; refuse a mismatched code length / model."""
+        target = Path(path).absolute()
+        _recover(target)
+        man_path = target / _MANIFEST
+        if not man_path.is_file():
+            raise UserError(f"no index at {path} (missing {_MANIFEST}); build one first")
+        try:
+            man = json.loads(man_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"unreadable index manifest {man_path}: {e}") from e
+        if man.get("format_version") != FORMAT_VERSION:
+            raise UserError(
+                f"index {path} has format version {man.get('format_version')}, "
+                f"this code reads {FORMAT_VERSION}; rebuild the index"
+            )
+        num_bits = int(man["num_bits"])
+        if expect_num_bits is not None and int(expect_num_bits) != num_bits:
+            raise UserError(
+                f"index {path} holds {num_bits}-bit codes but the model makes "
+                f"{expect_num_bits}-bit codes; use the model that built it or rebuild the index"
+            )
+        if expect_model_id is not None and str(expect_model_id) != man["model_id"]:
+            raise UserError(
+                f"index {path} was built by model {man['model_id']!r}, not {expect_model_id!r}; "
+                "use the same model or rebuild the index"
+            )
+        store = cls(num_bits, man["model_id"], created=man.get("created"), extra=man.get("extra"))
+        codes = np.load(target / _CODES, allow_pickle=False)
+        ids = np.load(target / _IDS, allow_pickle=False)
+        with open(target / _META, encoding="utf-8") as f:
+            meta = [json.loads(line) for line in f if line.strip()]
+        n = int(man["count"])
+        if codes.shape != (n, store.code_bytes) or ids.shape != (n,) or len(meta) != n:
+            raise UserError(f"index {path} is inconsistent (count {n} vs files); rebuild it")
+        store._codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        store._ids = ids.astype(np.int64, copy=False)
+        store._meta = meta
+        store._pos = {i: p for p, i in enumerate(store._ids.tolist())}
+        store.next_id = max(int(man.get("next_id", 0)), int(ids.max()) + 1 if n else 0)
+        return store
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Just the manifest of an index folder (cheap: no codes are read)."""
+    target = Path(path).absolute()
+    _recover(target)
+    try:
+        return json.loads((target / _MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise UserError(f"no index at {path}; build one first") from e
+
+
+# ------------------------------------------------------------------ helpers
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+        _fsync(f)
+
+
+def _fsync(f: Any) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _before_commit(tmp: Path, target: Path) -> None:
+    """Hook between 'new folder complete' and 'swap'; tests patch it to simulate crashes."""
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _commit_dir(tmp: Path, target: Path) -> None:
+    """Make `tmp` become `target`.
+
+    New target: one rename. Existing target: an atomic exchange where the kernel
+    supports it; otherwise rename target aside to `.<name>.old-*`, rename tmp in,
+    delete the old one. A crash between those two renames leaves only the
+    `.old-*` folder, which `_recover` renames back on the next load.
+    """
+    if not target.exists():
+        os.rename(tmp, target)
+    elif _renameat2_exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        old = target.parent / f".{target.name}{_OLD_PREFIX}{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(target.parent)
+
+
+def _recover(target: Path) -> None:
+    """If a fallback swap was interrupted, restore the previous complete index."""
+    if target.exists() or not target.parent.is_dir():
+        return
+    olds = sorted(
+        (p for p in target.parent.glob(f".{target.name}{_OLD_PREFIX}*") if (p / _MANIFEST).is_file()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    if olds:
+        os.rename(olds[0], target)
