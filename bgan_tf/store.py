@@ -36,6 +36,9 @@ _CODES = "codes.npy"
 _IDS = "ids.npy"
 _META = "metadata.jsonl"
 _OLD_PREFIX = ".old-"
+# mkdtemp makes 0700 folders; an index folder should get the usual umask-based mode.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _TMP_PREFIX = ".tmp-"
 
 
@@ -189,6 +192,7 @@ class CodeStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{_TMP_PREFIX}", dir=target.parent))
         try:
+            os.chmod(tmp, 0o777 & ~_UMASK)
             _save_npy(tmp / _CODES, self._codes)
             _save_npy(tmp / _IDS, self._ids)
             with open(tmp / _META, "w", encoding="utf-8") as f:

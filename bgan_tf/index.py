@@ -1,0 +1,79 @@
+"""Build or query a binary image index.
+
+    python -m bgan_tf.index build --model MODEL_DIR --images DIR --index OUT
+    python -m bgan_tf.index query --index OUT --image FILE --k 10 [--json] [--model MODEL_DIR]
+
+`build` is resumable: images already indexed (by path) are skipped and the index
+is saved atomically every --save_every images. `query` encodes with --model (or
+the model recorded at build time) and refuses an index built by another model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from absl import app, flags
+
+from bgan_tf import indexing, search
+from bgan_tf.errors import UserError, cli_main
+from flags.search_flags import define_index_flags
+
+define_index_flags()
+FLAGS = flags.FLAGS
+
+
+def backend_knobs(backend: str) -> dict[str, Any]:
+    """The flag values that configure the chosen backend."""
+    if backend == "ivf":
+        return {"nlist": FLAGS.nlist, "nprobe": FLAGS.nprobe}
+    if backend == "hnsw":
+        return {"M": FLAGS.hnsw_m, "ef_search": FLAGS.ef_search}
+    if backend == "multihash":
+        return {"nhash": FLAGS.nhash, "b": FLAGS.hash_bits or None, "nflip": FLAGS.nflip}
+    return {}
+
+
+def _require(**values: Any) -> None:
+    missing = [f"--{k}" for k, v in values.items() if v in (None, "")]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)}")
+
+
+def main(argv: list[str]) -> None:
+    # absl routes Python logging at INFO; FAISS's loader would print ten lines per run.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if len(argv) != 2 or argv[1] not in ("build", "query"):
+        raise UserError("usage: python -m bgan_tf.index build|query --index DIR ...")
+    search.set_num_threads(FLAGS.threads)
+    if argv[1] == "build":
+        _require(model=FLAGS.model, images=FLAGS.images, index=FLAGS.index)
+        encoder = indexing.load_model(FLAGS.model)
+        report = indexing.build_index(
+            encoder, FLAGS.images, FLAGS.index, backend=FLAGS.backend,
+            backend_knobs=backend_knobs(FLAGS.backend), batch_size=FLAGS.batch_size,
+            save_every=FLAGS.save_every, progress=FLAGS.progress, model_ref=FLAGS.model)
+        print(f"indexed {report.added} new images ({report.skipped} already indexed, "
+              f"{len(report.failed)} unreadable); index holds {report.count} -> {FLAGS.index}")
+        for line in report.failed[:10]:
+            print(f"skipped {line}")
+        return
+    _require(index=FLAGS.index, image=FLAGS.image)
+    encoder = indexing.load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
+    explicit = FLAGS["backend"].present
+    index = indexing.open_index(FLAGS.index, encoder, **(
+        {"backend": FLAGS.backend, **backend_knobs(FLAGS.backend)} if explicit else {}))
+    results = indexing.query_index(index, encoder, FLAGS.image, FLAGS.k)
+    if FLAGS.json:
+        print(json.dumps({"query": FLAGS.image, "k": FLAGS.k, "results": [r.to_dict() for r in results]}))
+    else:
+        print(indexing.format_results(results))
+
+
+def run() -> None:
+    app.run(cli_main(main))
+
+
+if __name__ == "__main__":
+    run()

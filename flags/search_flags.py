@@ -1,0 +1,48 @@
+"""absl flags of the search binaries (`python -m bgan_tf.index`, `python -m bgan_tf.serve`)."""
+
+from __future__ import annotations
+
+from absl import flags
+
+_BACKENDS = ["flat", "ours_exact", "numpy", "ivf", "hnsw", "multihash"]
+
+
+def _define_common() -> None:
+    # Both binaries use these; define once even if both define_* functions run.
+    if "index" in flags.FLAGS:
+        return
+    flags.DEFINE_string("index", None, "Folder of the binary index to build, query or serve.")
+    flags.DEFINE_string("model", None, "Trained model folder (or pixel-lsh:BITS[:SEED] baseline) that encodes images.")
+    flags.DEFINE_enum("backend", "flat", _BACKENDS, "Search backend: flat/ours_exact/numpy are exact, ivf/hnsw/multihash approximate.")
+    flags.DEFINE_integer("threads", 1, "Threads for FAISS and the C scan (1 is fastest on shared CI cores).")
+    flags.DEFINE_integer("nlist", 1024, "ivf backend: number of inverted lists (capped at codes/39).")
+    flags.DEFINE_integer("nprobe", 32, "ivf backend: lists visited per query.")
+    flags.DEFINE_integer("hnsw_m", 32, "hnsw backend: graph links per node.")
+    flags.DEFINE_integer("ef_search", 128, "hnsw backend: candidate list size per query (raised to k).")
+    flags.DEFINE_integer("nhash", 4, "multihash backend: number of hash tables.")
+    flags.DEFINE_integer("hash_bits", 0, "multihash backend: bits per hash key (0 = code bits / nhash, at most 24).")
+    flags.DEFINE_integer("nflip", 2, "multihash backend: bit flips probed per hash key.")
+
+
+def define_index_flags() -> None:
+    """Flags of `python -m bgan_tf.index build|query`."""
+    _define_common()
+    flags.DEFINE_string("images", None, "build: folder of images to index (class subfolders become labels).")
+    flags.DEFINE_integer("batch_size", 64, "build: images encoded per model call.")
+    flags.DEFINE_integer("save_every", 1000, "build: save the index atomically after this many new images.")
+    flags.DEFINE_boolean("progress", True, "build: show a progress bar on stderr.")
+    flags.DEFINE_string("image", None, "query: image file whose neighbours to find.")
+    flags.DEFINE_integer("k", 10, "query: number of neighbours to return.")
+    flags.DEFINE_boolean("json", False, "query: print results as JSON instead of a table.")
+
+
+def define_service_flags() -> None:
+    """Flags of `python -m bgan_tf.serve`."""
+    _define_common()
+    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (loopback by default; 0.0.0.0 exposes it).")
+    flags.DEFINE_integer("port", 8000, "TCP port to listen on.")
+    flags.DEFINE_integer("max_upload_bytes", 10 * 1024 * 1024, "Largest accepted upload; bigger ones get HTTP 413.")
+    flags.DEFINE_list("allowed_types", ["image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp"],
+                      "Accepted upload content types; others get HTTP 415.")
+    flags.DEFINE_integer("max_k", 100, "Largest k a client may ask for.")
+    flags.DEFINE_integer("workers_threads", 4, "Threads that run searches off the event loop.")

@@ -1,0 +1,139 @@
+"""Search backends agree with the numpy reference; BinaryIndex behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bgan_tf import search
+from bgan_tf.codes import hamming_distances, pack
+from bgan_tf.errors import UserError
+from bgan_tf.search import BinaryIndex, make_backend
+
+APPROX = {
+    "ivf": {"nlist": 16, "nprobe": 4},
+    "hnsw": {"M": 16, "ef_search": 64},
+    "multihash": {"nhash": 4, "nflip": 2},
+}
+
+
+def _random(n, bits, seed=0):
+    rng = np.random.default_rng(seed)
+    return pack(rng.integers(0, 2, (n, bits), dtype=np.uint8))
+
+
+def _clustered(n, bits, centers=20, flip=0.06, seed=0):
+    """Codes near a few centres: what trained hash codes look like, unlike uniform noise."""
+    rng = np.random.default_rng(seed)
+    c = rng.integers(0, 2, (centers, bits), dtype=np.uint8)
+    lab = rng.integers(0, centers, n)
+    noise = (rng.random((n, bits)) < flip).astype(np.uint8)
+    return pack(c[lab] ^ noise)
+
+
+def _truth(q, db, ids, k):
+    """Exact top-k by (distance, id), computed the obvious way."""
+    d = hamming_distances(q, db).astype(np.int64)
+    order = np.lexsort((np.broadcast_to(ids, d.shape), d), axis=1)[:, :k]
+    return np.take_along_axis(d, order, 1), ids[order]
+
+
+@pytest.mark.parametrize("bits", [8, 12, 32, 64, 128])
+@pytest.mark.parametrize("name", ["numpy", "flat", "ours_exact"])
+def test_exact_backends_return_true_topk_with_id_tiebreak(name, bits):
+    n = 1500
+    db = _random(n, bits, seed=bits)
+    rng = np.random.default_rng(1)
+    ids = rng.permutation(5 * n)[:n].astype(np.int64)  # out of order: exercises re-sorting
+    b = make_backend(name, bits)
+    b.add(db[:700], ids[:700])
+    b.add(db[700:], ids[700:])
+    b.remove(ids[:50])
+    q = _random(9, bits, seed=99)
+    for k in (1, 10, 100):
+        d, i = b.search(q, k)
+        td, ti = _truth(q, db[50:], ids[50:], k)
+        assert d.dtype == np.int32 and i.dtype == np.int64 and d.shape == (9, k)
+        np.testing.assert_array_equal(d, td)
+        np.testing.assert_array_equal(i, ti)  # 8-bit codes: many ties, id order decides
+
+
+def test_small_index_pads_with_minus_one():
+    for name in ["numpy", "flat", "ours_exact", "ivf", "hnsw", "multihash"]:
+        b = make_backend(name, 16)
+        d, i = b.search(_random(2, 16), 3)
+        assert (i == -1).all() and (d == search.NO_DISTANCE).all(), name
+        b.add(_random(2, 16, seed=1), np.array([7, 3]))
+        d, i = b.search(_random(2, 16), 3)
+        assert sorted(i[0, :2].tolist()) == [3, 7] and i[0, 2] == -1, name
+
+
+@pytest.mark.parametrize("name", sorted(APPROX))
+def test_approximate_backends_recall_on_clustered_codes(name):
+    bits, n, k = 64, 3000, 10
+    db = _clustered(n, bits)
+    ids = np.arange(n, dtype=np.int64) * 3
+    q = _clustered(40, bits, seed=0)[:40] ^ pack((np.random.default_rng(5).random((40, bits)) < 0.02).astype(np.uint8))
+    b = make_backend(name, bits, **APPROX[name])
+    b.add(db, ids)
+    d, i = b.search(q, k)
+    td, _ = _truth(q, db, ids, k)
+    # Distances of what is returned are exact and sorted; recall by distance
+    # (ties make id-level recall ill-defined): fraction of true k-th distances matched.
+    assert (np.diff(d, axis=1) >= 0).all()
+    full = hamming_distances(q, db)
+    for row in range(len(q)):
+        valid = i[row] >= 0
+        np.testing.assert_array_equal(d[row][valid], full[row][i[row][valid] // 3])
+    recall = np.mean([len(set(i[r]) & set(ids[full[r] <= td[r, -1]])) / k for r in range(len(q))])
+    assert recall >= 0.9, recall
+    b.remove(ids[:100])
+    _, i2 = b.search(q, k)
+    assert not np.isin(i2, ids[:100]).any()
+
+
+def test_binary_index_add_search_save_load(tmp_path):
+    rng = np.random.default_rng(0)
+    signs = np.where(rng.random((200, 32)) > 0.5, 1.0, -1.0).astype(np.float32)
+    idx = BinaryIndex.create(32, "model-x", backend="flat")
+    ids = idx.add(signs, metadata=[{"path": f"img{i}.png", "label": i % 3} for i in range(200)])
+    assert ids.tolist() == list(range(200)) and len(idx) == 200
+    res = idx.search(signs[:3], 5)
+    assert [r[0].id for r in res] == [0, 1, 2] and res[0][0].distance == 0
+    assert res[0][0].metadata == {"path": "img0.png", "label": 0}
+    one = idx.search_one(pack(signs[5]), 4)
+    assert one[0].id == 5 and [r.distance for r in one] == sorted(r.distance for r in one)
+    assert idx.remove([5, 999]) == 1 and 5 not in idx
+    assert idx.search_one(signs[5], 1)[0].id != 5
+    idx.save(tmp_path / "i")
+    back = BinaryIndex.load(tmp_path / "i", expect_num_bits=32, expect_model_id="model-x")
+    assert back.backend_name == "flat" and len(back) == 199
+    assert [r.id for r in back.search_one(signs[7], 3)] == [r.id for r in idx.search_one(signs[7], 3)]
+    ivf = BinaryIndex.load(tmp_path / "i", backend="ivf", nlist=4, nprobe=4)
+    assert ivf.search_one(signs[7], 1)[0].id == 7
+    with pytest.raises(UserError, match="not 'other'"):
+        BinaryIndex.load(tmp_path / "i", expect_model_id="other")
+    with pytest.raises(UserError, match="columns"):
+        idx.search(np.ones((1, 31)), 1)
+    with pytest.raises(UserError, match="unknown search backend"):
+        BinaryIndex.create(32, "m", backend="nope")
+
+
+def test_ours_exact_falls_back_without_compiler(monkeypatch):
+    monkeypatch.setattr(search, "load_kernel", lambda: None)
+    with pytest.raises(UserError, match="C compiler"):
+        make_backend("ours_exact", 64)
+    assert make_backend("ours_exact", 64, fallback=True).name == "flat"
+
+
+def test_ours_exact_threads_match_single_thread():
+    db, q = _random(5000, 64), _random(40, 64, seed=3)
+    b = make_backend("ours_exact", 64)
+    b.add(db, np.arange(5000))
+    one = b.search(q, 20)
+    search.set_num_threads(2)
+    try:
+        two = b.search(q, 20)
+    finally:
+        search.set_num_threads(1)
+    np.testing.assert_array_equal(one[1], two[1])
