@@ -391,6 +391,13 @@ class MultiHashBackend(_RebuildOnRemove):
         return index
 
 
+def _milvus(num_bits: int, **knobs: Any) -> SearchBackend:
+    # Imported on use: pymilvus is heavy and only this backend needs it.
+    from bgan_tf.milvus_store import MilvusBackend
+
+    return MilvusBackend(num_bits, **knobs)
+
+
 BACKENDS: dict[str, Callable[..., SearchBackend]] = {
     "numpy": NumpyBackend,
     "flat": FlatBackend,
@@ -398,6 +405,7 @@ BACKENDS: dict[str, Callable[..., SearchBackend]] = {
     "ivf": IVFBackend,
     "hnsw": HNSWBackend,
     "multihash": MultiHashBackend,
+    "milvus": _milvus,
 }
 EXACT_BACKENDS = ("numpy", "flat", "ours_exact")
 
