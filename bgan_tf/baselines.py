@@ -68,7 +68,9 @@ def _pca(x: np.ndarray, num_bits: int, name: str) -> tuple[np.ndarray, np.ndarra
     return mean, top * np.where(pivot < 0, -1.0, 1.0)
 
 
-class _Baseline:
+class Baseline:
+    """Common interface: fit on training features, then project / encode any features."""
+
     name = ""
 
     def __init__(self, num_bits: int, seed: int = 0) -> None:
@@ -77,7 +79,7 @@ class _Baseline:
         self.mean_: np.ndarray | None = None
         self.projection_: np.ndarray | None = None  # [D, L]
 
-    def fit(self, train_features: np.ndarray) -> _Baseline:
+    def fit(self, train_features: np.ndarray) -> Baseline:
         raise NotImplementedError
 
     def project(self, features: np.ndarray) -> np.ndarray:
@@ -95,7 +97,7 @@ class _Baseline:
         return f"{type(self).__name__}(num_bits={self.num_bits}, seed={self.seed})"
 
 
-class LSH(_Baseline):
+class LSH(Baseline):
     """Signs of random Gaussian projections of centred features (data-independent)."""
 
     name = "LSH"
@@ -110,7 +112,7 @@ class LSH(_Baseline):
         return self
 
 
-class PCAH(_Baseline):
+class PCAH(Baseline):
     """Signs of the top-L principal components (deterministic; seed unused)."""
 
     name = "PCAH"
@@ -121,7 +123,7 @@ class PCAH(_Baseline):
         return self
 
 
-class ITQ(_Baseline):
+class ITQ(Baseline):
     """PCA to L dimensions, then the rotation minimising the quantization error."""
 
     name = "ITQ"
@@ -157,7 +159,7 @@ class ITQ(_Baseline):
         return f"ITQ(num_bits={self.num_bits}, seed={self.seed}, n_iter={self.n_iter})"
 
 
-def make_baseline(name: str, num_bits: int, seed: int = 0) -> _Baseline:
+def make_baseline(name: str, num_bits: int, seed: int = 0) -> Baseline:
     """Baseline by name (`LSH`, `PCAH`, `ITQ`; case-insensitive), not yet fitted."""
     classes = {"LSH": LSH, "PCAH": PCAH, "ITQ": ITQ}
     key = str(name).upper()
@@ -166,7 +168,7 @@ def make_baseline(name: str, num_bits: int, seed: int = 0) -> _Baseline:
     return classes[key](num_bits, seed=seed)
 
 
-def quantization_error(baseline: _Baseline, features: np.ndarray) -> float:
+def quantization_error(baseline: Baseline, features: np.ndarray) -> float:
     """Mean squared distance between the continuous codes and their signs.
 
     Why: ITQ's objective; lower means the sign loses less of the projected geometry.
