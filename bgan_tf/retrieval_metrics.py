@@ -147,7 +147,7 @@ def _chunk(chunk_size: int | None, n_db: int) -> int:
         if chunk_size < 1:
             raise UserError(f"chunk_size must be >= 1, got {chunk_size}")
         return int(chunk_size)
-    return max(1, _DEFAULT_PAIR_BUDGET // max(n_db, 1))
+    return int(np.clip(_DEFAULT_PAIR_BUDGET // max(n_db, 1), 1, 16384))
 
 
 # ---------------------------------------------------------------------------
@@ -302,8 +302,9 @@ def hamming_histograms(
         x = np.bitwise_xor(query_packed[:, b : b + 1], db_packed[None, :, b])
         dist += np.bitwise_count(x)
     width = num_bits + 1
-    key = dist.astype(np.int32)
-    key += (np.arange(q, dtype=np.int32) * width)[:, None]
+    itype = np.int32 if q * width < 2**31 else np.int64
+    key = dist.astype(itype)
+    key += (np.arange(q, dtype=itype) * width)[:, None]
     counts = np.bincount(key.ravel(), minlength=q * width).reshape(q, width)
     rel_counts = np.bincount(key[relevant], minlength=q * width).reshape(q, width)
     return counts.astype(np.int64), rel_counts.astype(np.int64)
