@@ -1,0 +1,357 @@
+"""BUILD stays in step with the code (pure Python, no Bazel needed).
+
+BUILD (and the .bzl files it loads) is Starlark, whose syntax is a subset of
+Python's: it is executed here with fake rule functions that record each
+target. The rules enforced (also written at the top of BUILD):
+
+1. Every .py file under bgan_tf/, flags/ and export/ is in the srcs of exactly
+   one py_library, the one of its package: //:bgan_tf, //:flags, //:export_lib.
+2. A py_binary names its `main` explicitly and has exactly that one file in
+   srcs; the file is a module of a library the binary lists in deps (so a
+   binary's main file ALSO appears in one library's srcs; that is the only
+   file allowed in two targets). Every module with a top-level
+   `if __name__ == "__main__":` has a py_binary.
+3. Every tests/test_*.py has exactly one py_test whose srcs include it; other
+   tests/*.py files (conftest.py, helpers) are in a py_library, and the one
+   holding conftest.py is a dependency of every py_test.
+4. Every file named in srcs, data or main exists; every label in deps (and in
+   test_suite tests) is a target defined in BUILD.
+5. Every first-party import (bgan_tf, flags, export, test helpers) of a
+   target's files is provided by the target itself or its transitive deps.
+   A binary's main file is checked against the binary's deps only (not those
+   of the library that also lists it), which keeps bgan_tf -> flags cycles out.
+
+When this fails after adding a module, add the file to the right target in
+BUILD (the message says which); scripts/bazel_check.sh then checks it with a
+real Bazel.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import os
+import re
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+# Under `bazel test` this file is a symlink in a runfiles tree that holds only
+# declared inputs: resolve it to reach the real source tree.
+ROOT = Path(__file__).resolve().parent.parent
+
+PACKAGE_LIBRARY = {"bgan_tf": "bgan_tf", "flags": "flags", "export": "export_lib"}
+RULE_KINDS = ("py_library", "py_binary", "py_test", "test_suite", "filegroup")
+
+
+@dataclass
+class Target:
+    kind: str
+    name: str
+    attrs: dict = field(default_factory=dict)
+
+    def files(self, attr: str) -> list[str]:
+        """Repo-relative paths of the file labels in `attr` (targets left out)."""
+        out = []
+        for label in _as_list(self.attrs.get(attr)):
+            path = _label_to_path(label)
+            if path is not None:
+                out.append(path)
+        return out
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def _label_to_path(label: str) -> str | None:
+    """'bgan_tf/x.py' or '//tools/bazel:x.py' -> repo path; None for ':target'."""
+    if label.startswith(":") or label.startswith("@"):
+        return None
+    if label.startswith("//"):
+        pkg, _, name = label[2:].partition(":")
+        if not name:
+            return None
+        return f"{pkg}/{name}" if pkg else name
+    return label
+
+
+def _target_name(label: str) -> str | None:
+    """':x' or '//:x' -> 'x'; None for anything else."""
+    if label.startswith("//:"):
+        return label[3:]
+    if label.startswith(":"):
+        return label[1:]
+    return None
+
+
+def _glob(include, exclude=(), exclude_directories=1, allow_empty=True):
+    del exclude_directories, allow_empty
+    found = set()
+    for pattern in include:
+        for path in ROOT.glob(pattern):
+            if path.is_file():
+                found.add(path.relative_to(ROOT).as_posix())
+    return sorted(
+        p for p in found if not any(fnmatch.fnmatch(p, e) or _glob_match(p, e) for e in exclude)
+    )
+
+
+def _glob_match(path: str, pattern: str) -> bool:
+    regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*")
+    regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+    return re.fullmatch(regex, path) is not None
+
+
+def load_build(path: Path = ROOT / "BUILD") -> dict[str, Target]:
+    """Executes BUILD with fake rules and returns its targets by name."""
+    text = path.read_text()
+    tree = ast.parse(text, filename=str(path))
+    for node in tree.body:
+        ok = isinstance(node, ast.Assign) or (
+            isinstance(node, ast.Expr) and isinstance(node.value, (ast.Call, ast.Constant))
+        )
+        assert ok, f"BUILD:{node.lineno}: only rule calls and assignments belong in BUILD"
+
+    targets: dict[str, Target] = {}
+
+    def rule(kind):
+        def record(name, **attrs):
+            assert name not in targets, f"BUILD: target {name!r} defined twice"
+            targets[name] = Target(kind, name, attrs)
+
+        record.__name__ = kind
+        return record
+
+    rules = {kind: rule(kind) for kind in RULE_KINDS}
+    noop = lambda *args, **kwargs: None  # noqa: E731
+    native = types.SimpleNamespace(glob=_glob, package_name=lambda: "", **rules)
+    env: dict = dict(rules, glob=_glob, package=noop, exports_files=noop, licenses=noop)
+
+    def load(label, *symbols, **aliases):
+        bzl = ROOT / _label_to_path(label)
+        module = {"native": native, "__name__": bzl.stem}
+        exec(compile(bzl.read_text(), str(bzl), "exec"), module)
+        for symbol in symbols:
+            env[symbol] = module[symbol]
+        for alias, symbol in aliases.items():
+            env[alias] = module[symbol]
+
+    env["load"] = load
+    exec(compile(tree, str(path), "exec"), env)
+    return targets
+
+
+@pytest.fixture(scope="module")
+def targets() -> dict[str, Target]:
+    return load_build()
+
+
+def _of_kind(targets, kind):
+    return [t for t in targets.values() if t.kind == kind]
+
+
+def _py_files(top: str) -> list[str]:
+    base = ROOT / top
+    if not base.is_dir():
+        return []
+    return sorted(
+        p.relative_to(ROOT).as_posix()
+        for p in base.rglob("*.py")
+        if "__pycache__" not in p.parts
+    )
+
+
+def _module_files() -> list[str]:
+    return [f for top in PACKAGE_LIBRARY for f in _py_files(top)]
+
+
+def _has_main_block(path: str) -> bool:
+    if path.endswith("/__main__.py"):
+        return True
+    tree = ast.parse((ROOT / path).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = {
+                n.id if isinstance(n, ast.Name) else getattr(n, "value", None)
+                for n in [node.test.left, *node.test.comparators]
+            }
+            if {"__name__", "__main__"} <= names:
+                return True
+    return False
+
+
+def test_build_parses(targets):
+    assert targets, "BUILD defines no targets"
+    for name in PACKAGE_LIBRARY.values():
+        if name in targets:
+            assert targets[name].kind == "py_library", f"//:{name} must be a py_library"
+
+
+def test_every_module_is_in_exactly_one_library(targets):
+    libraries = _of_kind(targets, "py_library")
+    problems = []
+    for path in _module_files():
+        owners = [t.name for t in libraries if path in t.files("srcs")]
+        want = PACKAGE_LIBRARY[path.split("/", 1)[0]]
+        if owners != [want]:
+            problems.append(
+                f"{path}: in py_library srcs of {owners or 'none'}; "
+                f"it belongs in exactly one: //:{want}"
+            )
+    assert not problems, "BUILD is out of step with the code:\n" + "\n".join(problems)
+
+
+def test_binaries_are_thin_and_complete(targets):
+    libraries = {t.name: t for t in _of_kind(targets, "py_library")}
+    binaries = _of_kind(targets, "py_binary")
+    problems = []
+    for binary in binaries:
+        main = binary.attrs.get("main")
+        if not main:
+            problems.append(f"py_binary {binary.name}: set main explicitly")
+            continue
+        main_path = _label_to_path(main)
+        if binary.files("srcs") != [main_path]:
+            problems.append(f"py_binary {binary.name}: srcs must be exactly [{main!r}]")
+        deps = {_target_name(d) for d in _as_list(binary.attrs.get("deps"))}
+        homes = [n for n, lib in libraries.items() if main_path in lib.files("srcs")]
+        if not homes or not set(homes) & deps:
+            problems.append(
+                f"py_binary {binary.name}: {main_path} must be in a py_library that "
+                f"the binary lists in deps (libraries holding it: {homes or 'none'})"
+            )
+    mains = {_label_to_path(b.attrs["main"]) for b in binaries if b.attrs.get("main")}
+    for path in _module_files():
+        if _has_main_block(path) and path not in mains:
+            problems.append(f"{path} has `if __name__ == \"__main__\"` but no py_binary")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_test_file_has_a_py_test(targets):
+    tests = _of_kind(targets, "py_test")
+    libraries = _of_kind(targets, "py_library")
+    problems = []
+    for path in _py_files("tests"):
+        if fnmatch.fnmatch(Path(path).name, "test_*.py"):
+            owners = [t.name for t in tests if path in t.files("srcs")]
+            if len(owners) != 1:
+                stem = Path(path).stem
+                problems.append(
+                    f"{path}: needs exactly one py_test (found {owners or 'none'}); "
+                    f'add pytest_test(name = "{stem}", deps = [...]) to BUILD'
+                )
+        else:
+            if not any(path in lib.files("srcs") for lib in libraries):
+                problems.append(f"{path}: add it to a py_library (e.g. //:test_support)")
+    conftest = "tests/conftest.py"
+    homes = {t.name for t in libraries if conftest in t.files("srcs")}
+    if homes:
+        for test in tests:
+            if not homes & _closure(targets, test.name):
+                problems.append(f"py_test {test.name}: deps must include {sorted(homes)[0]}")
+    assert not problems, "\n".join(problems)
+
+
+def test_referenced_files_exist(targets):
+    missing = []
+    for target in targets.values():
+        for attr in ("srcs", "data", "main"):
+            for path in target.files(attr):
+                if path not in targets and not (ROOT / path).exists():
+                    missing.append(f"{target.kind} {target.name}: {attr} names missing {path}")
+    assert not missing, "\n".join(missing)
+
+
+def test_dep_labels_are_defined(targets):
+    bad = []
+    for target in targets.values():
+        for attr in ("deps", "tests"):
+            for label in _as_list(target.attrs.get(attr)):
+                name = _target_name(label)
+                if name is None or name not in targets:
+                    bad.append(f"{target.kind} {target.name}: {attr} label {label!r} is not "
+                               "a target defined in BUILD")
+    assert not bad, "\n".join(bad)
+
+
+def _closure(targets, name: str) -> set[str]:
+    seen, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current in seen or current not in targets:
+            continue
+        seen.add(current)
+        todo.extend(
+            n for n in map(_target_name, _as_list(targets[current].attrs.get("deps"))) if n
+        )
+    return seen
+
+
+def _top_level_name(path: str) -> str:
+    """The name under which a file is imported: its package, or (for tests/
+    helpers, which pytest puts on sys.path) its own stem."""
+    if path.startswith("tests/"):
+        return Path(path).stem
+    return path.split("/", 1)[0].removesuffix(".py")
+
+
+def _imported_top_names(path: str) -> set[str]:
+    tree = ast.parse((ROOT / path).read_text(), filename=path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import: the file's own package
+                names.add(_top_level_name(path))
+            elif node.module:
+                names.add(node.module.split(".")[0])
+        elif (  # pytest.importorskip("bgan_tf.x") imports too
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "importorskip"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            names.add(node.args[0].value.split(".")[0])
+    return names
+
+
+def test_first_party_imports_are_in_deps(targets):
+    providers: dict[str, set[str]] = {}
+    for lib in _of_kind(targets, "py_library"):
+        for path in lib.files("srcs"):
+            providers.setdefault(_top_level_name(path), set()).add(lib.name)
+    # A binary's main file also sits in its package's library, but its imports
+    # (typically flags/, which itself imports bgan_tf) are the binary's to
+    # provide: checking them against the library would force a dependency cycle.
+    mains = {
+        _label_to_path(t.attrs["main"])
+        for t in _of_kind(targets, "py_binary")
+        if t.attrs.get("main")
+    }
+    problems = []
+    for target in targets.values():
+        if not target.kind.startswith("py_"):
+            continue
+        closure = _closure(targets, target.name)
+        for path in target.files("srcs"):
+            if not path.endswith(".py") or not (ROOT / path).is_file():
+                continue
+            if target.kind == "py_library" and path in mains:
+                continue
+            for name in sorted(_imported_top_names(path)):
+                libs = providers.get(name)
+                if libs and not libs & closure:
+                    problems.append(
+                        f"{target.kind} {target.name}: {path} imports {name}; "
+                        f"add {' or '.join(':' + lib for lib in sorted(libs))} to its deps"
+                    )
+    assert not problems, "\n".join(problems)
