@@ -1,0 +1,289 @@
+"""Image sources and the tf.data pipeline that feeds training.
+
+Sources (``load_images(spec)``), all returning ``ImageData``:
+- ``digits``: scikit-learn's 1,797 labelled 8x8 digits (shipped inside the
+  scikit-learn wheel: the offline default), upsampled to 32x32 RGB.
+- ``tfds:NAME``: a TFDS dataset, from ``data_dir``; downloads only when
+  ``download=True`` (tests never download).
+- ``folder:PATH``: an image folder; class subfolders give labels (kept for
+  evaluation only), loose files have no label.
+- ``npz:PATH``: arrays ``images`` [N,H,W(,C)] and optional ``labels``.
+
+Bad files never crash deep inside TensorFlow: grayscale is replicated to
+RGB, RGBA is composited on white, odd sizes are resized, and undecodable or
+empty files are skipped with a logged warning (or raise ``UserError`` when
+reading a single file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+from absl import logging
+
+from bgan_tf.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclasses.dataclass
+class ImageData:
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    labels: np.ndarray | None  # int [N] or multi-hot [N, C], evaluation only
+    names: list[str] | None = None  # source paths or ids
+    class_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, idx: np.ndarray) -> "ImageData":
+        idx = np.asarray(idx)
+        return ImageData(
+            self.images[idx],
+            None if self.labels is None else self.labels[idx],
+            None if self.names is None else [self.names[i] for i in idx],
+            self.class_names,
+        )
+
+    def fingerprint(self) -> str:
+        """Content hash of the pixels (cache key for features)."""
+        h = hashlib.sha256()
+        h.update(str(self.images.shape).encode())
+        h.update(np.ascontiguousarray(self.images).data)
+        return h.hexdigest()[:16]
+
+
+def to_rgb_uint8(arr: np.ndarray, what: str = "image") -> np.ndarray:
+    """Any HxW, HxWx1, HxWx3 or HxWx4 array -> uint8 HxWx3."""
+    a = np.asarray(arr)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
+        raise UserError(f"{what}: expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise UserError(f"{what}: image has zero size")
+    if a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    elif a.shape[-1] == 4:
+        alpha = a[..., 3:4].astype(np.float32) / 255.0
+        a = (a[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+    return a
+
+
+def decode_image_bytes(data: bytes, what: str = "image") -> np.ndarray:
+    """Encoded image bytes -> uint8 HxWx3, or UserError naming the problem."""
+    from PIL import Image, UnidentifiedImageError
+    import io
+
+    if not data:
+        raise UserError(f"{what}: file is empty; pass a JPEG, PNG, BMP, GIF or WebP image")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+            elif im.mode not in ("RGB", "L"):
+                im = im.convert("RGB")
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{what}: cannot decode image ({e.__class__.__name__}); pass a JPEG, PNG, BMP, GIF or WebP file") from None
+    return to_rgb_uint8(arr, what)
+
+
+def load_image_file(path: str) -> np.ndarray:
+    """Read one image file -> uint8 HxWx3 (UserError if missing or undecodable)."""
+    if not os.path.isfile(path):
+        raise UserError(f"image not found: {path}")
+    with open(path, "rb") as f:
+        return decode_image_bytes(f.read(), what=path)
+
+
+def resize_uint8(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+def load_digits(size: int = 32) -> ImageData:
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    imgs = (d.images / 16.0 * 255.0).round().astype(np.uint8)  # [N, 8, 8], 0..16 -> 0..255
+    out = np.stack([resize_uint8(np.repeat(im[..., None], 3, -1), size) for im in imgs])
+    return ImageData(out, d.target.astype(np.int64), [f"digits/{i}" for i in range(len(out))],
+                     [str(i) for i in range(10)])
+
+
+def _list_images(root: str) -> list[tuple[str, str | None]]:
+    """(path, class or None) for every image under root, sorted for determinism."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        cls = None if rel == "." else rel.split(os.sep)[0]
+        for fn in sorted(filenames):
+            if fn.lower().endswith(IMAGE_EXTENSIONS):
+                entries.append((os.path.join(dirpath, fn), cls))
+    return entries
+
+
+def load_folder(root: str, size: int | None = None, max_images: int | None = None) -> ImageData:
+    """Image folder -> ImageData. Class subfolders become labels (evaluation only).
+
+    ``size``: every image is resized to size x size; None keeps the common size
+    when all images share one and otherwise resizes to the first image's.
+    """
+    if not os.path.isdir(root):
+        raise UserError(f"image folder not found: {root}")
+    entries = _list_images(root)
+    if max_images:
+        entries = entries[:max_images]
+    if not entries:
+        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    images, classes, names, skipped = [], [], [], 0
+    for path, cls in entries:
+        try:
+            img = load_image_file(path)
+        except UserError as e:
+            skipped += 1
+            logging.warning("skipping %s", e)
+            continue
+        if size is None:
+            size_hw = img.shape[:2]
+            size = size_hw[0] if size_hw[0] == size_hw[1] else max(size_hw)
+        images.append(resize_uint8(img, size))
+        classes.append(cls)
+        names.append(path)
+    if skipped:
+        logging.warning("skipped %d unreadable file(s) under %s", skipped, root)
+    if not images:
+        raise UserError(f"none of the {len(entries)} image files under {root} could be decoded")
+    labels = None
+    class_names = None
+    if all(c is not None for c in classes):
+        class_names = sorted(set(classes))
+        lookup = {c: i for i, c in enumerate(class_names)}
+        labels = np.array([lookup[c] for c in classes], np.int64)
+    return ImageData(np.stack(images), labels, names, class_names)
+
+
+def load_npz(path: str, size: int | None = None) -> ImageData:
+    if not os.path.isfile(path):
+        raise UserError(f"npz file not found: {path}")
+    try:
+        z = np.load(path)
+    except Exception as e:
+        raise UserError(f"cannot read {path} as .npz ({e.__class__.__name__}); save with numpy.savez(images=..., labels=...)") from None
+    with z:
+        if "images" not in z:
+            raise UserError(f"{path} has no 'images' array (found: {', '.join(z.files) or 'nothing'})")
+        raw = z["images"]
+        labels = z["labels"] if "labels" in z else None
+    if raw.ndim not in (3, 4) or raw.shape[0] == 0:
+        raise UserError(f"{path}: 'images' must be [N,H,W] or [N,H,W,C] with N > 0, got shape {raw.shape}")
+    if raw.dtype != np.uint8:
+        if raw.dtype.kind == "f" and raw.size and float(raw.max()) <= 1.0:
+            raw = raw * 255.0  # floats in [0, 1]
+    imgs = np.stack([to_rgb_uint8(im, f"{path}[{i}]") for i, im in enumerate(raw)])
+    if size is not None:
+        imgs = np.stack([resize_uint8(im, size) for im in imgs])
+    if labels is not None and len(labels) != len(imgs):
+        raise UserError(f"{path}: {len(labels)} labels for {len(imgs)} images")
+    return ImageData(imgs, labels, [f"{os.path.basename(path)}/{i}" for i in range(len(imgs))])
+
+
+def load_tfds(name: str, split: str = "train", data_dir: str | None = None, download: bool = False,
+              max_images: int | None = None) -> ImageData:
+    import tensorflow_datasets as tfds
+
+    try:
+        ds, info = tfds.load(name, split=split, data_dir=data_dir, download=download, with_info=True,
+                             try_gcs=False)
+    except Exception as e:  # tfds raises assorted types for "not prepared"
+        hint = "pass --download (needs network) or --data_dir with a prepared copy" if not download else "check the name and network"
+        raise UserError(f"TFDS dataset {name!r} ({split}) is not available: {str(e).splitlines()[0][:200]}; {hint}") from None
+    feats = info.features
+    image_key = next((k for k in ("image", "img") if k in feats), None)
+    if image_key is None:
+        raise UserError(f"TFDS dataset {name!r} has no 'image' feature")
+    label_key = "label" if "label" in feats else None
+    if max_images:
+        ds = ds.take(max_images)
+    images, labels = [], []
+    for ex in tfds.as_numpy(ds):
+        images.append(to_rgb_uint8(ex[image_key]))
+        if label_key:
+            labels.append(ex[label_key])
+    if not images:
+        raise UserError(f"TFDS dataset {name!r} split {split!r} is empty")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        size = max(images[0].shape[:2])
+        images = [resize_uint8(im, size) for im in images]
+    names = [f"{name}/{split}/{i}" for i in range(len(images))]
+    class_names = list(feats[label_key].names) if label_key and hasattr(feats[label_key], "names") else None
+    return ImageData(np.stack(images), np.asarray(labels) if label_key else None, names, class_names)
+
+
+def load_images(spec: str, *, tfds_split: str = "train", data_dir: str | None = None, download: bool = False,
+                max_images: int | None = None, size: int | None = None) -> ImageData:
+    """Dispatch on a dataset spec string (see the module docstring)."""
+    if spec == "digits":
+        data = load_digits(size or 32)
+    elif spec.startswith("tfds:"):
+        data = load_tfds(spec[5:], tfds_split, data_dir, download, max_images)
+    elif spec.startswith("folder:"):
+        data = load_folder(spec[7:], size, max_images)
+    elif spec.startswith("npz:"):
+        data = load_npz(spec[4:], size)
+    elif os.path.isdir(spec):
+        data = load_folder(spec, size, max_images)
+    elif spec.endswith(".npz"):
+        data = load_npz(spec, size)
+    else:
+        raise UserError(f"unknown --dataset {spec!r}: use digits, tfds:NAME, folder:PATH or npz:PATH")
+    if max_images and len(data) > max_images:
+        data = data.subset(np.arange(max_images))
+    return data
+
+
+def images_for_gan(images: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 [N,H,W,3] -> float32 [N,S,S,3] in [0,1] at the GAN's resolution."""
+    if images.shape[1] != image_size or images.shape[2] != image_size:
+        images = np.stack([resize_uint8(im, image_size) for im in images])
+    return images.astype(np.float32) / 255.0
+
+
+def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_size: int, seed: int,
+                     first_epoch: int, epochs: int):
+    """tf.data pipeline yielding {"image", "x", "index"} batches.
+
+    The order of epoch e is a stateless permutation seeded by (seed, e), so a
+    run resumed at epoch e sees exactly the batches an uninterrupted run
+    would. Batches drop the remainder: every step has the same shape, which
+    keeps batch statistics and the neighbourhood block comparable.
+    """
+    import tensorflow as tf
+
+    n = int(gan_images.shape[0])
+    if n < batch_size:
+        raise UserError(f"{n} training images is fewer than --batch_size {batch_size}; lower --batch_size")
+    images_t = tf.constant(gan_images)
+    x_t = tf.constant(encoder_inputs)
+
+    def epoch_indices(e):
+        perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
+                                                        seed=tf.stack([tf.cast(seed, tf.int64), e]))
+        return tf.data.Dataset.from_tensor_slices(perm).batch(batch_size, drop_remainder=True)
+
+    ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_indices)
+    ds = ds.map(lambda idx: {"image": tf.gather(images_t, idx), "x": tf.gather(x_t, idx), "index": idx},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)

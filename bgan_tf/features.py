@@ -1,0 +1,60 @@
+"""Frozen-backbone features, computed once and cached on disk.
+
+With a frozen backbone, training only needs its pooled features, so they are
+computed once and stored as ``.npy`` keyed by (backbone, weights content
+hash, input size, image fingerprint). A second run with the same key loads
+them in milliseconds instead of rerunning the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+import numpy as np
+from absl import logging
+
+from bgan_tf.backbones import BackboneSpec, build_feature_extractor
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bgan_tf", "features")
+
+
+def cache_key(spec: BackboneSpec, data_fingerprint: str) -> str:
+    raw = f"{spec.name}|{spec.weights_identity()}|{spec.input_size}|{data_fingerprint}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def compute_features(images: np.ndarray, spec: BackboneSpec, batch_size: int = 100,
+                     model=None) -> np.ndarray:
+    """uint8 [N,H,W,3] -> float32 [N,D] through preprocessing + backbone."""
+    import tensorflow as tf
+
+    extractor = model if model is not None else build_feature_extractor(spec)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = tf.constant(images[start:start + batch_size].astype(np.float32))
+        out.append(np.asarray(extractor(batch, training=False)))
+    return np.concatenate(out).astype(np.float32)
+
+
+def cached_features(images: np.ndarray, spec: BackboneSpec, data_fingerprint: str,
+                    cache_dir: str | None = None, batch_size: int = 100) -> np.ndarray:
+    """Load the cached features for this (backbone, data) or compute and store them."""
+    cache_dir = cache_dir or default_cache_dir()
+    path = os.path.join(cache_dir, cache_key(spec, data_fingerprint) + ".npy")
+    if os.path.isfile(path):
+        feats = np.load(path)
+        if feats.shape[0] == len(images):
+            logging.info("features from cache %s", path)
+            return feats
+    feats = compute_features(images, spec, batch_size)
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, feats)
+    os.replace(tmp, path)  # never a half-written cache entry
+    logging.info("features cached at %s", path)
+    return feats

@@ -1,0 +1,86 @@
+"""BGAN's loss terms, each already scaled for tf.distribute.
+
+Every function returns this replica's share of a loss averaged over the
+GLOBAL batch: summing the returned values over replicas gives the loss of the
+whole batch (what tf.distribute's gradient all-reduce, a SUM, expects). A
+plain reduce_mean per replica would overshoot by the number of replicas.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def _bce_logits(logits, target: float):
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(logits), target), logits=logits)
+
+
+def per_example_share(values: tf.Tensor, global_batch: tf.Tensor) -> tf.Tensor:
+    """sum(values) / global_batch: this replica's share of a per-example mean."""
+    return tf.reduce_sum(tf.cast(values, tf.float32)) / tf.cast(global_batch, tf.float32)
+
+
+def neighbourhood_loss(
+    z_local: tf.Tensor,
+    z_global: tf.Tensor,
+    s_block: tf.Tensor,
+    same_item: tf.Tensor,
+    form: str,
+) -> tf.Tensor:
+    """Codes must reproduce the neighbourhood structure S.
+
+    z_local [b, L] are this replica's codes, z_global [B, L] the codes of the
+    whole global batch (all-gathered), s_block [b, B] the matching S entries
+    and same_item [b, B] marks the diagonal (i == j).
+
+    - ``released``: mean over the B x B block of (z_i . z_j - s_ij)^2, no 1/L,
+      diagonal included (the 2017 code).
+    - ``paper``: mean over off-diagonal pairs of ((1/L) z_i . z_j - s_ij)^2.
+
+    Gradient: the full block loss is symmetric, so its gradient w.r.t. z_i is
+    twice the row term's. Each replica differentiates only its rows against
+    stop_gradient(z_global) and doubles the gradient (value unchanged), which
+    sums over replicas to exactly the one-device gradient.
+    """
+    num_bits = tf.cast(tf.shape(z_local)[1], tf.float32)
+    g = tf.cast(tf.shape(z_global)[0], tf.float32)
+    inner = tf.matmul(z_local, tf.stop_gradient(z_global), transpose_b=True)
+    if form == "released":
+        sq = tf.square(inner - s_block)
+        row_loss = tf.reduce_sum(sq) / (g * g)
+    elif form == "paper":
+        sq = tf.square(inner / num_bits - s_block)
+        off = 1.0 - tf.cast(same_item, tf.float32)
+        row_loss = tf.reduce_sum(sq * off) / tf.maximum(g * (g - 1.0), 1.0)
+    else:
+        raise ValueError(f"unknown neighbourhood form {form!r}")
+    return 2.0 * row_loss - tf.stop_gradient(row_loss)
+
+
+def quantization_loss(z: tf.Tensor, global_batch) -> tf.Tensor:
+    """mean((z - sgn z)^2): pushes the relaxed code towards +-1."""
+    target = tf.stop_gradient(tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z)))
+    return per_example_share(tf.reduce_mean(tf.square(z - target), axis=1), global_batch)
+
+
+def pixel_loss(real: tf.Tensor, recon: tf.Tensor, global_batch) -> tf.Tensor:
+    """Per-image pixel MSE (the paper's content term)."""
+    return per_example_share(tf.reduce_mean(tf.square(real - recon), axis=[1, 2, 3]), global_batch)
+
+
+def feature_loss(phi_real: tf.Tensor, phi_recon: tf.Tensor, image_elems: int, global_batch) -> tf.Tensor:
+    """||phi(x) - phi(G(z))||^2 / (H*W*3): the released code's content term."""
+    d = tf.reduce_sum(tf.square(tf.stop_gradient(phi_real) - phi_recon), axis=1) / float(image_elems)
+    return per_example_share(d, global_batch)
+
+
+def generator_adv_loss(fake_logits: tf.Tensor, global_batch) -> tf.Tensor:
+    """Non-saturating GAN loss for the generator (and encoder): -log D(G(.))."""
+    return per_example_share(_bce_logits(fake_logits, 1.0), global_batch)
+
+
+def discriminator_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor, global_batch) -> tf.Tensor:
+    """-log D(x) - log(1 - D(G(.)))."""
+    return per_example_share(_bce_logits(real_logits, 1.0), global_batch) + per_example_share(
+        _bce_logits(fake_logits, 0.0), global_batch
+    )

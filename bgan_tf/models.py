@@ -1,0 +1,145 @@
+"""BGAN's three networks as Keras 3 subclassed models.
+
+- ``Encoder``: preprocessing + backbone + hash head (MLP, Dense(L)) + sign.
+  ``call(images)`` maps [0,255] RGB images to codes; ``encode_features``
+  maps cached backbone features to codes, so a frozen backbone is not rerun
+  every epoch while the exported encoder still takes images.
+- ``Generator``: code -> image in [0, 1] (transposed 5x5 convs, BN + ELU, as
+  the released code; widths configurable).
+- ``Discriminator``: image -> (logit, phi), phi being the 1024-d feature layer
+  the content loss compares.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from bgan_tf.backbones import BackboneSpec, Preprocess, build_backbone
+from bgan_tf.sign import SignActivation
+
+
+def _batch_norm(sync: bool, name: str) -> keras.layers.BatchNormalization:
+    # synchronized=True all-reduces batch statistics across replicas, so a
+    # mirrored step sees the same statistics as a one-device step.
+    # momentum 0.9 so moving statistics keep up in runs of a few hundred steps
+    # (reconstruction samples and exports run in inference mode).
+    return keras.layers.BatchNormalization(synchronized=sync, momentum=0.9, name=name)
+
+
+class Encoder(keras.Model):
+    def __init__(
+        self,
+        backbone: BackboneSpec,
+        num_bits: int,
+        hidden: tuple[int, ...] = (),
+        sign_mode: str = "tanh",
+        ste_surrogate: str = "tanh",
+        beta: float = 1.0,
+        freeze_backbone: bool = False,
+        build_backbone_net: bool = True,
+        name: str = "encoder",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        self.spec = backbone
+        self.num_bits = int(num_bits)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.freeze_backbone = bool(freeze_backbone)
+        self.preprocess = Preprocess(backbone.input_size, backbone.normalisation, name="preprocess")
+        self.backbone = build_backbone(backbone) if build_backbone_net else None
+        if self.backbone is not None and self.freeze_backbone:
+            self.backbone.trainable = False
+        self.head_layers = []
+        for i, h in enumerate(self.hidden):
+            self.head_layers.append(keras.layers.Dense(h, name=f"head_dense{i}"))
+            self.head_layers.append(keras.layers.ReLU(name=f"head_relu{i}"))
+        self.hash_dense = keras.layers.Dense(self.num_bits, name="hash_dense")
+        self.sign = SignActivation(sign_mode, ste_surrogate, beta, name="sign", dtype="float32")
+
+    def features(self, images, training=False):
+        """[0,255] images of any size -> backbone features."""
+        x = self.preprocess(images)
+        # A frozen backbone always runs in inference mode (BN uses its moving
+        # statistics), the standard fine-tuning rule for pretrained nets.
+        bb_training = training and not self.freeze_backbone
+        return self.backbone(x, training=bb_training)
+
+    def pre_sign(self, features, training=False):
+        x = features
+        for layer in self.head_layers:
+            x = layer(x, training=training)
+        return self.hash_dense(x)
+
+    def encode_features(self, features, training=False):
+        """Cached backbone features -> codes (surrogate when training, +-1 otherwise)."""
+        return self.sign(self.pre_sign(features, training=training), training=training)
+
+    def call(self, images, training=False):
+        return self.encode_features(self.features(images, training=training), training=training)
+
+    @property
+    def beta(self):
+        return self.sign.beta
+
+
+class Generator(keras.Model):
+    """code [N, L] -> image [N, S, S, 3] in [0, 1]."""
+
+    def __init__(self, image_size: int = 32, channels: tuple[int, ...] = (256, 256, 128),
+                 sync_batch_norm: bool = False, name: str = "generator", **kwargs):
+        super().__init__(name=name, **kwargs)
+        channels = tuple(int(c) for c in channels)
+        ups = len(channels) - 1
+        start = image_size // (2 ** ups)
+        if start < 1 or start * 2 ** ups != image_size:
+            raise ValueError(f"image_size {image_size} is not reachable with {ups} 2x upsamplings")
+        self.image_size = image_size
+        self.start = start
+        self.channels = channels
+        self.fc = keras.layers.Dense(start * start * channels[0], use_bias=False, name="fc")
+        self.fc_bn = _batch_norm(sync_batch_norm, "fc_bn")
+        self.deconvs = []
+        self.bns = []
+        for i, c in enumerate(channels[1:]):
+            self.deconvs.append(keras.layers.Conv2DTranspose(c, 5, strides=2, padding="same", use_bias=False,
+                                                             name=f"deconv{i}"))
+            self.bns.append(_batch_norm(sync_batch_norm, f"bn{i}"))
+        self.to_rgb = keras.layers.Conv2D(3, 1, name="to_rgb")
+        self.out_act = keras.layers.Activation("sigmoid", dtype="float32", name="sigmoid")
+
+    def call(self, codes, training=False):
+        x = self.fc(codes)
+        x = keras.activations.elu(self.fc_bn(x, training=training))
+        x = tf.reshape(x, (-1, self.start, self.start, self.channels[0]))
+        for deconv, bn in zip(self.deconvs, self.bns):
+            x = keras.activations.elu(bn(deconv(x), training=training))
+        return self.out_act(self.to_rgb(x))
+
+
+class Discriminator(keras.Model):
+    """image [N, S, S, 3] in [0, 1] -> (logit [N, 1], phi [N, F])."""
+
+    def __init__(self, channels: tuple[int, ...] = (32, 128, 256, 256), feature_dim: int = 1024,
+                 sync_batch_norm: bool = False, name: str = "discriminator", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.convs = []
+        self.bns = []
+        for i, c in enumerate(channels):
+            stride = 1 if i == 0 else 2  # released code: 32 s1, then stride 2
+            self.convs.append(keras.layers.Conv2D(int(c), 5, strides=stride, padding="same", name=f"conv{i}"))
+            # No BN on the first layer (DCGAN practice: keeps the input scale).
+            self.bns.append(None if i == 0 else _batch_norm(sync_batch_norm, f"bn{i}"))
+        self.flatten = keras.layers.Flatten(name="flatten")
+        self.feature = keras.layers.Dense(int(feature_dim), name="phi")
+        self.logit = keras.layers.Dense(1, dtype="float32", name="logit")
+
+    def call(self, images, training=False):
+        x = images * 2.0 - 1.0
+        for conv, bn in zip(self.convs, self.bns):
+            x = conv(x)
+            if bn is not None:
+                x = bn(x, training=training)
+            x = keras.activations.elu(x)
+        phi = keras.activations.elu(self.feature(self.flatten(x)))
+        return self.logit(phi), tf.cast(phi, "float32")

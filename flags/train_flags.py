@@ -1,0 +1,123 @@
+"""Flags of ``python -m bgan_tf.train`` (and the training part of other binaries).
+
+Precedence: the named ``--config`` (a preset under bgan_tf/configs) gives the
+defaults, ``--preset`` then sets the loss knobs, and every flag given on the
+command line wins over both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from bgan_tf.config import BGANConfig, apply_preset
+
+FLAGS = flags.FLAGS
+_D = BGANConfig()
+
+# flag name -> (kind, help); defaults come from BGANConfig so they exist once.
+_TRAIN_FLAGS: dict[str, tuple[str, str]] = {
+    "dataset": ("string", "Images to train on: digits (offline default), tfds:NAME, folder:PATH or npz:PATH."),
+    "tfds_split": ("string", "TFDS split to read, e.g. train or train[:10%]."),
+    "data_dir": ("string", "TFDS data_dir holding prepared datasets."),
+    "download": ("bool", "Let TFDS download the dataset (needs network; off by default)."),
+    "max_images": ("integer", "Use at most this many images (after the query hold-out)."),
+    "image_size": ("integer", "Resolution the generator makes and the discriminator judges: 32 or 64."),
+    "backbone": ("string", "Encoder backbone: small_cnn (from scratch), mobilenet_v2_torch, or a keras.applications name."),
+    "backbone_weights": ("string", "Backbone weights: imagenet (downloads when online) or a .weights.h5 path."),
+    "backbone_input_size": ("integer", "Square input size the backbone sees (images are resized in the graph)."),
+    "freeze_backbone": ("bool", "Keep the backbone fixed; its features are computed once and cached."),
+    "feature_cache_dir": ("string", "Where cached backbone features live (default ~/.cache/bgan_tf/features)."),
+    "hash_hidden": ("list_int", "Widths of MLP layers between the backbone and the Dense(num_bits) hash layer."),
+    "num_bits": ("integer", "Code length L in bits."),
+    "graph_features": ("string", "Features for the neighbourhood graph: backbone (pretrained) or pixels."),
+    "k1": ("integer", "Nearest neighbours per image in the neighbourhood graph (K1)."),
+    "k2": ("integer", "Images with the largest neighbour overlap whose neighbours become positives (K2)."),
+    "sign_mode": ("string", "Sign relaxation during training: tanh, app (clip) or ste (straight-through)."),
+    "ste_surrogate": ("string", "Surrogate whose gradient the straight-through estimator uses: tanh or app."),
+    "beta_values": ("list_float", "Sign slopes of the continuation schedule, e.g. 1,2.5,5,7.5,10."),
+    "beta_every": ("integer", "Epochs between steps of the beta schedule."),
+    "use_gan": ("bool", "Train generator and discriminator (off: neighbourhood and quantization terms only)."),
+    "gen_channels": ("list_int", "Generator widths, first at the smallest resolution; each later one doubles it."),
+    "disc_channels": ("list_int", "Discriminator conv widths (5x5; first stride 1, then stride 2)."),
+    "disc_feature_dim": ("integer", "Width of the discriminator feature layer phi used by the content loss."),
+    "sync_batch_norm": ("bool", "Synchronise batch-norm statistics across replicas (multi-GPU)."),
+    "nbr_form": ("string", "Neighbourhood loss: released (mean((ZZ^T-S)^2)) or paper (((1/L)z.z-s)^2 off-diagonal)."),
+    "w_nbr": ("float", "Weight of the neighbourhood-structure loss."),
+    "w_quant": ("float", "Weight of the quantization loss mean((z - sgn z)^2)."),
+    "w_pixel": ("float", "Weight of the pixel MSE content loss."),
+    "w_feature": ("float", "Weight of the discriminator-feature content loss."),
+    "w_adv": ("float", "Weight of the adversarial loss on the encoder and generator."),
+    "fake_source": ("string", "What the discriminator sees as fake: codes (G of the image's code), prior (G of noise) or both."),
+    "batch_size": ("integer", "Global batch size (split across replicas)."),
+    "epochs": ("integer", "Epochs to train; rerunning with more epochs continues the run."),
+    "lr_e": ("float", "Adam learning rate of the encoder."),
+    "lr_g": ("float", "Adam learning rate of the generator."),
+    "lr_d": ("float", "Adam learning rate of the discriminator."),
+    "adam_beta_1": ("float", "Adam beta_1 for all three networks."),
+    "adam_epsilon": ("float", "Adam epsilon (the released code used 1.0)."),
+    "mixed_precision": ("bool", "Compute in float16 with float32 variables (GPUs; slow on CPU)."),
+    "output_dir": ("string", "Run folder: checkpoints, logs, samples and the final model; reruns resume here."),
+    "seed": ("integer", "Random seed for data order, initialisation and noise."),
+    "strategy": ("string", "tf.distribute strategy: one_device, mirrored or multi_worker_mirrored (TF_CONFIG)."),
+    "num_cpu_devices": ("integer", "Split the CPU into this many logical devices (to run mirrored without GPUs)."),
+    "sample_every": ("integer", "Epochs between reconstruction sample grids."),
+    "steps_per_epoch": ("integer", "Steps per epoch (default: one pass over the data)."),
+}
+
+
+def _define(name: str, kind: str, help_text: str) -> None:
+    default = getattr(_D, name)
+    if kind == "string":
+        flags.DEFINE_string(name, default, help_text)
+    elif kind == "bool":
+        flags.DEFINE_bool(name, default, help_text)
+    elif kind == "integer":
+        flags.DEFINE_integer(name, default, help_text)
+    elif kind == "float":
+        flags.DEFINE_float(name, default, help_text)
+    elif kind == "list_int":
+        flags.DEFINE_list(name, [str(v) for v in default], help_text)
+    elif kind == "list_float":
+        flags.DEFINE_list(name, [str(v) for v in default], help_text)
+    else:
+        raise ValueError(kind)
+
+
+def define_train_flags() -> None:
+    """Define every training flag plus --config, --preset and evaluation switches."""
+    if "num_bits" in FLAGS:
+        return  # already defined (tests import several binaries)
+    flags.DEFINE_string("config", "digits", "Named config under bgan_tf/configs giving the defaults: digits or cifar10.")
+    flags.DEFINE_string("preset", None, "Loss preset applied on top: released_code, paper or nbr_only.")
+    flags.DEFINE_integer("holdout_per_class", 20, "Queries per class held out of training for the closing mAP check (0: none).")
+    flags.DEFINE_bool("evaluate", True, "After training, print mAP of BGAN and ITQ on the held-out queries.")
+    for name, (kind, help_text) in _TRAIN_FLAGS.items():
+        _define(name, kind, help_text)
+
+
+def _parse(kind: str, value):
+    if kind == "list_int":
+        return tuple(int(v) for v in value)
+    if kind == "list_float":
+        return tuple(float(v) for v in value)
+    return value
+
+
+def config_from_flags() -> BGANConfig:
+    """Named config -> preset -> explicitly given flags."""
+    from bgan_tf.configs import get_config
+    from bgan_tf.errors import UserError
+
+    config = apply_preset(get_config(FLAGS.config), FLAGS.preset)
+    changes = {}
+    for name, (kind, _) in _TRAIN_FLAGS.items():
+        if FLAGS[name].present:
+            try:
+                changes[name] = _parse(kind, FLAGS[name].value)
+            except ValueError:
+                raise UserError(f"--{name}: expected comma-separated numbers, got {FLAGS[name].value!r}") from None
+    known = {f.name for f in dataclasses.fields(BGANConfig)}
+    assert set(changes) <= known
+    return config.replace(**changes).validate()
