@@ -12,12 +12,13 @@ the index's own read/write lock makes searches safe against mutation.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-import anyio
 import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -55,7 +56,9 @@ def create_app(
         )
     allowed = {t.strip().lower() for t in allowed_types}
     app = FastAPI(title="bgan_tf search", docs_url="/docs", redoc_url=None)
-    limiter = anyio.CapacityLimiter(max(1, search_threads))
+    # A plain executor rather than an anyio CapacityLimiter: it is not tied to one
+    # event loop, so the app also works when driven from several loops (TestClient).
+    pool = ThreadPoolExecutor(max(1, search_threads), thread_name_prefix="bgan-search")
     # Encoders wrap Keras models; one call at a time keeps us clear of any
     # model-level thread-safety question, and searches still run in parallel.
     encoder_lock = threading.Lock()
@@ -107,7 +110,8 @@ def create_app(
         data = await image.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise _ApiError(413, f"image larger than {max_upload_bytes} bytes")
-        results = await anyio.to_thread.run_sync(run_search, data, image.filename or "upload", k, limiter=limiter)
+        results = await asyncio.get_running_loop().run_in_executor(
+            pool, run_search, data, image.filename or "upload", k)
         count("searches")
         return JSONResponse({"k": k, "count": len(results), "took_ms": round(1000 * (time.perf_counter() - t0), 2),
                              "results": results})
@@ -158,6 +162,7 @@ def create_app(
     async def page() -> HTMLResponse:
         return HTMLResponse(_PAGE.replace("__MAXK__", str(max_k)))
 
+    app.state.search_pool = pool  # owners may shut it down; idle threads cost nothing
     return app
 
 
