@@ -1,0 +1,43 @@
+"""SavedModel and TFLite export in one command, with all checks.
+
+    python -m export.all --model runs/digits/model --export_base exports/bgan \
+        [--out exports/bgan_tflite] [--variants float,dynamic_int8,int8]
+
+--out defaults to EXPORT_BASE_tflite (beside the base, not inside it, so
+TF Serving's folder holds only versions).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+
+from bgan_tf.errors import cli_main  # noqa: E402
+from export import common  # noqa: E402
+from flags.export_flags import define_export_flags  # noqa: E402
+
+define_export_flags()
+FLAGS = flags.FLAGS
+
+
+@cli_main
+def main(argv: list[str]) -> None:
+    common.no_positional(argv)
+    logging.set_verbosity(logging.WARNING)
+    base = common.require("export_base")
+    out = FLAGS.out or os.path.normpath(base) + "_tflite"
+    loaded = common.load_model()
+    images = common.check_images(loaded) if FLAGS.check else None
+    common.run_saved_model(loaded, images)
+    common.run_tflite(loaded, out, images)
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,39 @@
+"""Convert a trained encoder to TFLite (float, dynamic-range int8, full int8).
+
+    python -m export.tflite --model runs/digits/model --out exports/tflite \
+        [--variants float,dynamic_int8,int8] [--representative_images DIR_or_npz]
+
+Writes OUT/encoder_<variant>.tflite atomically and prints each variant's size
+and bit agreement with the Keras encoder. TFLite models take the backbone
+input size only; bgan_tf.serving.TFLiteEncoder resizes on the client side.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, logging  # noqa: E402
+
+from bgan_tf.errors import cli_main  # noqa: E402
+from export import common  # noqa: E402
+from flags.export_flags import define_export_flags  # noqa: E402
+
+define_export_flags()
+
+
+@cli_main
+def main(argv: list[str]) -> None:
+    common.no_positional(argv)
+    logging.set_verbosity(logging.WARNING)
+    out = common.require("out")
+    common.run_tflite(common.load_model(), out)
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
