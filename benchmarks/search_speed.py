@@ -1,0 +1,138 @@
+"""Top-100 search speed over 1M binary codes: queries/s and recall@100 per backend.
+
+    .venv/bin/python benchmarks/search_speed.py [--n 1000000] [--bits 32,64] [--codes FILE.npy]
+
+Random codes are the worst case for approximate indexes (no structure to exploit);
+pass real codes with --codes (signs [N, L] float or packed uint8 [N, B]; queries are
+held-out rows). One thread (bgan_tf.search.set_num_threads(1)): CI cores are shared.
+Recall@100 is tie-aware: items at the exact 100th distance count up to the number
+of slots left for them, so an approximate backend is not penalised for choosing a
+different member of a tie group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bgan_tf import search  # noqa: E402
+from bgan_tf.codes import pack  # noqa: E402
+
+K = 100
+APPROX = {
+    "ivf": {"nlist": 1024, "nprobe": 32},
+    "hnsw": {"M": 16, "ef_search": 256, "ef_construction": 40},
+    "multihash": {"nhash": 4, "nflip": 2},
+}
+
+
+def tie_aware_recall(dist: np.ndarray, exact_dist: np.ndarray, k: int) -> float:
+    kth = exact_dist[:, k - 1:k]
+    below = (dist < kth).sum(1)
+    need = (exact_dist < kth).sum(1)
+    at = np.minimum((dist == kth).sum(1), k - need)
+    return float(np.mean((np.minimum(below, need) + at) / k))
+
+
+def timed_search(b, q: np.ndarray, min_seconds: float = 1.0) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
+    b.search(q[:2], K)  # warm-up (kernel build, page faults)
+    t0 = time.perf_counter()
+    out = b.search(q, K)
+    dt = time.perf_counter() - t0
+    return len(q) / dt, out
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--bits", default="32,64")
+    ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--numpy_queries", type=int, default=20)
+    ap.add_argument("--codes", help="real codes .npy (signs [N,L] or packed uint8 [N,B])")
+    ap.add_argument("--backends", default="numpy,faiss_flat,ours_exact,ivf,hnsw,multihash")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = ap.parse_args()
+    search.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    results: dict = {"n": args.n, "k": K, "bits": {}}
+    wanted = args.backends.split(",")
+    if args.codes:
+        arr = np.load(args.codes)
+        bits_list = [arr.shape[1] * 8 if arr.dtype == np.uint8 else arr.shape[1]]
+    else:
+        bits_list = [int(b) for b in args.bits.split(",")]
+    for bits in bits_list:
+        if args.codes:
+            packed = arr if arr.dtype == np.uint8 else pack(arr)
+            perm = rng.permutation(len(packed))
+            q_all, db = packed[perm[: args.queries]], packed[perm[args.queries:]][: args.n]
+            results["n"] = len(db)
+        else:
+            db = pack(rng.integers(0, 2, (args.n, bits), dtype=np.uint8))
+            q_all = pack(rng.integers(0, 2, (args.queries, bits), dtype=np.uint8))
+        ids = np.arange(len(db), dtype=np.int64)
+        row: dict = {}
+        exact = None
+        order = ["ours_exact", "faiss_flat", "numpy"] + [b for b in wanted if b in APPROX]
+        for name in [b for b in order if b in wanted]:
+            backend_name = "flat" if name == "faiss_flat" else name
+            t0 = time.perf_counter()
+            try:
+                b = search.make_backend(backend_name, bits, **APPROX.get(name, {}))
+            except Exception as e:  # e.g. ours_exact without a compiler
+                print(f"{bits} bits {name}: skipped ({e})", flush=True)
+                continue
+            b.add(db, ids)
+            build = time.perf_counter() - t0
+            q = q_all[: args.numpy_queries] if name == "numpy" else q_all
+            qps, (dist, _) = timed_search(b, q)
+            if exact is None:
+                exact = search.make_backend("ours_exact", bits, fallback=True)
+                exact.add(db, ids)
+                exact_dist = exact.search(q_all, K)[0]
+            rec = tie_aware_recall(dist, exact_dist[: len(q)], K)
+            row[name] = {"qps": round(qps, 1), "recall_at_100": round(rec, 4), "build_s": round(build, 2),
+                         "queries": len(q), **({"knobs": APPROX[name]} if name in APPROX else {})}
+            print(f"{bits} bits {name}: {qps:,.0f} q/s, recall@100 {rec:.3f}, build {build:.1f}s", flush=True)
+            del b
+        results["bits"][str(bits)] = row
+    results["machine"] = machine()
+    results["command"] = "python " + " ".join(sys.argv)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "search.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    lines = [f"# Binary search speed: top-{K} over {results['n']:,} {'given' if args.codes else 'random'} codes",
+             "", f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
+             "One thread. Recall@100 is tie-aware, against the exact answer.", "",
+             "| bits | backend | queries/s | recall@100 | build (s) | knobs |", "|---|---|---:|---:|---:|---|"]
+    for bits, row in results["bits"].items():
+        for name, r in row.items():
+            lines.append(f"| {bits} | {name} | {r['qps']:,.0f} | {r['recall_at_100']:.3f} | {r['build_s']} | "
+                         f"{r.get('knobs', '')} |")
+    with open(os.path.join(args.out, "search.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
