@@ -33,7 +33,10 @@ def _gather(x):
     ctx = _replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return x
-    return ctx.all_gather(x, axis=0)
+    # identity() places the value on this replica's device: all_gather sends to
+    # x.device, which is empty for tensors from the input iterator under
+    # MultiWorkerMirroredStrategy ("destinations can not be empty").
+    return ctx.all_gather(tf.identity(x), axis=0)
 
 
 def _sum_over_replicas(x):
@@ -85,6 +88,15 @@ class BGAN(keras.Model):
         if self.generator is not None:
             self.g_optimizer.build(self.generator.trainable_variables)
             self.d_optimizer.build(self.discriminator.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # build_all() and build_optimizers() already created every weight. Keras'
+        # symbolic build would peek at a batch and strategy.reduce() the dict of
+        # PerReplica values, which MultiWorkerMirroredStrategy cannot do (fit fails with
+        # "Attempt to convert a value ({'image': PerReplica..." -- keras-team/keras#20329).
+        if self.built:
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     @property
     def metrics(self):
@@ -139,14 +151,20 @@ class BGAN(keras.Model):
                 share = 1.0 / len(fake_logits)
                 adv_g = share * tf.add_n([losses.generator_adv_loss(f, g_batch) for f in fake_logits])
                 loss_d = share * tf.add_n([losses.discriminator_loss(real_logit, f, g_batch) for f in fake_logits])
-            loss_e = (cfg.w_nbr * nbr + cfg.w_quant * quant + cfg.w_pixel * pixel
-                      + cfg.w_feature * feature + cfg.w_adv * adv_g)
+            content = cfg.w_pixel * pixel + cfg.w_feature * feature
+            loss_g = content + cfg.w_adv * adv_g
+            # The encoder always learns from the neighbourhood, quantization and
+            # content terms; the adversarial term reaches it only on request
+            # (measured on digits: it drowns the neighbourhood signal).
+            loss_e = cfg.w_nbr * nbr + cfg.w_quant * quant + content
+            if cfg.adv_to_encoder:
+                loss_e = loss_e + cfg.w_adv * adv_g
         e_grads = tape.gradient(loss_e, enc_vars)
         self.e_optimizer.apply_gradients(zip(e_grads, enc_vars))
         if self.generator is not None:
             g_vars = self.generator.trainable_variables
             d_vars = self.discriminator.trainable_variables
-            g_grads = tape.gradient(loss_e, g_vars)
+            g_grads = tape.gradient(loss_g, g_vars)
             d_grads = tape.gradient(loss_d, d_vars)
             self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
             self.d_optimizer.apply_gradients(zip(d_grads, d_vars))

@@ -34,33 +34,105 @@ class BetaSchedule(keras.callbacks.Callback):
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves networks, all three optimizers and the epoch after every epoch.
+    """Saves networks, all three optimizers and the training position.
 
-    tf.train.CheckpointManager writes the new checkpoint's files first and
-    only then rewrites its small state file (atomically), so a kill during a
-    save leaves the previous checkpoint listed and loadable. ``restore()``
-    returns the epoch to resume from (0 for a fresh run).
+    The position is (``epoch``: completed epochs, ``step_in_epoch``: steps of
+    the next epoch already done). A checkpoint is written after every epoch
+    and, with ``save_every_steps`` N > 0, after every N-th step inside an epoch
+    too; checkpoints are numbered by global step. ``restore()`` returns the
+    epoch to resume from and sets ``restored_step``; ``fit_resumable`` then
+    skips exactly the steps already done, so an interrupted run takes the
+    same optimizer steps on the same batches as an uninterrupted one.
+
+    Atomicity: tf.train.CheckpointManager writes the new checkpoint's files
+    (``ckpt-N.index``, ``ckpt-N.data-*``) first and only then rewrites its
+    small ``checkpoint`` state file (write to a temp file + rename). Restore
+    reads only the checkpoint the state file names, so files of a save killed
+    half way are never read, and the previous checkpoint stays loadable.
     """
 
-    def __init__(self, directory: str, max_to_keep: int = 2, write: bool = True, **trackables):
+    def __init__(self, directory: str, max_to_keep: int = 2, write: bool = True, save_every_steps: int = 0,
+                 **trackables):
         super().__init__()
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.checkpoint = tf.train.Checkpoint(epoch=self.epoch, **trackables)
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self.checkpoint = tf.train.Checkpoint(epoch=self.epoch, step_in_epoch=self.step_in_epoch, **trackables)
         self.write = write
+        self.directory = directory
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+        self.save_every_steps = int(save_every_steps or 0)
+        self.steps_per_epoch: int | None = None
+        self.restored_step = 0
+        self._epoch = 0
+        self._offset = 0  # steps of the current epoch done before this fit() call
 
-    def restore(self) -> int:
-        latest = self.manager.latest_checkpoint
+    def restore(self, directory: str | None = None) -> int:
+        """Restore the newest checkpoint of ``directory`` (default: this one's).
+
+        A non-chief worker writes to a temp folder but resumes from the
+        chief's checkpoints, so every worker restarts at the same step."""
+        latest = tf.train.latest_checkpoint(directory) if directory else self.manager.latest_checkpoint
         if latest is None:
             return 0
         self.checkpoint.restore(latest).expect_partial()
-        logging.info("resumed from %s (epoch %d)", latest, int(self.epoch.numpy()))
+        self.restored_step = int(self.step_in_epoch.numpy())
+        logging.info("resumed from %s (epoch %d, step %d of it)", latest, int(self.epoch.numpy()),
+                     self.restored_step)
         return int(self.epoch.numpy())
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch.assign(epoch + 1)
+    def _save(self, epoch: int, step: int) -> None:
+        self.epoch.assign(epoch)
+        self.step_in_epoch.assign(step)
         if self.write:
-            self.manager.save(checkpoint_number=epoch + 1)
+            number = epoch * self.steps_per_epoch + step if self.steps_per_epoch else epoch
+            self.manager.save(checkpoint_number=number)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.save_every_steps or not self.steps_per_epoch:
+            return
+        done = self._offset + batch + 1
+        if done % self.save_every_steps == 0 and done < self.steps_per_epoch:
+            self._save(self._epoch, done)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._offset = 0
+        self._save(epoch + 1, 0)
+
+
+def fit_resumable(model, make_dataset, checkpoint: EpochCheckpoint, first_epoch: int, epochs: int,
+                  steps_per_epoch: int, callbacks, verbose: int = 1) -> dict[str, list[float]]:
+    """``model.fit`` from (first_epoch, checkpoint.restored_step) to ``epochs``.
+
+    ``make_dataset(a, b)`` gives the batches of epochs a..b-1 (a stateless
+    per-epoch order, so any start point is reproducible). A resume inside an
+    epoch runs that epoch's remaining steps in a first fit() call on the
+    dataset with the done steps skipped, then the remaining epochs.
+    Returns the merged history (one value per epoch).
+    """
+    checkpoint.steps_per_epoch = steps_per_epoch
+    step = checkpoint.restored_step
+    if step >= steps_per_epoch:  # steps_per_epoch was lowered since the save
+        first_epoch, step = first_epoch + 1, 0
+    history: dict[str, list[float]] = {}
+
+    def run(ds, start, stop, steps):
+        hist = model.fit(ds, epochs=stop, initial_epoch=start, steps_per_epoch=steps, callbacks=callbacks,
+                         verbose=verbose)
+        for k, vals in hist.history.items():
+            history.setdefault(k, []).extend(float(np.ravel(v)[0]) for v in vals)
+
+    if step and first_epoch < epochs:
+        checkpoint._offset = step
+        run(make_dataset(first_epoch, first_epoch + 1).skip(step), first_epoch, first_epoch + 1,
+            steps_per_epoch - step)
+        first_epoch += 1
+    if first_epoch < epochs:
+        checkpoint._offset = 0
+        run(make_dataset(first_epoch, epochs), first_epoch, epochs, steps_per_epoch)
+    return history
 
 
 def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:

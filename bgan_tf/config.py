@@ -56,6 +56,7 @@ class BGANConfig:
     w_feature: float = 1.0
     w_adv: float = 1.0
     fake_source: str = "prior"  # codes | prior | both
+    adv_to_encoder: bool = False  # let the adversarial gradient reach the encoder (through G(code))
     # --- optimisation ------------------------------------------------------
     batch_size: int = 40
     epochs: int = 30
@@ -72,6 +73,7 @@ class BGANConfig:
     num_cpu_devices: int = 1  # logical CPU devices to create (for mirrored on CPU)
     sample_every: int = 1  # epochs between reconstruction grids
     steps_per_epoch: int | None = None  # None: one pass over the data
+    save_every_steps: int = 0  # >0: also checkpoint every N steps inside an epoch (resume mid-epoch)
 
     def validate(self) -> "BGANConfig":
         def need(cond: bool, msg: str) -> None:
@@ -89,6 +91,7 @@ class BGANConfig:
              f"--strategy must be one_device, mirrored or multi_worker_mirrored, got {self.strategy!r}")
         need(self.batch_size >= 2, f"--batch_size must be >= 2 (the neighbourhood loss compares pairs), got {self.batch_size}")
         need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        need(self.save_every_steps >= 0, f"--save_every_steps must be >= 0, got {self.save_every_steps}")
         need(self.k1 >= 1 and self.k2 >= 1, "--k1 and --k2 must be >= 1")
         need(len(self.beta_values) >= 1 and all(b > 0 for b in self.beta_values), "--beta_values must be positive numbers")
         need(self.beta_every >= 1, "--beta_every must be >= 1")

@@ -42,16 +42,18 @@ def neighbourhood_loss(
     stop_gradient(z_global) and doubles the gradient (value unchanged), which
     sums over replicas to exactly the one-device gradient.
     """
-    num_bits = tf.cast(tf.shape(z_local)[1], tf.float32)
-    g = tf.cast(tf.shape(z_global)[0], tf.float32)
+    dtype = z_local.dtype
+    num_bits = tf.cast(tf.shape(z_local)[1], dtype)
+    g = tf.cast(tf.shape(z_global)[0], dtype)
+    s_block = tf.cast(s_block, dtype)
     inner = tf.matmul(z_local, tf.stop_gradient(z_global), transpose_b=True)
     if form == "released":
         sq = tf.square(inner - s_block)
         row_loss = tf.reduce_sum(sq) / (g * g)
     elif form == "paper":
         sq = tf.square(inner / num_bits - s_block)
-        off = 1.0 - tf.cast(same_item, tf.float32)
-        row_loss = tf.reduce_sum(sq * off) / tf.maximum(g * (g - 1.0), 1.0)
+        off = 1.0 - tf.cast(same_item, dtype)
+        row_loss = tf.reduce_sum(sq * off) / tf.maximum(g * (g - 1.0), tf.ones_like(g))
     else:
         raise ValueError(f"unknown neighbourhood form {form!r}")
     return 2.0 * row_loss - tf.stop_gradient(row_loss)

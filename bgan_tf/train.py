@@ -14,9 +14,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags, logging  # noqa: E402
 
 from bgan_tf.errors import cli_main  # noqa: E402
-from flags import config_from_flags, define_train_flags  # noqa: E402
+from flags import config_from_flags, define_train_flags, train_flags  # noqa: E402
 
 define_train_flags()
+# --helpshort lists the main module's key flags: make the central train flags key.
+flags.adopt_module_key_flags(train_flags)
 FLAGS = flags.FLAGS
 
 

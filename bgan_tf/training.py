@@ -123,6 +123,10 @@ def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input:
     spec = BackboneSpec(config.backbone, config.backbone_weights, config.backbone_input_size)
     encoder = Encoder(spec, config.num_bits, config.hash_hidden, config.sign_mode, config.ste_surrogate,
                       config.beta_values[0], freeze_backbone=config.freeze_backbone)
+    if config.sync_batch_norm:  # the backbone's BN layers too, not only G's and D's
+        from bgan_tf.distribute import synchronize_batch_norm
+
+        synchronize_batch_norm(encoder)
     model = BGAN(config, encoder, graph, features_input=features_input, rank1_logs=rank1_logs)
     encoder(image_example[:1].astype(np.float32))  # builds backbone + head
     model.build_all(x_example)
@@ -142,8 +146,8 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
     import tensorflow as tf
 
     from bgan_tf.backbones import BackboneSpec
-    from bgan_tf.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples
-    from bgan_tf.distribute import is_chief, make_strategy
+    from bgan_tf.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples, fit_resumable
+    from bgan_tf.distribute import is_chief, make_strategy, shard_by_data
     from bgan_tf.features import cached_features
     from bgan_tf.graph import build_graph
 
@@ -186,20 +190,24 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
     rank1 = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     with strategy.scope():
         model = build_bgan(config, graph, x, features_input, data.images, rank1_logs=rank1)
-    ckpt = EpochCheckpoint(os.path.join(out_dir, "checkpoints"), write=chief, encoder=model.encoder,
+    ckpt = EpochCheckpoint(os.path.join(out_dir, "checkpoints"), write=chief, save_every_steps=config.save_every_steps,
+                           encoder=model.encoder,
                            generator=model.generator, discriminator=model.discriminator,
                            e_optimizer=model.e_optimizer, g_optimizer=model.g_optimizer,
                            d_optimizer=model.d_optimizer) if model.generator is not None else \
-        EpochCheckpoint(os.path.join(out_dir, "checkpoints"), write=chief, encoder=model.encoder,
+        EpochCheckpoint(os.path.join(out_dir, "checkpoints"), write=chief, save_every_steps=config.save_every_steps,
+                        encoder=model.encoder,
                         e_optimizer=model.e_optimizer)
-    first_epoch = ckpt.restore()
+    first_epoch = ckpt.restore(os.path.join(config.output_dir, "checkpoints"))  # workers resume from the chief's
     history: dict[str, list[float]] = {}
     if first_epoch >= config.epochs and os.path.isdir(model_dir):
         logging.info("run already finished (%d epochs); model at %s", first_epoch, model_dir)
         return TrainResult(model_dir, history, 0, seconds, agreement)
 
     steps = config.steps_per_epoch or len(data) // config.batch_size
-    ds = training_dataset(gan_images, x, config.batch_size, config.seed, first_epoch, config.epochs)
+    def make_dataset(start, stop):
+        return shard_by_data(training_dataset(gan_images, x, config.batch_size, config.seed, start, stop))
+
     callbacks = [BetaSchedule(model.encoder.beta, config.beta_values, config.beta_every), ckpt]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), write_graph=False))
@@ -210,9 +218,7 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
             callbacks.append(ReconstructionSamples(encode, model.generator, gan_images[:n], x[:n],
                                                    os.path.join(out_dir, "samples"),
                                                    os.path.join(out_dir, "logs", "samples"), config.sample_every))
-    hist = model.fit(ds, epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                     callbacks=callbacks, verbose=verbose)
-    history = {k: [float(np.ravel(v)[0]) for v in vals] for k, vals in hist.history.items()}
+    history = fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks, verbose)
     seconds["train"] = time.time() - t
     if chief:
         with open(os.path.join(out_dir, "config.json"), "w") as f:

@@ -7,4 +7,5 @@ names, defaults and help texts live here only.
 
 from __future__ import annotations
 
+from flags import train_flags  # noqa: F401
 from flags.train_flags import config_from_flags, define_train_flags  # noqa: F401

@@ -50,6 +50,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "w_feature": ("float", "Weight of the discriminator-feature content loss."),
     "w_adv": ("float", "Weight of the adversarial loss on the encoder and generator."),
     "fake_source": ("string", "What the discriminator sees as fake: codes (G of the image's code), prior (G of noise) or both."),
+    "adv_to_encoder": ("bool", "Let the adversarial loss on G(code) update the encoder too (off: it trains G only)."),
     "batch_size": ("integer", "Global batch size (split across replicas)."),
     "epochs": ("integer", "Epochs to train; rerunning with more epochs continues the run."),
     "lr_e": ("float", "Adam learning rate of the encoder."),
@@ -64,6 +65,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "num_cpu_devices": ("integer", "Split the CPU into this many logical devices (to run mirrored without GPUs)."),
     "sample_every": ("integer", "Epochs between reconstruction sample grids."),
     "steps_per_epoch": ("integer", "Steps per epoch (default: one pass over the data)."),
+    "save_every_steps": ("integer", "Also checkpoint every N steps inside an epoch, so a killed run resumes mid-epoch (0: epoch ends only)."),
 }
 
 

@@ -1,0 +1,103 @@
+"""Image sources: formats, bad files and the training pipeline."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bgan_tf.data import (ImageData, decode_image_bytes, load_digits, load_folder, load_image_file, load_images,
+                          load_npz, training_dataset)
+from bgan_tf.errors import UserError
+
+
+def _write(path, arr, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+
+
+def test_digits_offline_default():
+    d = load_digits()
+    assert d.images.shape == (1797, 32, 32, 3) and d.images.dtype == np.uint8
+    assert set(np.unique(d.labels)) == set(range(10))
+
+
+def test_folder_with_classes_grayscale_rgba_odd_sizes_and_corrupt_files(tmp_path):
+    rng = np.random.default_rng(0)
+    _write(tmp_path / "cat" / "a.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    _write(tmp_path / "cat" / "gray.png", rng.integers(0, 255, (20, 20), dtype=np.uint8))
+    rgba = rng.integers(0, 255, (20, 20, 4), dtype=np.uint8)
+    rgba[..., 3] = 0  # fully transparent -> white
+    _write(tmp_path / "dog" / "rgba.png", rgba)
+    _write(tmp_path / "dog" / "odd.jpg", rng.integers(0, 255, (13, 29, 3), dtype=np.uint8))
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"not an image at all")
+    (tmp_path / "dog" / "empty.png").write_bytes(b"")
+    d = load_folder(str(tmp_path))
+    assert len(d) == 4  # two unreadable files skipped, not fatal
+    assert d.images.shape == (4, 20, 20, 3)
+    assert d.class_names == ["cat", "dog"] and d.labels.tolist() == [0, 0, 1, 1]
+    rgba_idx = [i for i, n in enumerate(d.names) if n.endswith("rgba.png")][0]
+    assert (d.images[rgba_idx] == 255).all()
+
+
+def test_folder_errors_are_one_line_user_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_folder(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="no images"):
+        load_folder(str(tmp_path))
+    (tmp_path / "x.jpg").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="could be decoded"):
+        load_folder(str(tmp_path))
+
+
+def test_single_file_errors(tmp_path):
+    with pytest.raises(UserError, match="image not found"):
+        load_image_file(str(tmp_path / "nope.png"))
+    with pytest.raises(UserError, match="empty"):
+        decode_image_bytes(b"")
+    with pytest.raises(UserError, match="cannot decode"):
+        decode_image_bytes(b"\x89PNG\r\n\x1a\n broken")
+
+
+def test_npz_source_and_errors(tmp_path):
+    p = tmp_path / "a.npz"
+    np.savez(p, images=np.zeros((5, 8, 8), np.uint8), labels=np.arange(5))
+    d = load_npz(str(p))
+    assert d.images.shape == (5, 8, 8, 3) and d.labels.tolist() == list(range(5))
+    q = tmp_path / "b.npz"
+    np.savez(q, pixels=np.zeros((5, 8, 8)))
+    with pytest.raises(UserError, match="no 'images'"):
+        load_npz(str(q))
+    with pytest.raises(UserError, match="unknown --dataset"):
+        load_images("imagenet")
+
+
+def test_pipeline_batches_are_full_deterministic_and_resume_exactly():
+    n, b = 50, 8
+    imgs = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 3), np.float32)
+    x = np.arange(n, dtype=np.float32)[:, None]
+
+    def epochs(first, last):
+        return [batch["index"].numpy() for batch in training_dataset(imgs, x, b, 7, first, last)]
+
+    full = epochs(0, 3)
+    assert len(full) == 3 * (n // b) and all(len(i) == b for i in full)
+    for batch in training_dataset(imgs, x, b, 7, 0, 1).take(1):
+        np.testing.assert_array_equal(batch["x"].numpy()[:, 0], batch["index"].numpy())
+        np.testing.assert_array_equal(batch["image"].numpy()[:, 0, 0, 0], batch["index"].numpy())
+    # Epochs are permutations: no index twice within an epoch.
+    first_epoch = np.concatenate(full[: n // b])
+    assert len(set(first_epoch.tolist())) == len(first_epoch)
+    # A run resumed at epoch 2 sees the batches the uninterrupted run saw.
+    resumed = epochs(2, 3)
+    for a, c in zip(full[2 * (n // b):], resumed):
+        np.testing.assert_array_equal(a, c)
+    assert not np.array_equal(full[0], full[n // b])  # reshuffled each epoch
+    with pytest.raises(UserError, match="fewer than --batch_size"):
+        training_dataset(imgs[:4], x[:4], b, 0, 0, 1)
+
+
+def test_subset_and_fingerprint():
+    d = ImageData(np.zeros((3, 2, 2, 3), np.uint8), np.array([0, 1, 2]), ["a", "b", "c"])
+    s = d.subset(np.array([2, 0]))
+    assert s.names == ["c", "a"] and s.labels.tolist() == [2, 0]
+    e = ImageData(np.ones((3, 2, 2, 3), np.uint8), None)
+    assert d.fingerprint() != e.fingerprint()
