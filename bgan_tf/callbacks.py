@@ -56,7 +56,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        self.checkpoint = tf.train.Checkpoint(epoch=self.epoch, step_in_epoch=self.step_in_epoch, **trackables)
+        # Every network's variables also by list: layers a subclassed model keeps in
+        # a Python list (the BN layers of G and D) are not reached through the model
+        # object, and without this their moving statistics would not be saved.
+        weights = {f"{name}_weights": list(obj.weights) for name, obj in trackables.items()
+                   if isinstance(obj, keras.Model)}
+        self.checkpoint = tf.train.Checkpoint(epoch=self.epoch, step_in_epoch=self.step_in_epoch, **trackables,
+                                              **weights)
         self.write = write
         self.directory = directory
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)

@@ -205,8 +205,15 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
         return TrainResult(model_dir, history, 0, seconds, agreement)
 
     steps = config.steps_per_epoch or len(data) // config.batch_size
+    per_pass = len(data) // config.batch_size
+
     def make_dataset(start, stop):
-        return shard_by_data(training_dataset(gan_images, x, config.batch_size, config.seed, start, stop))
+        # fit() keeps one iterator across epochs, so fit epoch e reads batches
+        # [e*steps, (e+1)*steps) of the stream of seeded passes over the data: start there.
+        first = start * steps
+        ds = training_dataset(gan_images, x, config.batch_size, config.seed, first // per_pass,
+                              -(-stop * steps // per_pass))
+        return shard_by_data(ds.skip(first % per_pass))
 
     callbacks = [BetaSchedule(model.encoder.beta, config.beta_values, config.beta_every), ckpt]
     if chief:
