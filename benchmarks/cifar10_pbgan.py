@@ -1,0 +1,211 @@
+"""CIFAR-10 "P-BGAN" protocol end to end, BGAN next to classical baselines.
+
+    .venv/bin/python benchmarks/cifar10_pbgan.py                # everything
+    .venv/bin/python benchmarks/cifar10_pbgan.py --bits 32      # one code length
+
+Protocol (bgan_tf.protocols.cifar10_pbgan, seed fixed): the 60,000 images
+pooled; 1,000 queries (100 per class); the other 59,000 are the database;
+10,000 training images (1,000 per class) drawn from the database. Relevant =
+same class; Hamming ranking, ties scored by their expectation.
+
+Stages: load images -> frozen ImageNet MobileNetV2 features (torchvision
+weights with torch padding, ../shared/weights) for all 60,000, cached ->
+neighbourhood graph on the 10,000 training features -> for each code length,
+LSH / PCAH / ITQ fitted on the training features, and BGAN trained with each
+preset on the training images (encoder = hash head over the frozen features)
+-> mAP@all and mAP@1000 of every method; float cosine ranking as reference.
+
+Writes benchmarks/results/cifar10_pbgan.{json,md} (merging with earlier runs
+of other code lengths/methods, so the table can be filled in pieces). Needs
+../shared/data/cifar10 and ../shared/weights (or --data/--weights); skips
+with a message when they are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+ALL_BITS = (12, 24, 32, 48, 64)
+ALL_METHODS = ("bgan_released_code", "bgan_paper", "nbr_only")
+
+
+def load_cifar(root: str):
+    """train/ and test/ class folders pooled into one labelled set of 60,000."""
+    from bgan_tf.data import ImageData, load_folder
+
+    parts = [load_folder(os.path.join(root, s), size=32) for s in ("train", "test")]
+    assert parts[0].class_names == parts[1].class_names
+    return ImageData(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
+                     parts[0].names + parts[1].names, parts[0].class_names)
+
+
+def bgan_config(method: str, bits: int, args, out_dir: str):
+    from bgan_tf.config import apply_preset
+    from bgan_tf.configs import get_config
+
+    preset = {"bgan_released_code": "released_code", "bgan_paper": "paper", "nbr_only": "nbr_only"}[method]
+    cfg = apply_preset(get_config("cifar10"), preset)
+    return cfg.replace(num_bits=bits, backbone_weights=args.weights, backbone_input_size=args.input_size,
+                       epochs=args.epochs, seed=args.seed, output_dir=out_dir, dataset="cifar10 (P-BGAN train)",
+                       feature_cache_dir=args.cache)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=os.path.join(SHARED, "data", "cifar10"))
+    p.add_argument("--weights", default=os.path.join(SHARED, "weights",
+                                                     "mobilenet_v2_imagenet_torchvision_notop.weights.h5"))
+    p.add_argument("--bits", default=",".join(map(str, ALL_BITS)))
+    p.add_argument("--methods", default=",".join(ALL_METHODS))
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--input_size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default=os.path.join(ROOT, "benchmarks", "work", "features"))
+    p.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work"))
+    p.add_argument("--out", default=os.path.join(RESULTS, "cifar10_pbgan"))
+    args = p.parse_args()
+    if not os.path.isdir(args.data) or not os.path.isfile(args.weights):
+        print(f"SKIP: CIFAR-10 folder ({args.data}) or MobileNetV2 weights ({args.weights}) not found; "
+              "see ../shared/data/README.md and ../shared/weights/README.md")
+        return 0
+    bits_list = [int(b) for b in args.bits.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+
+    from bgan_tf.backbones import BackboneSpec
+    from bgan_tf.baselines import make_baseline
+    from bgan_tf.features import cached_features
+    from bgan_tf.graph import build_graph
+    from bgan_tf.inference import load_encoder
+    from bgan_tf.protocols import cifar10_pbgan
+    from bgan_tf.retrieval_metrics import evaluate_codes, evaluate_float
+    from bgan_tf.training import train
+
+    seconds: dict[str, float] = {}
+    t0 = time.time()
+    data = load_cifar(args.data)
+    seconds["load_images"] = time.time() - t0
+    split = cifar10_pbgan(data.labels, args.seed)
+    print(f"P-BGAN split: {split.sizes()}  ({time.time() - t0:.0f}s)", flush=True)
+
+    t = time.time()
+    spec = BackboneSpec("mobilenet_v2_torch", args.weights, args.input_size)
+    feats = cached_features(data.images, spec, data.fingerprint(), args.cache)
+    seconds["features_60k"] = time.time() - t
+    print(f"features {feats.shape} ({seconds['features_60k']:.0f}s)", flush=True)
+    q, db, tr = split.query, split.database, split.train
+    lq, ldb = data.labels[q], data.labels[db]
+
+    def score(qc, dbc):
+        m = evaluate_codes(qc, dbc, lq, ldb, topk=(1000,), pr_curve=False)
+        return {"map_all": round(m["map_all"], 4), "map_1000": round(m["map_at"][1000], 4)}
+
+    out_json = args.out + ".json"
+    results = {"methods": {}, "seconds": {}}
+    if os.path.isfile(out_json):
+        results = json.load(open(out_json))
+    methods_out = results.setdefault("methods", {})
+    secs_out = results.setdefault("seconds", {})
+
+    t = time.time()
+    m = evaluate_float(feats[q], feats[db], lq, ldb, topk=(1000,))
+    methods_out["float_cosine"] = {"float": {"map_all": round(m["map_all"], 4), "map_1000": round(m["map_at"][1000], 4)}}
+    seconds["float_cosine_eval"] = time.time() - t
+
+    t = time.time()
+    graph = build_graph(feats[tr], 20, 30)
+    seconds["graph_10k"] = time.time() - t
+    agree = graph.label_agreement(data.labels[tr])
+    print(f"graph: {graph.num_positive_pairs} positive pairs, {100 * agree:.1f}% share a label "
+          f"({seconds['graph_10k']:.0f}s)", flush=True)
+
+    train_data = data.subset(tr)
+    for bits in bits_list:
+        for name in ("LSH", "PCAH", "ITQ"):
+            t = time.time()
+            b = make_baseline(name, bits, args.seed).fit(feats[tr])
+            methods_out.setdefault(name, {})[str(bits)] = score(b.encode(feats[q]), b.encode(feats[db]))
+            seconds[f"{name}_{bits}"] = time.time() - t
+        for method in methods:
+            out_dir = os.path.join(args.work, f"{method}_{bits}_s{args.seed}")
+            cfg = bgan_config(method, bits, args, out_dir)
+            t = time.time()
+            res = train(cfg, train_data, verbose=2)
+            seconds[f"{method}_{bits}_train"] = time.time() - t
+            enc = load_encoder(res.model_dir)
+            # Frozen backbone: codes from the cached features equal codes from
+            # the images (same backbone weights), without rerunning it.
+            row = score(enc.encode_features(feats[q]), enc.encode_features(feats[db]))
+            row["train_seconds"] = round(seconds[f"{method}_{bits}_train"], 1)
+            methods_out.setdefault(method, {})[str(bits)] = row
+            print(f"{bits} bits {method}: {row}  ITQ: {methods_out['ITQ'][str(bits)]}", flush=True)
+            _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
+        _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
+    seconds["total"] = time.time() - t0
+    _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
+    print(open(args.out + ".md").read())
+    return 0
+
+
+def _write(results, secs_out, seconds, args, graph_agree, out):
+    from bgan_tf.experiment import write_json
+
+    secs_out.update({k: round(v, 1) for k, v in seconds.items()})
+    results["setup"] = {
+        "protocol": "cifar10_pbgan", "seed": args.seed, "epochs": args.epochs,
+        "backbone": f"mobilenet_v2_torch @ {args.input_size}px (frozen, ImageNet torchvision weights)",
+        "graph_label_agreement": round(graph_agree, 4),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "data_note": "CIFAR-10 JPEG re-encoded copy (quality 75; ~8 grey levels RMS from the original)",
+    }
+    write_json(out + ".json", results)
+    write_markdown(results, out + ".md")
+
+
+def write_markdown(results: dict, path: str) -> None:
+    methods = results["methods"]
+    bits = sorted({b for rows in methods.values() for b in rows if b != "float"}, key=int)
+    order = [m for m in ("LSH", "PCAH", "ITQ", "nbr_only", "bgan_released_code", "bgan_paper") if m in methods]
+    order += [m for m in methods if m not in order and m != "float_cosine"]
+    lines = ["# CIFAR-10 P-BGAN benchmark", "",
+             "Generated by `benchmarks/cifar10_pbgan.py`; do not edit by hand.", "",
+             "Command: `.venv/bin/python benchmarks/cifar10_pbgan.py` (see its docstring).", "",
+             "mAP@all / mAP@1000, 1,000 queries vs 59,000 database images, Hamming ranking "
+             "(ties scored by their expectation).", ""]
+    lines.append("| method | " + " | ".join(f"{b} bits" for b in bits) + " |")
+    lines.append("|---|" + "---|" * len(bits))
+    for m in order:
+        cells = []
+        for b in bits:
+            r = methods[m].get(b)
+            cells.append(f"{r['map_all']:.3f} / {r['map_1000']:.3f}" if r else "-")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if "float_cosine" in methods:
+        r = methods["float_cosine"]["float"]
+        lines += ["", f"Float features, cosine ranking (the reference the codes compress): "
+                      f"{r['map_all']:.3f} / {r['map_1000']:.3f}."]
+    s = results.get("setup", {})
+    lines += ["", "## Setup", ""] + [f"- {k}: {v}" for k, v in s.items()]
+    lines += ["", "## Wall time of each stage (seconds)", ""]
+    lines += [f"- {k}: {v}" for k, v in results.get("seconds", {}).items()]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
