@@ -1,0 +1,212 @@
+"""Encoding throughput of every export of one model, measured in one run.
+
+    .venv/bin/python benchmarks/encode_throughput.py [--model DIR] [--no-mobilenet]
+
+Variants: keras (the Keras encoder, called through tf.function), saved_model
+(the exported serving_default signature, reloaded with tf.saved_model.load),
+tflite_float, tflite_dynamic_int8, tflite_int8 (ai-edge-litert, XNNPACK,
+threads = CPU count). For each: images/s at batch 1 and 64 on images already
+at the backbone input size, file size in bytes, and bit agreement with the
+Keras encoder on 256 training images.
+
+--model defaults to runs/digits/model if it exists, else a small digits model
+is trained into benchmarks/work/digits (5 epochs, ~1 min). Results:
+benchmarks/results/encode_throughput.json ({VARIANT: {batch_1, batch_64, bytes,
+bit_agreement}}) and .md. Unless --no-mobilenet, the same is measured for a
+frozen MobileNetV2 (torchvision weights from /work/shared/weights, 96 px)
+trained briefly on digits, written to encode_throughput_mobilenet_v2.json;
+skipped with a message when the shared weights are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+WORK = os.path.join(ROOT, "benchmarks", "work")
+VARIANTS = ("keras", "saved_model", "tflite_float", "tflite_dynamic_int8", "tflite_int8")
+MOBILENET_WEIGHTS = "weights/mobilenet_v2_imagenet_torchvision_notop.weights.h5"
+
+
+def throughput(fn, batch: np.ndarray, min_seconds: float, min_iters: int) -> float:
+    """images/s of fn(batch): one warm-up call, then repeat until both minimums are met."""
+    fn(batch)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn(batch)
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if n >= min_iters and elapsed >= min_seconds:
+            return n * len(batch) / elapsed
+
+
+def dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def train_model(out_dir: str, **overrides) -> str:
+    from bgan_tf.configs import get_config
+    from bgan_tf.training import train
+
+    config = get_config("digits").replace(output_dir=out_dir, **overrides)
+    print(f"training {config.backbone} model into {out_dir} ...", flush=True)
+    return train(config, verbose=0).model_dir
+
+
+def measure(model_dir: str, work: str, seconds: float) -> dict:
+    import tensorflow as tf
+
+    from bgan_tf import serving
+    from bgan_tf.inference import load_encoder
+
+    loaded = load_encoder(model_dir)
+    size = loaded.config.backbone_input_size
+    images = serving.check_images(loaded, 256)
+    reps = serving.representative_images(loaded.config, size, 200)
+    shutil.rmtree(work, ignore_errors=True)
+    sm_path = serving.export_saved_model(loaded, os.path.join(work, "saved_model"))
+    check = serving.check_saved_model(sm_path, loaded, images)
+    print(check.summary(), flush=True)
+    paths = serving.convert_tflite(loaded, os.path.join(work, "tflite"), representative=reps)
+    ref = loaded.encode(images)
+
+    keras_fn = tf.function(lambda x: loaded.model(x, training=False))
+    sm = tf.saved_model.load(sm_path)
+    sig = sm.signatures["serving_default"]
+    threads = os.cpu_count()
+    runners = {v: serving.TFLiteEncoder(p, num_threads=threads) for v, p in paths.items()}
+    calls = {
+        "keras": (lambda b: keras_fn(tf.constant(b, tf.float32)).numpy(), np.float32),
+        "saved_model": (lambda b: sig(images=tf.constant(b))["codes"].numpy(), np.uint8),
+    }
+    for v, r in runners.items():
+        calls[f"tflite_{v}"] = ((lambda r: lambda b: r.runner(images=b)["codes"])(r), np.float32)
+    sizes = {"keras": os.path.getsize(os.path.join(model_dir, "encoder.weights.h5")),
+             "saved_model": dir_bytes(sm_path)}
+    sizes.update({f"tflite_{v}": os.path.getsize(p) for v, p in paths.items()})
+    agreement = {"keras": 1.0,
+                 "saved_model": serving.bit_agreement(ref, serving.call_signature(sig, images=tf.constant(images))["codes"])}
+    agreement.update({f"tflite_{v}": serving.bit_agreement(ref, r.encode(images)) for v, r in runners.items()})
+
+    results = {}
+    for name in VARIANTS:
+        fn, dtype = calls[name]
+        row = {}
+        for bs in (1, 64):
+            batch = np.ascontiguousarray(np.resize(images, (bs,) + images.shape[1:])).astype(dtype)
+            row[f"batch_{bs}"] = round(throughput(fn, batch, seconds, 5 if bs > 1 else 20), 1)
+        row["bytes"] = int(sizes[name])
+        row["bit_agreement"] = round(float(agreement[name]), 5)
+        results[name] = row
+        print(f"  {name:20s} {row}", flush=True)
+    # Eager Keras (what LoadedEncoder.encode does) for reference, not in the JSON rows.
+    eager = {bs: round(throughput(lambda b: loaded.model(tf.constant(b, tf.float32), training=False).numpy(),
+                                  np.resize(images, (bs,) + images.shape[1:]), seconds, 5), 1) for bs in (1, 64)}
+    info = {"backbone": loaded.config.backbone, "input_size": size, "num_bits": loaded.num_bits,
+            "model_dir": os.path.abspath(model_dir), "keras_eager": eager, "tflite_threads": threads,
+            "saved_model_identical": check.ok}
+    return {"results": results, "info": info}
+
+
+def table(res: dict) -> str:
+    lines = ["| variant | batch 1 (img/s) | batch 64 (img/s) | size (bytes) | bit agreement |",
+             "|---|---:|---:|---:|---:|"]
+    for name, r in res["results"].items():
+        lines.append(f"| {name} | {r['batch_1']:,.1f} | {r['batch_64']:,.1f} | {r['bytes']:,d} | {r['bit_agreement']:.4f} |")
+    return "\n".join(lines)
+
+
+def targets(res: dict) -> str:
+    r = res["results"]
+    out = []
+    for bs in ("batch_1", "batch_64"):
+        ratio_sm = r["saved_model"][bs] / r["keras"][bs]
+        ratio_q = r["tflite_int8"][bs] / r["tflite_float"][bs]
+        out.append(f"- {bs}: SavedModel / Keras = {ratio_sm:.2f}x (target >= 0.9x: "
+                   f"{'met' if ratio_sm >= 0.9 else 'NOT met'}); TFLite int8 / float = {ratio_q:.2f}x "
+                   f"(target >= 1.5x: {'met' if ratio_q >= 1.5 else 'NOT met'})")
+    agree = r["tflite_int8"]["bit_agreement"]
+    out.append(f"- TFLite int8 bit agreement {agree:.4f} (target >= 0.99: {'met' if agree >= 0.99 else 'NOT met'}); "
+               f"dynamic int8 {r['tflite_dynamic_int8']['bit_agreement']:.4f}; float "
+               f"{r['tflite_float']['bit_agreement']:.4f} (must be 1.0)")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="trained model folder (default: runs/digits/model or a fresh small one)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="minimum timing per measurement")
+    parser.add_argument("--shared_dir", default="/work/shared", help="where weights/ lives (MobileNetV2 part)")
+    parser.add_argument("--no-mobilenet", dest="mobilenet", action="store_false")
+    parser.add_argument("--mobilenet_model", help="an already trained MobileNetV2 model folder to reuse")
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    model = args.model
+    if not model:
+        default = os.path.join(ROOT, "runs", "digits", "model")
+        model = default if os.path.isdir(default) else os.path.join(WORK, "digits", "model")
+        if not os.path.isdir(model):
+            model = train_model(os.path.join(WORK, "digits"), epochs=5)
+    command = "python benchmarks/encode_throughput.py " + " ".join(sys.argv[1:])
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+               f"TensorFlow {tf.__version__}, {platform.platform()}, load average at start "
+               f"{os.getloadavg()[0]:.1f} (other jobs share the cores: absolute numbers are noisy)")
+    print(f"model {model}", flush=True)
+    res = measure(model, os.path.join(WORK, "export_small"), args.seconds)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "encode_throughput.json"), "w") as f:
+        json.dump(res["results"], f, indent=2)
+
+    md = ["# Encoding throughput of the exports", "",
+          f"Command: `{command.strip()}`  ", f"Machine: {machine}  ",
+          f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+          f"## {res['info']['backbone']} ({res['info']['input_size']} px, {res['info']['num_bits']} bits)", "",
+          f"Model: `{res['info']['model_dir']}`", "", table(res), "", targets(res), "",
+          f"Keras eager (`LoadedEncoder.encode` path): batch 1 {res['info']['keras_eager'][1]} img/s, "
+          f"batch 64 {res['info']['keras_eager'][64]} img/s. The `keras` row calls the encoder through "
+          "tf.function, the fair comparison with a SavedModel signature.", ""]
+
+    weights = os.path.join(args.shared_dir, MOBILENET_WEIGHTS)
+    if not args.mobilenet:
+        md += ["## MobileNetV2", "", "Skipped (--no-mobilenet).", ""]
+    elif not os.path.isfile(weights):
+        msg = f"MobileNetV2 part skipped: {weights} not found (the shared weights are not on this machine)."
+        print(msg)
+        md += ["## MobileNetV2", "", msg, ""]
+    else:
+        mb = args.mobilenet_model or os.path.join(WORK, "mobilenet", "model")
+        if not os.path.isdir(mb):
+            mb = train_model(os.path.join(WORK, "mobilenet"), backbone="mobilenet_v2_torch", backbone_weights=weights,
+                             backbone_input_size=96, freeze_backbone=True, graph_features="backbone",
+                             hash_hidden=(256,), epochs=3, feature_cache_dir=os.path.join(WORK, "features"))
+        res_mb = measure(mb, os.path.join(WORK, "export_mobilenet"), args.seconds)
+        with open(os.path.join(RESULTS, "encode_throughput_mobilenet_v2.json"), "w") as f:
+            json.dump(res_mb["results"], f, indent=2)
+        md += [f"## mobilenet_v2_torch (frozen, torchvision ImageNet weights, {res_mb['info']['input_size']} px, "
+               f"{res_mb['info']['num_bits']} bits, 3 epochs on digits)", "",
+               f"Model: `{res_mb['info']['model_dir']}`; JSON: `encode_throughput_mobilenet_v2.json`", "",
+               table(res_mb), "", targets(res_mb), "",
+               f"Keras eager: batch 1 {res_mb['info']['keras_eager'][1]} img/s, batch 64 "
+               f"{res_mb['info']['keras_eager'][64]} img/s.", ""]
+    with open(os.path.join(RESULTS, "encode_throughput.md"), "w") as f:
+        f.write("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
