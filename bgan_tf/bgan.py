@@ -159,13 +159,19 @@ class BGAN(keras.Model):
             loss_e = cfg.w_nbr * nbr + cfg.w_quant * quant + content
             if cfg.adv_to_encoder:
                 loss_e = loss_e + cfg.w_adv * adv_g
-        e_grads = tape.gradient(loss_e, enc_vars)
+            # Under mixed precision the optimizers are LossScaleOptimizers: scale
+            # inside the tape, and apply_gradients unscales (a no-op otherwise).
+            scaled_e = self.e_optimizer.scale_loss(loss_e)
+            if self.generator is not None:
+                scaled_g = self.g_optimizer.scale_loss(loss_g)
+                scaled_d = self.d_optimizer.scale_loss(loss_d)
+        e_grads = tape.gradient(scaled_e, enc_vars)
         self.e_optimizer.apply_gradients(zip(e_grads, enc_vars))
         if self.generator is not None:
             g_vars = self.generator.trainable_variables
             d_vars = self.discriminator.trainable_variables
-            g_grads = tape.gradient(loss_g, g_vars)
-            d_grads = tape.gradient(loss_d, d_vars)
+            g_grads = tape.gradient(scaled_g, g_vars)
+            d_grads = tape.gradient(scaled_d, d_vars)
             self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
             self.d_optimizer.apply_gradients(zip(d_grads, d_vars))
         del tape

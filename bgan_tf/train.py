@@ -33,6 +33,11 @@ def main(argv: list[str]) -> None:
 
     config = config_from_flags()
     logging.set_verbosity(logging.INFO)
+    # The strategy comes before any other TensorFlow op (loading a tfds dataset
+    # runs some): MultiWorkerMirrored must configure collectives first.
+    from bgan_tf.distribute import make_strategy
+
+    make_strategy(config.strategy, config.num_cpu_devices)
     data = load_training_data(config)
     query = None
     if FLAGS.holdout_per_class and data.labels is not None and data.labels.ndim == 1:

@@ -132,7 +132,9 @@ def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input:
     model.build_all(x_example)
 
     def adam(lr):
-        return keras.optimizers.Adam(lr, beta_1=config.adam_beta_1, epsilon=config.adam_epsilon)
+        opt = keras.optimizers.Adam(lr, beta_1=config.adam_beta_1, epsilon=config.adam_epsilon)
+        # float16 gradients underflow without dynamic loss scaling.
+        return keras.optimizers.LossScaleOptimizer(opt) if config.mixed_precision else opt
 
     model.compile(e_optimizer=adam(config.lr_e), g_optimizer=adam(config.lr_g), d_optimizer=adam(config.lr_d))
     model.build_optimizers()
