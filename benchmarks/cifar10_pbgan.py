@@ -60,7 +60,7 @@ def bgan_config(method: str, bits: int, args, out_dir: str):
     preset = {"bgan_released_code": "released_code", "bgan_paper": "paper", "nbr_only": "nbr_only"}[method]
     cfg = apply_preset(get_config("cifar10"), preset)
     return cfg.replace(num_bits=bits, backbone_weights=args.weights, backbone_input_size=args.input_size,
-                       epochs=args.epochs, seed=args.seed, output_dir=out_dir, dataset="cifar10 (P-BGAN train)",
+                       epochs=args.epochs or cfg.epochs, seed=args.seed, output_dir=out_dir, dataset="cifar10 (P-BGAN train)",
                        feature_cache_dir=args.cache)
 
 
@@ -71,7 +71,7 @@ def main() -> int:
                                                      "mobilenet_v2_imagenet_torchvision_notop.weights.h5"))
     p.add_argument("--bits", default=",".join(map(str, ALL_BITS)))
     p.add_argument("--methods", default=",".join(ALL_METHODS))
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=None, help="default: the cifar10 config's")
     p.add_argument("--input_size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=os.path.join(ROOT, "benchmarks", "work", "features"))
@@ -165,7 +165,7 @@ def _write(results, secs_out, seconds, args, graph_agree, out):
 
     secs_out.update({k: round(v, 1) for k, v in seconds.items()})
     results["setup"] = {
-        "protocol": "cifar10_pbgan", "seed": args.seed, "epochs": args.epochs,
+        "protocol": "cifar10_pbgan", "seed": args.seed, "epochs": args.epochs or "cifar10 config default (15)",
         "backbone": f"mobilenet_v2_torch @ {args.input_size}px (frozen, ImageNet torchvision weights)",
         "graph_label_agreement": round(graph_agree, 4),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
