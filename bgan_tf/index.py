@@ -31,7 +31,8 @@ def backend_knobs(backend: str) -> dict[str, Any]:
     if backend == "hnsw":
         return {"M": FLAGS.hnsw_m, "ef_search": FLAGS.ef_search}
     if backend == "multihash":
-        return {"nhash": FLAGS.nhash, "b": FLAGS.hash_bits or None, "nflip": FLAGS.nflip}
+        return {"nhash": FLAGS.nhash or None, "b": FLAGS.hash_bits or None,
+                "nflip": FLAGS.nflip if FLAGS.nflip >= 0 else None}
     return {}
 
 

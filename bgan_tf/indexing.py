@@ -2,7 +2,8 @@
 
 Also holds the small seams the search side needs from the rest of the project,
 so each can be swapped in one place:
-- `read_image` / `decode_image`: bgan_tf.data's readers when present, else PIL;
+- `read_image` / `decode_image`: bgan_tf.data's readers (load_image_file,
+  decode_image_bytes), so indexed, queried and trained images decode alike;
 - `load_model`: bgan_tf.inference.load_encoder(model_dir), or the training-free
   `pixel-lsh:BITS[:SEED]` baseline (random hyperplanes over 16x16 pixels), which
   the tests, the demo and the load benchmark use instead of a trained model.
@@ -11,7 +12,6 @@ so each can be swapped in one place:
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import sys
 import time
@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from bgan_tf.data import decode_image_bytes, load_image_file
 from bgan_tf.errors import UserError
 from bgan_tf.search import BinaryIndex, SearchResult
 from bgan_tf.store import read_manifest
@@ -36,42 +37,17 @@ class Encoder(Protocol):
 
 
 # ------------------------------------------------------------------ images
-def _pil_decode(data: bytes, what: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{what}: cannot decode image ({e.__class__.__name__}); "
-                        "pass a JPEG, PNG, BMP, GIF or WebP file") from None
-
-
 def decode_image(data: bytes, what: str = "image") -> np.ndarray:
-    """Image bytes -> uint8 [H, W, 3]; UserError when undecodable."""
-    if not data:
-        raise UserError(f"{what}: empty file; pass an image")
-    try:
-        from bgan_tf.data import decode_image_bytes
-    except ImportError:  # data module not available: same behaviour via PIL
-        return _pil_decode(data, what)
+    """Image bytes -> uint8 [H, W, 3]; UserError when empty or undecodable.
+
+    The project's one decoder (bgan_tf.data.decode_image_bytes): grayscale is
+    replicated, alpha composited on white, exactly as training reads images.
+    """
     return decode_image_bytes(data, what=what)
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Image file -> uint8 [H, W, 3]; UserError when missing or undecodable."""
-    try:
-        from bgan_tf.data import load_image_file
-    except ImportError:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"image not found: {path}") from None
-        return _pil_decode(p.read_bytes(), str(path))
     return load_image_file(str(path))
 
 

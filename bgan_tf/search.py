@@ -51,6 +51,19 @@ def get_num_threads() -> int:
     return _threads
 
 
+def apply_num_threads() -> None:
+    """Apply the thread setting to the calling thread.
+
+    OpenMP keeps its thread count per OS thread: set_num_threads() in the main
+    thread does not reach executor/worker threads, which otherwise run FAISS with
+    one OpenMP team per thread sized to every core (oversubscription on shared
+    cores). Call this at the start of any thread that searches.
+    """
+    import faiss
+
+    faiss.omp_set_num_threads(_threads)
+
+
 class SearchBackend(Protocol):
     name: str
     num_bits: int
@@ -370,19 +383,48 @@ class HNSWBackend(_RebuildOnRemove):
         return super().search(packed_queries, k)
 
 
+def multihash_defaults(num_bits: int) -> dict[str, int]:
+    """Sane (nhash, b, nflip) for a code length.
+
+    Each table probes sum_{i<=nflip} C(b, i) buckets; with N codes a bucket holds
+    about N / 2**b of them, so short keys make every probe a scan. 8-bit keys at
+    32 bits (the old nhash=4 default) visit ~all of 1M codes (2 q/s). Keys of
+    16-24 bits keep buckets small: 32 bits -> 2 tables x 16 bits, 64 -> 4 x 16,
+    codes of 16 bits or less keep 4 short keys (their whole space is 65,536 codes),
+    longer codes -> 24-bit keys with one flip (C(24, 2) probes per table is too many).
+    """
+    d = 8 * codes_lib_code_bytes(num_bits)
+    if d <= 16:  # tiny code space: 4 short keys probe ~all buckets, i.e. exact
+        return {"nhash": 4 if d >= 4 else 1, "b": max(1, d // 4) if d >= 4 else d, "nflip": 2}
+    if d <= 48:
+        return {"nhash": 2, "b": d // 2, "nflip": 2}
+    b = 16 if d <= 96 else 24
+    return {"nhash": max(1, d // b), "b": b, "nflip": 2 if b <= 16 else 1}
+
+
 class MultiHashBackend(_RebuildOnRemove):
     """FAISS IndexBinaryMultiHash: nhash tables keyed by b-bit substrings, probing
-    every key within nflip bit flips; exact distances on the candidates found."""
+    every key within nflip bit flips; exact distances on the candidates found.
+
+    Unset knobs (None / 0) take `multihash_defaults(num_bits)`.
+    """
 
     name = "multihash"
 
-    def __init__(self, num_bits: int, nhash: int = 4, b: int | None = None, nflip: int = 2) -> None:
+    def __init__(self, num_bits: int, nhash: int | None = None, b: int | None = None,
+                 nflip: int | None = None) -> None:
         d = 8 * codes_lib_code_bytes(num_bits)
-        self.nhash = max(1, int(nhash))
-        self.b = int(b) if b else max(1, min(24, d // self.nhash))
+        dflt = multihash_defaults(num_bits)
+        self.nhash = max(1, int(nhash)) if nhash else dflt["nhash"]
+        if b:
+            self.b = int(b)
+        elif nhash:  # tables given, key length not: split the code between them
+            self.b = max(1, min(24, d // self.nhash))
+        else:
+            self.b = dflt["b"]
         if self.nhash * self.b > d:
             raise UserError(f"multihash needs nhash * b <= {d} bits, got {self.nhash} * {self.b}")
-        self.nflip = int(nflip)
+        self.nflip = int(nflip) if nflip is not None and nflip >= 0 else dflt["nflip"]
         super().__init__(num_bits)
 
     def _new_index(self) -> Any:

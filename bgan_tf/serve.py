@@ -35,9 +35,11 @@ def main(argv: list[str]) -> None:
     index = indexing.open_index(FLAGS.index, encoder, **extra)
     application = create_app(index, encoder, max_upload_bytes=FLAGS.max_upload_bytes,
                              allowed_types=FLAGS.allowed_types, max_k=FLAGS.max_k,
-                             search_threads=FLAGS.workers_threads)
+                             search_threads=FLAGS.workers_threads, max_batch=FLAGS.max_batch)
     print(f"serving {len(index)} images on http://{FLAGS.host}:{FLAGS.port}/", flush=True)
-    uvicorn.run(application, host=FLAGS.host, port=FLAGS.port, log_level="warning")
+    # One process: the index and the model are loaded once; the batching thread
+    # does the heavy work. uvloop/httptools are used when installed (uvicorn's "auto").
+    uvicorn.run(application, host=FLAGS.host, port=FLAGS.port, log_level="warning", access_log=False)
 
 
 def _knobs() -> dict:
@@ -46,7 +48,8 @@ def _knobs() -> dict:
     if FLAGS.backend == "hnsw":
         return {"M": FLAGS.hnsw_m, "ef_search": FLAGS.ef_search}
     if FLAGS.backend == "multihash":
-        return {"nhash": FLAGS.nhash, "b": FLAGS.hash_bits or None, "nflip": FLAGS.nflip}
+        return {"nhash": FLAGS.nhash or None, "b": FLAGS.hash_bits or None,
+                "nflip": FLAGS.nflip if FLAGS.nflip >= 0 else None}
     return {}
 
 

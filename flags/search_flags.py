@@ -19,9 +19,9 @@ def _define_common() -> None:
     flags.DEFINE_integer("nprobe", 32, "ivf backend: lists visited per query.")
     flags.DEFINE_integer("hnsw_m", 32, "hnsw backend: graph links per node.")
     flags.DEFINE_integer("ef_search", 128, "hnsw backend: candidate list size per query (raised to k).")
-    flags.DEFINE_integer("nhash", 4, "multihash backend: number of hash tables.")
-    flags.DEFINE_integer("hash_bits", 0, "multihash backend: bits per hash key (0 = code bits / nhash, at most 24).")
-    flags.DEFINE_integer("nflip", 2, "multihash backend: bit flips probed per hash key.")
+    flags.DEFINE_integer("nhash", 0, "multihash backend: number of hash tables (0 = per code length: 2 at 32 bits, 4 at 16 and 64).")
+    flags.DEFINE_integer("hash_bits", 0, "multihash backend: bits per hash key (0 = per code length: 16 at 32 and 64 bits, 4 at 16, 24 above 96).")
+    flags.DEFINE_integer("nflip", -1, "multihash backend: bit flips probed per hash key (-1 = per code length: 2 up to 16-bit keys, 1 for 24-bit).")
 
 
 def define_index_flags() -> None:
@@ -45,4 +45,5 @@ def define_service_flags() -> None:
     flags.DEFINE_list("allowed_types", ["image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp"],
                       "Accepted upload content types; others get HTTP 415.")
     flags.DEFINE_integer("max_k", 100, "Largest k a client may ask for.")
-    flags.DEFINE_integer("workers_threads", 4, "Threads that run searches off the event loop.")
+    flags.DEFINE_integer("workers_threads", 2, "Threads that decode uploads off the event loop.")
+    flags.DEFINE_integer("max_batch", 64, "Most waiting queries encoded and searched together in one model/index call.")

@@ -105,3 +105,35 @@ def test_refuses_mismatched_encoder(setup):
     _, _, index, _ = setup
     with pytest.raises(UserError, match="built by model"):
         create_app(index, indexing.PixelLSHEncoder(32, seed=5))
+
+
+def test_batcher_groups_waiting_queries_and_isolates_failures(setup):
+    import threading
+
+    from bgan_tf.service import _Batcher
+
+    _, arrays, index, _ = setup
+    enc = indexing.PixelLSHEncoder(32)
+    gate, calls = threading.Event(), []
+
+    class Slow:
+        num_bits, model_id, metadata = enc.num_bits, enc.model_id, {}
+
+        def encode(self, images):
+            gate.wait(10)  # hold the first call so the others queue up
+            calls.append(len(images))
+            if images.shape[1] == 7:
+                raise UserError("cannot take 7x7 images")
+            return enc.encode(images)
+
+    b = _Batcher(index, Slow(), max_batch=64)
+    futs = [b.submit(arrays[i], 3) for i in range(6)]
+    bad = b.submit(np.zeros((7, 7, 3), np.uint8), 3)
+    gate.set()
+    for i, f in enumerate(futs):
+        assert f.result(10)[0]["distance"] == 0 and f.result()[0]["metadata"]["path"].endswith(f"{i:02d}.png")
+    with pytest.raises(UserError, match="7x7"):
+        bad.result(10)
+    assert sum(c for c in calls) == 7 and len(calls) <= 3  # first alone, the rest batched by shape
+    assert b.batches <= 2 and b.largest >= 5
+    b.close()
