@@ -1,10 +1,15 @@
 """Top-100 search speed over 1M binary codes: queries/s and recall@100 per backend.
 
     .venv/bin/python benchmarks/search_speed.py [--n 1000000] [--bits 32,64] [--codes FILE.npy]
+        [--expand_to N --flip_prob P] [--name search]
 
 Random codes are the worst case for approximate indexes (no structure to exploit);
 pass real codes with --codes (signs [N, L] float or packed uint8 [N, B]; queries are
-held-out rows). One thread (bgan_tf.search.set_num_threads(1)): CI cores are shared.
+held-out rows; benchmarks/real_codes.py writes a trained model's codes of the 1,797
+digits). --expand_to N tiles the real database codes to N rows, each copy with
+every bit flipped with probability --flip_prob (stated in the output): real codes
+at 1M do not exist here, this keeps their cluster structure at that size.
+Results go to results/<name>.json and .md. One thread (bgan_tf.search.set_num_threads(1)): CI cores are shared.
 Recall@100 is tie-aware: items at the exact 100th distance count up to the number
 of slots left for them, so an approximate backend is not penalised for choosing a
 different member of a tie group.
@@ -31,7 +36,7 @@ K = 100
 APPROX = {
     "ivf": {"nlist": 1024, "nprobe": 32},
     "hnsw": {"M": 16, "ef_search": 256, "ef_construction": 40},
-    "multihash": {"nhash": 4, "nflip": 2},
+    "multihash": {},  # per-code-length defaults: search.multihash_defaults(bits)
 }
 
 
@@ -55,6 +60,12 @@ def timed_search(b, q: np.ndarray, budget_s: float = 10.0) -> tuple[float, tuple
     return n / dt, out
 
 
+def _knobs(b, name: str) -> dict:
+    if name == "multihash":  # the resolved defaults
+        return {"nhash": b.nhash, "b": b.b, "nflip": b.nflip}
+    return APPROX[name]
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -76,6 +87,9 @@ def main() -> None:
     ap.add_argument("--codes", help="real codes .npy (signs [N,L] or packed uint8 [N,B])")
     ap.add_argument("--backends", default="numpy,faiss_flat,ours_exact,ivf,hnsw,multihash")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--name", default="search", help="results file name (without .json/.md)")
+    ap.add_argument("--expand_to", type=int, default=0, help="with --codes: tile the database to this many rows")
+    ap.add_argument("--flip_prob", type=float, default=0.03, help="with --expand_to: bit-flip probability per copy")
     args = ap.parse_args()
     search.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -90,7 +104,17 @@ def main() -> None:
         if args.codes:
             packed = arr if arr.dtype == np.uint8 else pack(arr)
             perm = rng.permutation(len(packed))
-            q_all, db = packed[perm[: args.queries]], packed[perm[args.queries:]][: args.n]
+            n_q = min(args.queries, len(packed) // 4)
+            q_all, db = packed[perm[:n_q]], packed[perm[n_q:]][: args.n]
+            results["source"] = f"{len(db):,} real codes from {os.path.basename(args.codes)}, {n_q} held-out queries"
+            if args.expand_to > len(db):
+                reps = -(-args.expand_to // len(db))
+                tiled = np.tile(db, (reps, 1))[: args.expand_to]
+                flips = rng.random((len(tiled), bits)) < args.flip_prob
+                flips[: len(db)] = False  # the first copy is the real codes, unchanged
+                db = np.ascontiguousarray(tiled ^ pack(flips.astype(np.uint8)))
+                results["source"] += (f", tiled to {len(db):,} rows with each bit of each copy flipped "
+                                      f"with probability {args.flip_prob}")
             results["n"] = len(db)
         else:
             db = pack(rng.integers(0, 2, (args.n, bits), dtype=np.uint8))
@@ -117,24 +141,27 @@ def main() -> None:
                 exact_dist = exact.search(q_all, K)[0]
             rec = tie_aware_recall(dist, exact_dist[: len(dist)], K)
             row[name] = {"qps": round(qps, 1), "recall_at_100": round(rec, 4), "build_s": round(build, 2),
-                         "queries": len(dist), **({"knobs": APPROX[name]} if name in APPROX else {})}
+                         "queries": len(dist), **({"knobs": _knobs(b, name)} if name in APPROX else {})}
             print(f"{bits} bits {name}: {qps:,.0f} q/s, recall@100 {rec:.3f}, build {build:.1f}s", flush=True)
             del b
         results["bits"][str(bits)] = row
     results["machine"] = machine()
     results["command"] = "python " + " ".join(sys.argv)
+    results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "search.json"), "w") as f:
+    with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
         json.dump(results, f, indent=2)
     lines = [f"# Binary search speed: top-{K} over {results['n']:,} {'given' if args.codes else 'random'} codes",
              "", f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
+             *([f"Codes: {results['source']}  "] if "source" in results else []),
+             f"Load average at the end (1/5/15 min): {results['loadavg_at_end']}  ",
              "One thread. Recall@100 is tie-aware, against the exact answer.", "",
              "| bits | backend | queries/s | recall@100 | build (s) | knobs |", "|---|---|---:|---:|---:|---|"]
     for bits, row in results["bits"].items():
         for name, r in row.items():
             lines.append(f"| {bits} | {name} | {r['qps']:,.0f} | {r['recall_at_100']:.3f} | {r['build_s']} | "
                          f"{r.get('knobs', '')} |")
-    with open(os.path.join(args.out, "search.md"), "w") as f:
+    with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
