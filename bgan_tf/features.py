@@ -33,10 +33,13 @@ def compute_features(images: np.ndarray, spec: BackboneSpec, batch_size: int = 1
     import tensorflow as tf
 
     extractor = model if model is not None else build_feature_extractor(spec)
+    # A graph function, not eager calls: eager Keras runs op by op and was
+    # measured 2-4x slower on CPU for MobileNetV2.
+    forward = tf.function(lambda v: extractor(v, training=False), reduce_retracing=True)
     out = []
     for start in range(0, len(images), batch_size):
         batch = tf.constant(images[start:start + batch_size].astype(np.float32))
-        out.append(np.asarray(extractor(batch, training=False)))
+        out.append(np.asarray(forward(batch)))
     return np.concatenate(out).astype(np.float32)
 
 

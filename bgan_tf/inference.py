@@ -19,7 +19,13 @@ class LoadedEncoder:
     """
 
     def __init__(self, model, config: BGANConfig, metadata: dict, model_dir: str):
+        import tensorflow as tf
+
         self.model = model
+        # Graph functions: eager Keras calls were measured 2-4x slower on CPU.
+        self._encode = tf.function(lambda v: model(v, training=False), reduce_retracing=True)
+        self._encode_features = tf.function(lambda v: model.encode_features(v, training=False),
+                                            reduce_retracing=True)
         self.config = config
         self.metadata = metadata
         self.model_dir = model_dir
@@ -45,14 +51,14 @@ class LoadedEncoder:
         out = []
         for s in range(0, arr.shape[0], batch_size):
             batch = tf.constant(arr[s:s + batch_size].astype(np.float32))
-            out.append(np.asarray(self.model(batch, training=False)))
+            out.append(np.asarray(self._encode(batch)))
         return np.concatenate(out).astype(np.float32)
 
     def encode_features(self, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Codes from precomputed backbone features (the frozen-backbone fast path)."""
         import tensorflow as tf
 
-        out = [np.asarray(self.model.encode_features(tf.constant(features[s:s + batch_size]), training=False))
+        out = [np.asarray(self._encode_features(tf.constant(features[s:s + batch_size])))
                for s in range(0, len(features), batch_size)]
         return np.concatenate(out).astype(np.float32)
 
