@@ -1,0 +1,77 @@
+"""Evaluate a trained model: ``python -m bgan_tf.evaluate --model runs/digits/model``.
+
+Thin absl binary: flags (flags/eval_flags.py) -> data + seeded protocol split ->
+bgan_tf.evaluation.evaluate_model -> a table on stdout and a report folder
+(metrics.json, PR and P@K plots, retrieval examples, reconstructions, index.md).
+With no --dataset/--seed it uses the model's training dataset and seed, so the
+default holdout protocol scores exactly the queries the train binary held out.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+
+from bgan_tf.errors import UserError, cli_main  # noqa: E402
+from flags import eval_flags  # noqa: E402
+from flags.eval_flags import define_eval_flags  # noqa: E402
+
+define_eval_flags()
+# --helpshort lists the main module's key flags: make the evaluation flags key.
+flags.adopt_module_key_flags(eval_flags)
+FLAGS = flags.FLAGS
+
+
+@cli_main
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
+    from bgan_tf import evaluation as ev_lib
+    from bgan_tf.inference import read_model_files
+
+    if not FLAGS.model:
+        raise UserError("pass --model, the 'model' folder training wrote (e.g. runs/digits/model)")
+    if not os.path.isdir(FLAGS.model):
+        raise UserError(f"model folder not found: {FLAGS.model}")
+    config, _ = read_model_files(FLAGS.model)
+    # Check every option before any heavy work.
+    protocol = FLAGS.protocol
+    if protocol not in ev_lib.PROTOCOL_NAMES:
+        raise UserError(f"unknown --protocol {protocol!r}; choose one of {', '.join(ev_lib.PROTOCOL_NAMES)}")
+    map_at = ev_lib.parse_map_at(FLAGS.map_at, protocol)
+    baselines = ev_lib.parse_baselines(FLAGS.baselines)
+    if FLAGS.num_examples < 0:
+        raise UserError(f"--num_examples must be >= 0, got {FLAGS.num_examples}")
+    seed = config.seed if FLAGS.seed is None else FLAGS.seed
+    dataset = FLAGS.dataset or config.dataset
+    same_data = dataset == config.dataset
+    max_images = FLAGS.max_images if FLAGS["max_images"].present or not same_data else config.max_images
+    report_dir = FLAGS.report_dir or os.path.join(os.path.dirname(os.path.abspath(FLAGS.model)), f"eval_{protocol}")
+
+    logging.set_verbosity(logging.WARNING)
+    data = ev_lib.load_eval_data(dataset, tfds_split=FLAGS.tfds_split or config.tfds_split,
+                                 data_dir=FLAGS.data_dir or config.data_dir, max_images=max_images)
+    split = ev_lib.build_split(protocol, data.labels, seed, holdout_per_class=FLAGS.holdout_per_class)
+    result = ev_lib.evaluate_model(FLAGS.model, data, split, baselines=baselines, map_at=map_at,
+                                   num_examples=FLAGS.num_examples)
+    info = result["info"]
+    sizes = info["sizes"]
+    print(f"{info['protocol']} (seed {info['seed']}): {sizes['query']} queries, {sizes['database']} database, "
+          f"{sizes['train']} training items; model {info['model_id']} ({info['num_bits']} bits)")
+    if info["training_data_matches"] is False:
+        print("warning: the split's training set is not the model's training data; queries may have been seen "
+              "in training (use the training --seed/--dataset/--max_images)")
+    print(ev_lib.format_table(result["results"]))
+    out = ev_lib.write_evaluation_report(report_dir, result)
+    print(f"report written to {out} (index.md, metrics.json)")
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

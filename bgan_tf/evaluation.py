@@ -1,0 +1,423 @@
+"""Retrieval evaluation of a trained model folder on a seeded protocol split.
+
+What `evaluate_model` measures: the model's codes of the split's queries ranked
+against its database by Hamming distance (`retrieval_metrics.evaluate_codes`:
+mAP@all, mAP@K, P@K/R@K, PR over radii, P@r<=2, tie-aware), next to baselines
+fitted on the split's TRAINING items with the SAME features the model's
+neighbourhood graph used (pixels for graph_features=pixels, otherwise the frozen
+backbone's features with the weights named in the model's config.json): LSH, PCAH,
+ITQ at the model's code length, and float cosine ranking of those features (the
+reference the codes compress). It also draws the top-10 retrieved images of a few
+queries (wrong ones framed red) and, when the model has a generator, originals next
+to G(code).
+
+Why the split comes from the protocol and the seed: numbers are comparable only on
+the same split, and the holdout protocol with the training seed reproduces exactly
+the queries `python -m bgan_tf.train` held out, so the model never saw them. The
+model folder's metadata keeps a fingerprint of its training images; the evaluation
+compares it with the split's training set and says in the report whether they match.
+
+Encoding: images go through `LoadedEncoder.encode`. With a frozen pretrained
+backbone the codes come from `encode_features` on the cached backbone features
+instead (the features training cached; much faster, and reused by the baselines);
+a few items are encoded both ways first and the fast path is used only when the
+codes are identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from bgan_tf.data import ImageData, images_for_gan, load_images, resize_uint8
+from bgan_tf.errors import UserError
+from bgan_tf.protocols import Split
+
+PROTOCOL_NAMES = ("holdout", "cifar10_pbgan", "cifar10_10k_50k", "nuswide_21", "mirflickr25k")
+BASELINE_CHOICES = ("LSH", "PCAH", "ITQ", "float_cosine")
+MODEL_NAME = "BGAN"
+FLOAT_NAME = "float cosine"
+#: mAP@K reported by default per protocol (mAP@all is always reported too).
+DEFAULT_MAP_AT: dict[str, tuple[int, ...]] = {
+    "holdout": (100,),
+    "cifar10_pbgan": (1000,),
+    "cifar10_10k_50k": (1000,),
+    "nuswide_21": (5000,),
+    "mirflickr25k": (5000,),
+}
+REPORT_KEYS = ("results", "example_grid", "reconstructions", "title", "notes")
+_FAST_PATH_CHECK = 16  # items encoded both ways before trusting encode_features
+
+
+# ---------------------------------------------------------------------------
+# Inputs: data, split, options
+# ---------------------------------------------------------------------------
+
+
+def load_eval_data(specs: str | Sequence[str], *, tfds_split: str = "train", data_dir: str | None = None,
+                   max_images: int | None = None) -> ImageData:
+    """Load one dataset spec or pool several (comma-separated string or list), in order.
+
+    Why pooling: protocols such as cifar10_pbgan split the train and test images
+    together. Labels are matched by class name when the parts name their classes
+    (class subfolders), images are resized to the first part's size if they differ.
+    `max_images` keeps the first N pooled images (what training's --max_images did).
+    """
+    parts = [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs)]
+    parts = [s for s in parts if s]
+    if not parts:
+        raise UserError("--dataset is empty; pass digits, tfds:NAME, folder:PATH or npz:PATH")
+    loaded = [load_images(s, tfds_split=tfds_split, data_dir=data_dir, download=False) for s in parts]
+    for spec, d in zip(parts, loaded):
+        if d.labels is None:
+            raise UserError(f"dataset {spec!r} has no labels; evaluation needs labels (class subfolders, "
+                            "TFDS labels or an npz 'labels' array)")
+    data = loaded[0] if len(loaded) == 1 else _pool(parts, loaded)
+    if max_images is not None:
+        if max_images < 1:
+            raise UserError(f"--max_images must be >= 1, got {max_images}")
+        if len(data) > max_images:
+            data = data.subset(np.arange(max_images))
+    return data
+
+
+def _pool(specs: list[str], parts: list[ImageData]) -> ImageData:
+    first = parts[0]
+    hw = first.images.shape[1:3]
+    ndims = {d.labels.ndim for d in parts}
+    if len(ndims) != 1 or (ndims == {2} and len({d.labels.shape[1] for d in parts}) != 1):
+        raise UserError(f"cannot pool {', '.join(specs)}: their labels are of different kinds")
+    class_names = first.class_names
+    labels = [d.labels for d in parts]
+    if ndims == {1} and all(d.class_names for d in parts):
+        # Folders number their classes by sorted name: map every part onto one list.
+        class_names = sorted({c for d in parts for c in d.class_names})
+        lookup = {c: i for i, c in enumerate(class_names)}
+        labels = [np.array([lookup[d.class_names[i]] for i in d.labels], np.int64) for d in parts]
+    images = []
+    for d in parts:
+        imgs = d.images
+        if imgs.shape[1:3] != hw:
+            if hw[0] != hw[1]:
+                raise UserError(f"cannot pool {', '.join(specs)}: image sizes {hw} and {imgs.shape[1:3]} differ")
+            imgs = np.stack([resize_uint8(im, hw[0]) for im in imgs])
+        images.append(imgs)
+    names = None if any(d.names is None for d in parts) else [n for d in parts for n in d.names]
+    return ImageData(np.concatenate(images), np.concatenate(labels), names, class_names)
+
+
+def build_split(protocol: str, labels: np.ndarray | None, seed: int, *, holdout_per_class: int = 20) -> Split:
+    """The protocol's seeded split. `holdout`: `holdout_per_class` class-balanced
+    queries (exactly what the train binary held out with the same seed); the rest is
+    both the database and the training set."""
+    from bgan_tf.experiment import holdout_split
+    from bgan_tf.protocols import make_split
+
+    if labels is None:
+        raise UserError("evaluation needs labels (class subfolders, TFDS labels or an npz 'labels' array)")
+    if protocol not in PROTOCOL_NAMES:
+        raise UserError(f"unknown --protocol {protocol!r}; choose one of {', '.join(PROTOCOL_NAMES)}")
+    if protocol != "holdout":
+        return make_split(protocol, labels, seed)
+    if holdout_per_class < 1:
+        raise UserError(f"--holdout_per_class must be >= 1, got {holdout_per_class}")
+    inner = holdout_split(labels, holdout_per_class, seed)
+    if inner.database.size == 0:
+        raise UserError("the holdout split left no database items; lower --holdout_per_class")
+    return Split("holdout", inner.query, inner.database, inner.database, None, inner.seed, inner.label_columns)
+
+
+def parse_map_at(values: Sequence[Any] | None, protocol: str) -> tuple[int, ...]:
+    """--map_at strings -> ints (default: the protocol's K)."""
+    if values is None:
+        return DEFAULT_MAP_AT.get(protocol, ())
+    try:
+        ks = tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        raise UserError(f"--map_at: expected comma-separated integers, got {','.join(map(str, values))!r}") from None
+    if any(k < 1 for k in ks):
+        raise UserError(f"--map_at values must be >= 1, got {list(ks)}")
+    return ks
+
+
+def parse_baselines(values: Sequence[str] | None) -> tuple[str, ...]:
+    """Baseline names, case-insensitive -> canonical spelling, duplicates dropped."""
+    canon = {b.lower(): b for b in BASELINE_CHOICES}
+    out: list[str] = []
+    for v in values or ():
+        key = str(v).strip().lower()
+        if not key:
+            continue
+        if key not in canon:
+            raise UserError(f"unknown baseline {v!r}; choose from {', '.join(BASELINE_CHOICES)}")
+        if canon[key] not in out:
+            out.append(canon[key])
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------
+# Codes and features
+# ---------------------------------------------------------------------------
+
+
+def _fingerprint(images: np.ndarray) -> str:
+    """Same value as ImageData(images).fingerprint()."""
+    h = hashlib.sha256()
+    h.update(str(images.shape).encode())
+    h.update(np.ascontiguousarray(images).data)
+    return h.hexdigest()[:16]
+
+
+def _backbone_spec(config):
+    from bgan_tf.backbones import BackboneSpec
+
+    w = config.backbone_weights
+    if w and w != "imagenet" and not os.path.isfile(w):
+        raise UserError(f"backbone weights {w!r} named in the model's config.json not found (a relative path is "
+                        "relative to where training ran); run from that folder")
+    return BackboneSpec(config.backbone, w, config.backbone_input_size)
+
+
+def _backbone_features(config, data: ImageData) -> np.ndarray:
+    from bgan_tf.features import cached_features
+
+    return cached_features(data.images, _backbone_spec(config), data.fingerprint(), config.feature_cache_dir)
+
+
+def _encode(enc, config, data: ImageData, idx: np.ndarray,
+            use_cached_features: bool = True) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Codes of data[idx]; also the backbone features when the fast path computed them."""
+    feats = None
+    if use_cached_features and config.freeze_backbone and config.backbone_weights:
+        feats = _backbone_features(config, data)
+        probe = idx[:_FAST_PATH_CHECK]
+        if np.array_equal(enc.encode(data.images[probe]), enc.encode_features(feats[probe])):
+            return enc.encode_features(feats[idx]), feats, "encode_features (cached frozen-backbone features)"
+        logging.warning("codes from cached backbone features differ from codes of the images; encoding images")
+    return enc.encode(data.images[idx]), feats, "encode (images)"
+
+
+def _baseline_features(config, data: ImageData, backbone_feats: np.ndarray | None) -> tuple[np.ndarray, str]:
+    if config.graph_features == "pixels":
+        x = images_for_gan(data.images, config.image_size).reshape(len(data), -1)
+        return x, f"pixels ({config.image_size}x{config.image_size}x3 in [0,1])"
+    if config.backbone == "small_cnn":
+        raise UserError("the model's graph used backbone features of an untrained small_cnn; baselines need a "
+                        "pretrained backbone (pass --baselines '' to skip them)")
+    feats = backbone_feats if backbone_feats is not None else _backbone_features(config, data)
+    return feats, f"{config.backbone} features ({config.backbone_weights}, {config.backbone_input_size}px)"
+
+
+# ---------------------------------------------------------------------------
+# Pictures
+# ---------------------------------------------------------------------------
+
+
+def _display(images: np.ndarray, lo: int = 64, hi: int = 128) -> np.ndarray:
+    """uint8 (or [0,1] float) images scaled for a legible grid: small ones enlarged
+    by an integer factor (sharp pixels), large ones shrunk."""
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    size = max(arr.shape[1:3])
+    if size < lo:
+        f = -(-lo // size)
+        return np.repeat(np.repeat(arr, f, axis=1), f, axis=2)
+    if size > hi and arr.shape[1] == arr.shape[2]:
+        return np.stack([resize_uint8(im, hi) for im in arr])
+    return arr
+
+
+def _relevant(q_lab: np.ndarray, db_lab: np.ndarray) -> np.ndarray:
+    """q_lab [Q(, C)], db_lab [Q, k(, C)] -> bool [Q, k]."""
+    if q_lab.ndim == 1:
+        return db_lab == q_lab[:, None]
+    return ((db_lab > 0) & (q_lab[:, None, :] > 0)).any(axis=-1)
+
+
+def example_queries(num_queries: int, num_examples: int) -> np.ndarray:
+    """Positions of the example queries: spread evenly over the query list."""
+    n = min(int(num_examples), int(num_queries))
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    return np.unique(np.linspace(0, num_queries - 1, n).round().astype(np.int64))
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+
+
+def evaluate_model(
+    model_dir: str,
+    data: ImageData,
+    split: Split,
+    *,
+    baselines: Sequence[str] = BASELINE_CHOICES,
+    map_at: Sequence[int] | None = None,
+    num_examples: int = 8,
+    top_k: int = 10,
+    num_reconstructions: int = 8,
+    radius: int = 2,
+    use_cached_features: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the model folder on `data` split by `split`.
+
+    Returns a dict whose keys REPORT_KEYS are write_report's arguments
+    (`report.write_report(out, **{k: ev[k] for k in REPORT_KEYS})`, or
+    `write_evaluation_report(out, ev)`):
+      results: method -> metrics dict (`evaluate_codes`, `evaluate_float` for float
+        cosine), the model first as "BGAN"; each entry also holds how it was made.
+      example_grid: uint8 image (top-`top_k` of `num_examples` queries) or None.
+      reconstructions: (originals, G(code)) uint8 images, or None without generator.
+      title, notes: report title and Markdown notes (split, features, checks).
+    and `info`: the same facts as a dict (model id, split sizes, paths taken).
+    use_cached_features=False always encodes images (no frozen-backbone fast path).
+    """
+    from bgan_tf.baselines import make_baseline
+    from bgan_tf.inference import load_encoder, load_generator, read_model_files
+    from bgan_tf.retrieval_metrics import evaluate_codes, evaluate_float, top_k_hamming
+    from bgan_tf.report import retrieval_grid
+
+    if not os.path.isdir(model_dir):
+        raise UserError(f"model folder not found: {model_dir}")
+    config, metadata = read_model_files(model_dir)
+    baselines = parse_baselines(baselines)
+    if data.labels is None:
+        raise UserError("evaluation needs labels (class subfolders, TFDS labels or an npz 'labels' array)")
+    n = len(data)
+    for what, idx in (("query", split.query), ("database", split.database), ("training", split.train)):
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise UserError(f"the split's {what} indices do not fit the {n} images; build it from these labels")
+    if split.query.size == 0 or split.database.size == 0:
+        raise UserError("the split needs at least one query and one database item")
+    ks = tuple(int(k) for k in (map_at if map_at is not None else DEFAULT_MAP_AT.get(split.name, ())))
+    rel_labels = split.labels_for_relevance(data.labels)
+    q_lab, db_lab = rel_labels[split.query], rel_labels[split.database]
+
+    enc = load_encoder(model_dir)
+    needed = np.union1d(split.query, split.database)
+    codes, backbone_feats, encode_path = _encode(enc, config, data, needed, use_cached_features)
+    q_codes = codes[np.searchsorted(needed, split.query)]
+    db_codes = codes[np.searchsorted(needed, split.database)]
+
+    results: dict[str, dict[str, Any]] = {}
+    m = evaluate_codes(q_codes, db_codes, q_lab, db_lab, topk=ks, radius=radius)
+    m["method"] = {"model_dir": os.path.abspath(model_dir), "model_id": enc.model_id, "encode": encode_path}
+    results[MODEL_NAME] = m
+
+    feature_desc = None
+    if baselines:
+        feats, feature_desc = _baseline_features(config, data, backbone_feats)
+        f_train, f_q, f_db = feats[split.train], feats[split.query], feats[split.database]
+        for name in baselines:
+            if name == "float_cosine":
+                m = evaluate_float(f_q, f_db, q_lab, db_lab, topk=ks)
+                m["method"] = {"features": feature_desc}
+                results[FLOAT_NAME] = m
+                continue
+            model = make_baseline(name, enc.num_bits, config.seed).fit(f_train)
+            m = evaluate_codes(model.encode(f_q), model.encode(f_db), q_lab, db_lab, topk=ks, radius=radius)
+            m["method"] = {"features": feature_desc, "fit_on": f"{split.train.size} training items",
+                           "num_bits": enc.num_bits, "seed": config.seed}
+            results[name] = m
+
+    # Pictures: top-k of a few queries, and reconstructions of the same queries.
+    example_grid = None
+    shown = example_queries(split.query.size, num_examples)
+    if shown.size:
+        ids, _ = top_k_hamming(q_codes[shown], db_codes, top_k)
+        rel = _relevant(q_lab[shown], db_lab[ids])
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        example_grid = retrieval_grid(_display(data.images[split.query[shown]]),
+                                      _display(data.images[split.database[uniq]]),
+                                      inverse.reshape(ids.shape), rel)
+    reconstructions = None
+    gen = load_generator(model_dir)
+    if gen is not None:
+        rec_pos = (shown if shown.size else example_queries(split.query.size, num_reconstructions))
+        rec_pos = rec_pos[:num_reconstructions]
+        if rec_pos.size:
+            originals = images_for_gan(data.images[split.query[rec_pos]], config.image_size)
+            recon = np.asarray(gen(q_codes[rec_pos], training=False))
+            reconstructions = (_display(originals), _display(recon))
+
+    # Does the split's training set match what the model was trained on?
+    trained_on = (metadata.get("training_data") or {}).get("fingerprint")
+    split_fp = _fingerprint(data.images[split.train]) if split.train.size else None
+    info = {
+        "model_dir": os.path.abspath(model_dir),
+        "model_id": enc.model_id,
+        "num_bits": enc.num_bits,
+        "protocol": split.name,
+        "seed": split.seed,
+        "sizes": split.sizes(),
+        "map_at": list(ks),
+        "encode": encode_path,
+        "baseline_features": feature_desc,
+        "training_data_matches": None if trained_on is None or split_fp is None else trained_on == split_fp,
+    }
+    results[MODEL_NAME]["split"] = {k: info[k] for k in ("protocol", "seed", "sizes", "training_data_matches")}
+    return {
+        "results": results,
+        "example_grid": example_grid,
+        "reconstructions": reconstructions,
+        "title": f"Retrieval evaluation: {os.path.basename(os.path.dirname(os.path.abspath(model_dir)))}"
+                 f"/{os.path.basename(os.path.abspath(model_dir))} ({enc.num_bits} bits) on {split.name}",
+        "notes": _notes(info, metadata, top_k),
+        "info": info,
+    }
+
+
+def _notes(info: dict[str, Any], metadata: dict, top_k: int) -> str:
+    s = info["sizes"]
+    match = info["training_data_matches"]
+    if match is None:
+        check = "not checked (no fingerprint)"
+    elif match:
+        check = "yes: the split's training set is exactly the model's training data, so no query was seen"
+    else:
+        check = ("**no**: the model was trained on other images (queries may have been seen in training); "
+                 "use the training --seed, --dataset and --max_images, or another protocol")
+    lines = [
+        f"- model: `{info['model_dir']}` (id `{info['model_id']}`, {info['num_bits']} bits, "
+        f"trained on `{(metadata.get('training_data') or {}).get('dataset', '?')}`)",
+        f"- protocol `{info['protocol']}`, seed {info['seed']}: {s['query']} queries, {s['database']} database "
+        f"items, {s['train']} training items (baselines are fitted on these)",
+        f"- split training set = model's training data: {check}",
+        f"- model codes: {info['encode']}",
+        f"- baseline features (those of the model's neighbourhood graph): {info['baseline_features'] or 'none'}",
+        f"- example grid: top {top_k} by Hamming distance (ties broken by database order)",
+    ]
+    return "\n".join(lines)
+
+
+def write_evaluation_report(out_dir: str, evaluation: dict[str, Any]):
+    """Write the report folder of an `evaluate_model` result (atomic, see report.py)."""
+    from bgan_tf.report import write_report
+
+    return write_report(out_dir, **{k: evaluation[k] for k in REPORT_KEYS})
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """Plain-text table: method x mAP@all, mAP@K..., P@r<=radius."""
+    ks = sorted({int(k) for r in results.values() for k in (r.get("map_at") or {})})
+    radii = sorted({int(r["radius"]) for r in results.values() if r.get("radius") is not None})
+    rad = f"P@r<={radii[0]}" if len(radii) == 1 else "P@r<=radius"
+    head = ["mAP@all"] + [f"mAP@{k}" for k in ks] + [rad]
+    width = max([len("method")] + [len(n) for n in results]) + 2
+    lines = [f"{'method':<{width}}" + "".join(f"{h:>10}" for h in head)]
+
+    def fmt(v) -> str:
+        return f"{v:>10.4f}" if v is not None else f"{'-':>10}"
+
+    for name, r in results.items():
+        map_at = {int(k): v for k, v in (r.get("map_at") or {}).items()}
+        cells = [r.get("map_all")] + [map_at.get(k) for k in ks] + [r.get("precision_at_radius")]
+        lines.append(f"{name:<{width}}" + "".join(fmt(v) for v in cells))
+    return "\n".join(lines)
