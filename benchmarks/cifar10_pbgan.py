@@ -73,7 +73,8 @@ def main() -> int:
     p.add_argument("--methods", default=",".join(ALL_METHODS))
     p.add_argument("--epochs", type=int, default=None, help="default: the cifar10 config's")
     p.add_argument("--input_size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the baselines and training")
+    p.add_argument("--suffix", default="", help="appended to method names, e.g. _seed1 for a second-seed run")
     p.add_argument("--cache", default=os.path.join(ROOT, "benchmarks", "work", "features"))
     p.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work"))
     p.add_argument("--out", default=os.path.join(RESULTS, "cifar10_pbgan"))
@@ -122,7 +123,7 @@ def main() -> int:
 
     t = time.time()
     m = evaluate_float(feats[q], feats[db], lq, ldb, topk=(1000,))
-    methods_out["float_cosine"] = {"float": {"map_all": round(m["map_all"], 4), "map_1000": round(m["map_at"][1000], 4)}}
+    methods_out["float_cosine" + args.suffix] = {"float": {"map_all": round(m["map_all"], 4), "map_1000": round(m["map_at"][1000], 4)}}
     seconds["float_cosine_eval"] = time.time() - t
 
     t = time.time()
@@ -137,7 +138,7 @@ def main() -> int:
         for name in ("LSH", "PCAH", "ITQ"):
             t = time.time()
             b = make_baseline(name, bits, args.seed).fit(feats[tr])
-            methods_out.setdefault(name, {})[str(bits)] = score(b.encode(feats[q]), b.encode(feats[db]))
+            methods_out.setdefault(name + args.suffix, {})[str(bits)] = score(b.encode(feats[q]), b.encode(feats[db]))
             seconds[f"{name}_{bits}"] = time.time() - t
         for method in methods:
             out_dir = os.path.join(args.work, f"{method}_{bits}_s{args.seed}")
@@ -150,8 +151,9 @@ def main() -> int:
             # the images (same backbone weights), without rerunning it.
             row = score(enc.encode_features(feats[q]), enc.encode_features(feats[db]))
             row["train_seconds"] = round(seconds[f"{method}_{bits}_train"], 1)
-            methods_out.setdefault(method, {})[str(bits)] = row
-            print(f"{bits} bits {method}: {row}  ITQ: {methods_out['ITQ'][str(bits)]}", flush=True)
+            methods_out.setdefault(method + args.suffix, {})[str(bits)] = row
+            print(f"{bits} bits {method}{args.suffix}: {row}  ITQ: {methods_out['ITQ' + args.suffix][str(bits)]}",
+                  flush=True)
             _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
         _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
     seconds["total"] = time.time() - t0
