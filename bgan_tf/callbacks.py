@@ -126,7 +126,7 @@ def fit_resumable(model, make_dataset, checkpoint: EpochCheckpoint, first_epoch:
 
     def run(ds, start, stop, steps):
         hist = model.fit(ds, epochs=stop, initial_epoch=start, steps_per_epoch=steps, callbacks=callbacks,
-                         verbose=verbose)
+                         verbose=verbose, shuffle=False)  # the pipeline orders batches itself
         for k, vals in hist.history.items():
             history.setdefault(k, []).extend(float(np.ravel(v)[0]) for v in vals)
 
