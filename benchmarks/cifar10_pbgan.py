@@ -78,7 +78,11 @@ def main() -> int:
     p.add_argument("--cache", default=os.path.join(ROOT, "benchmarks", "work", "features"))
     p.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work"))
     p.add_argument("--out", default=os.path.join(RESULTS, "cifar10_pbgan"))
+    p.add_argument("--merge_from", default="", help="comma-separated results .json files of other runs (e.g. run "
+                   "in parallel with another --out) to merge into --out; nothing is trained")
     args = p.parse_args()
+    if args.merge_from:
+        return merge(args.out, args.merge_from.split(","))
     if not os.path.isdir(args.data) or not os.path.isfile(args.weights):
         print(f"SKIP: CIFAR-10 folder ({args.data}) or MobileNetV2 weights ({args.weights}) not found; "
               "see ../shared/data/README.md and ../shared/weights/README.md")
@@ -151,6 +155,7 @@ def main() -> int:
             # the images (same backbone weights), without rerunning it.
             row = score(enc.encode_features(feats[q]), enc.encode_features(feats[db]))
             row["train_seconds"] = round(seconds[f"{method}_{bits}_train"], 1)
+            row["epochs"] = cfg.epochs
             methods_out.setdefault(method + args.suffix, {})[str(bits)] = row
             print(f"{bits} bits {method}{args.suffix}: {row}  ITQ: {methods_out['ITQ' + args.suffix][str(bits)]}",
                   flush=True)
@@ -159,6 +164,22 @@ def main() -> int:
     seconds["total"] = time.time() - t0
     _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
     print(open(args.out + ".md").read())
+    return 0
+
+
+def merge(out: str, others: list[str]) -> int:
+    """Fold other runs' methods and stage times into ``out`` (.json/.md)."""
+    from bgan_tf.experiment import write_json
+
+    results = json.load(open(out + ".json"))
+    for path in others:
+        other = json.load(open(path))
+        for method, rows in other.get("methods", {}).items():
+            results["methods"].setdefault(method, {}).update(rows)
+        results["seconds"].update(other.get("seconds", {}))
+    write_json(out + ".json", results)
+    write_markdown(results, out + ".md")
+    print(open(out + ".md").read())
     return 0
 
 
@@ -195,6 +216,15 @@ def write_markdown(results: dict, path: str) -> None:
             r = methods[m].get(b)
             cells.append(f"{r['map_all']:.3f} / {r['map_1000']:.3f}" if r else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    trained = [m for m in order if any("train_seconds" in r for r in methods[m].values())]
+    if trained:
+        lines += ["", "Training cost of each learned row: epochs, seconds (frozen features cached; "
+                      "the two cores were shared with other jobs).", "",
+                  "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
+        for m in trained:
+            cells = [f"{methods[m][b].get('epochs', '?')} ep, {methods[m][b]['train_seconds']:.0f} s"
+                     if b in methods[m] and "train_seconds" in methods[m][b] else "-" for b in bits]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if "float_cosine" in methods:
         r = methods["float_cosine"]["float"]
         lines += ["", f"Float features, cosine ranking (the reference the codes compress): "
