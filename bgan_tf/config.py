@@ -31,6 +31,7 @@ class BGANConfig:
     freeze_backbone: bool = False  # True: features computed once and cached
     feature_cache_dir: str | None = None  # default: ~/.cache/bgan_tf/features
     hash_hidden: tuple[int, ...] = ()  # MLP layers between backbone and Dense(L)
+    hash_norm: bool = False  # batch-normalise Dense(L) outputs before the sign
     num_bits: int = 32
     # --- neighbourhood graph -----------------------------------------------
     graph_features: str = "backbone"  # backbone | pixels

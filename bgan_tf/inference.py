@@ -85,7 +85,8 @@ def build_encoder(config: BGANConfig):
     # Architecture only: the trained weights (backbone included) come from the file.
     spec = BackboneSpec(config.backbone, None, config.backbone_input_size)
     enc = Encoder(spec, config.num_bits, config.hash_hidden, config.sign_mode, config.ste_surrogate,
-                  config.beta_values[0], freeze_backbone=config.freeze_backbone)
+                  config.beta_values[0], freeze_backbone=config.freeze_backbone,
+                      hash_norm=config.hash_norm)
     enc(tf.zeros((1, config.backbone_input_size, config.backbone_input_size, 3)))
     return enc
 

@@ -122,7 +122,8 @@ def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input:
 
     spec = BackboneSpec(config.backbone, config.backbone_weights, config.backbone_input_size)
     encoder = Encoder(spec, config.num_bits, config.hash_hidden, config.sign_mode, config.ste_surrogate,
-                      config.beta_values[0], freeze_backbone=config.freeze_backbone)
+                      config.beta_values[0], freeze_backbone=config.freeze_backbone,
+                      hash_norm=config.hash_norm)
     if config.sync_batch_norm:  # the backbone's BN layers too, not only G's and D's
         from bgan_tf.distribute import synchronize_batch_norm
 

@@ -30,6 +30,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "freeze_backbone": ("bool", "Keep the backbone fixed; its features are computed once and cached."),
     "feature_cache_dir": ("string", "Where cached backbone features live (default ~/.cache/bgan_tf/features)."),
     "hash_hidden": ("list_int", "Widths of MLP layers between the backbone and the Dense(num_bits) hash layer."),
+    "hash_norm": ("bool", "Batch-normalise the hash layer's outputs before the sign (keeps them where the surrogate has a gradient)."),
     "num_bits": ("integer", "Code length L in bits."),
     "graph_features": ("string", "Features for the neighbourhood graph: backbone (pretrained) or pixels."),
     "k1": ("integer", "Nearest neighbours per image in the neighbourhood graph (K1)."),

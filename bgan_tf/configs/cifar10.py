@@ -3,8 +3,9 @@
 Command:  python -m bgan_tf.train --config cifar10 \
               --dataset folder:../shared/data/cifar10/train \
               --backbone_weights ../shared/weights/mobilenet_v2_imagenet_torchvision_notop.weights.h5
-Cost:     features for 50,000 images once (~3 min at 128 px on 2 cores, then
-          cached), graph (~1 min), training at batch 64.
+Cost:     features once (then cached; the 60,000 took 757 s on 2 busy cores),
+          graph (~25 s for 10,000), 6 epochs at batch 64 (training seconds
+          per run are in benchmarks/results/cifar10_pbgan.md).
 Result:   the full P-BGAN protocol and its measured mAP live in
           benchmarks/cifar10_pbgan.py and benchmarks/results/cifar10_pbgan.md.
 """
@@ -21,6 +22,7 @@ def get_config() -> BGANConfig:
         backbone_input_size=128,
         freeze_backbone=True,
         hash_hidden=(1024,),
+        hash_norm=True,
         graph_features="backbone",
         num_bits=32,
         # Released-code shapes (5x5 kernels, stride 2) at an eighth (G) and a
@@ -29,6 +31,6 @@ def get_config() -> BGANConfig:
         disc_channels=(16, 32, 64, 64),
         disc_feature_dim=256,
         batch_size=64,
-        epochs=15,
+        epochs=6,
         output_dir="runs/cifar10",
     ).replace(**LOSS_PRESETS["paper"])
