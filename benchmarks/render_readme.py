@@ -24,7 +24,7 @@ def cifar_section(r) -> list[str]:
     methods = r["methods"]
     bits = sorted({b for rows in methods.values() for b in rows if b != "float"}, key=int)
     order = [m for m in ("LSH", "PCAH", "ITQ", "nbr_only", "bgan_released_code", "bgan_paper") if m in methods]
-    order += [m for m in methods if m not in order and m != "float_cosine"]
+    order += [m for m in methods if m not in order and not m.startswith("float_cosine")]
     out = ["### CIFAR-10, P-BGAN protocol (mAP@all / mAP@1000)", "",
            "`benchmarks/cifar10_pbgan.py` -> `benchmarks/results/cifar10_pbgan.md`. "
            f"{r.get('setup', {}).get('backbone', '')}; 1,000 queries, 59,000 database, 10,000 training images.", "",
