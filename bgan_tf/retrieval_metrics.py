@@ -310,6 +310,21 @@ def hamming_histograms(
     return counts.astype(np.int64), rel_counts.astype(np.int64)
 
 
+def _ranking_summary(mean: dict[str, float], n_q: int, n_db: int, map_ks, p_ks) -> dict[str, Any]:
+    """The keys both rankings report: sizes, mAP@all, mAP@K and the P@K / R@K curves."""
+    return {
+        "num_queries": n_q,
+        "num_database": n_db,
+        "map_all": mean["ap_all"],
+        "map_at": {int(k): mean[f"ap@{k}"] for k in map_ks},
+        "precision_at_k": {
+            "k": [int(k) for k in p_ks],
+            "precision": [mean[f"p@{k}"] for k in p_ks],
+            "recall": [mean[f"r@{k}"] for k in p_ks],
+        },
+    }
+
+
 def evaluate_codes(
     query_codes: np.ndarray,
     db_codes: np.ndarray,
@@ -381,15 +396,7 @@ def evaluate_codes(
     result: dict[str, Any] = {
         "kind": "hamming",
         "num_bits": n_bits,
-        "num_queries": n_q,
-        "num_database": n_db,
-        "map_all": mean["ap_all"],
-        "map_at": {int(k): mean[f"ap@{k}"] for k in map_ks},
-        "precision_at_k": {
-            "k": [int(k) for k in p_ks],
-            "precision": [mean[f"p@{k}"] for k in p_ks],
-            "recall": [mean[f"r@{k}"] for k in p_ks],
-        },
+        **_ranking_summary(mean, n_q, n_db, map_ks, p_ks),
         "radius": int(radius),
         "precision_at_radius": float(prec[radius]),
         "recall_at_radius": float(rec[radius]),
@@ -471,15 +478,7 @@ def evaluate_float(
     mean = {k: float(np.concatenate(v).mean()) for k, v in per_query.items()}
     return {
         "kind": "cosine",
-        "num_queries": n_q,
-        "num_database": n_db,
-        "map_all": mean["ap_all"],
-        "map_at": {int(k): mean[f"ap@{k}"] for k in map_ks},
-        "precision_at_k": {
-            "k": [int(k) for k in p_ks],
-            "precision": [mean[f"p@{k}"] for k in p_ks],
-            "recall": [mean[f"r@{k}"] for k in p_ks],
-        },
+        **_ranking_summary(mean, n_q, n_db, map_ks, p_ks),
         "pr_curve": None,
         "tie_rule": "expected value over uniformly random order within equal-score groups",
     }
