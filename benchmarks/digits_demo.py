@@ -22,7 +22,10 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resume
     cmd = [sys.executable, "-m", "bgan_tf.train", "--output_dir", out, *sys.argv[1:]]
     t = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    # The same environment as scripts/demo.sh: oneDNN's fused kernels change the
+    # float rounding, and with it the trained codes.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
+    subprocess.run(cmd, cwd=ROOT, check=True, env=env)
     wall = time.time() - t
     ev = json.load(open(os.path.join(out, "eval.json")))
     ev["wall_seconds"] = round(wall, 1)
