@@ -79,6 +79,21 @@ class SearchBackend(Protocol):
 
 
 # ---------------------------------------------------------------- helpers
+def _faiss_search(index, ids: np.ndarray, ntotal: int, packed_queries: np.ndarray,
+                  k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Search a FAISS binary index whose labels are positions into ``ids``.
+
+    FAISS's heap keeps the lower label among equal distances, so with id-sorted
+    positions an exact index gives the exact (distance, id) top-k.
+    """
+    q = np.ascontiguousarray(packed_queries, dtype=np.uint8)
+    if ntotal == 0:
+        return _sort_rows(np.zeros((q.shape[0], 0)), np.zeros((q.shape[0], 0)), k)
+    dist, pos = index.search(q, min(k, ntotal))
+    out = np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
+    return _sort_rows(dist, out, k)
+
+
 def _sort_rows(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Sort each row by (distance, id), pad/truncate to k, padding = (INT32_MAX, -1)."""
     dist = np.asarray(dist, dtype=np.int64)
@@ -207,14 +222,7 @@ class FlatBackend(_SortedCodes):
             self._index.remove_ids(self._faiss.IDSelectorBatch(pos.astype(np.int64)))
 
     def search(self, packed_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = np.ascontiguousarray(packed_queries, dtype=np.uint8)
-        if self.ntotal == 0:
-            return _sort_rows(np.zeros((q.shape[0], 0)), np.zeros((q.shape[0], 0)), k)
-        dist, pos = self._index.search(q, min(k, self.ntotal))
-        # FAISS's heap keeps the lower label among equal distances, so with id-sorted
-        # positions this is the exact (distance, id) top-k.
-        ids = np.where(pos >= 0, self._ids[np.maximum(pos, 0)], -1)
-        return _sort_rows(dist, ids, k)
+        return _faiss_search(self._index, self._ids, self.ntotal, packed_queries, k)
 
 
 class OursExactBackend(_SortedCodes):
@@ -355,12 +363,7 @@ class _RebuildOnRemove:
             self._index.add(self._codes)
 
     def search(self, packed_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = np.ascontiguousarray(packed_queries, dtype=np.uint8)
-        if self.ntotal == 0:
-            return _sort_rows(np.zeros((q.shape[0], 0)), np.zeros((q.shape[0], 0)), k)
-        dist, pos = self._index.search(q, min(k, self.ntotal))
-        ids = np.where(pos >= 0, self._ids[np.maximum(pos, 0)], -1)
-        return _sort_rows(dist, ids, k)
+        return _faiss_search(self._index, self._ids, self.ntotal, packed_queries, k)
 
 
 class HNSWBackend(_RebuildOnRemove):
