@@ -134,17 +134,22 @@ def _list_images(root: str) -> list[tuple[str, str | None]]:
     return entries
 
 
-def load_folder(root: str, size: int | None = None, max_images: int | None = None) -> ImageData:
+def load_folder(root: str, size: int | None = None, max_images: int | None = None,
+                seed: int = 0) -> ImageData:
     """Image folder -> ImageData. Class subfolders become labels (evaluation only).
 
     ``size``: every image is resized to size x size; None keeps the common size
     when all images share one and otherwise resizes to the first image's.
+    ``max_images``: a seeded random sample of that many files (kept in sorted
+    order), not the first N: files are listed class folder by class folder, so
+    the first N of a class-structured folder would be one or two classes.
     """
     if not os.path.isdir(root):
         raise UserError(f"image folder not found: {root}")
     entries = _list_images(root)
-    if max_images:
-        entries = entries[:max_images]
+    if max_images and len(entries) > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(len(entries), max_images, replace=False))
+        entries = [entries[i] for i in keep]
     if not entries:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     images, classes, names, skipped = [], [], [], 0

@@ -38,6 +38,20 @@ def test_folder_with_classes_grayscale_rgba_odd_sizes_and_corrupt_files(tmp_path
     assert (d.images[rgba_idx] == 255).all()
 
 
+def test_folder_max_images_samples_across_classes_reproducibly(tmp_path):
+    # Files are listed class by class: the first 9 of 3 x 10 would all be "a".
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b", "c"):
+        for i in range(10):
+            _write(tmp_path / cls / f"{i:02d}.png", rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    d = load_folder(str(tmp_path), max_images=9)
+    assert len(d) == 9 and len(set(d.labels.tolist())) >= 2
+    assert load_folder(str(tmp_path), max_images=9).names == d.names
+    assert load_images(str(tmp_path), max_images=9).names == d.names
+    assert load_folder(str(tmp_path), max_images=9, seed=1).names != d.names
+    assert len(load_folder(str(tmp_path), max_images=100)) == 30
+
+
 def test_folder_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_folder(str(tmp_path / "missing"))
