@@ -76,4 +76,15 @@ def run_tflite(loaded, out_dir: str, images=None) -> dict[str, str]:
         if "float" in checks and checks["float"].bit_agreement != 1.0:
             raise UserError(f"float TFLite model disagrees with Keras (bit agreement "
                             f"{checks['float'].bit_agreement:.4f}); do not deploy it")
+        low = [c for v, c in checks.items() if v != "float" and c.bit_agreement < serving.INT8_TARGET_AGREEMENT]
+        if low:
+            # Not an error: the files are valid models, but their codes will not
+            # match an index built with the Keras encoder or the SavedModel.
+            stability = serving.noise_stability(loaded, images)
+            names = ", ".join(f"{c.variant} {c.bit_agreement:.4f}" for c in low)
+            print(f"WARNING: below {serving.INT8_TARGET_AGREEMENT:.0%} bit agreement: {names}. Codes from "
+                  f"these files will not match an index built with the Keras encoder or the SavedModel; "
+                  f"build the index with the same .tflite file, or ship the float variant. This model's own "
+                  f"codes keep {stability:.4f} of their bits under N(0, 0.5) grey-level pixel noise, a guide "
+                  f"to what int8 activations can keep.")
     return paths

@@ -77,6 +77,13 @@ def test_int8_variants_agree(loaded, converted, check_set):
         assert c.bit_agreement >= INT8_MIN_AGREEMENT, c.summary()
 
 
+def test_noise_stability_measures_code_flips(loaded, check_set):
+    assert serving.noise_stability(loaded, check_set, sigma=0.0) == 1.0
+    small = serving.noise_stability(loaded, check_set, sigma=0.5)
+    large = serving.noise_stability(loaded, check_set, sigma=80.0)
+    assert 0.5 < large < small <= 1.0
+
+
 def test_packed_output_matches_codes(converted, check_set):
     r = serving.TFLiteEncoder(converted[1]["int8"]).run(check_set[:10])
     np.testing.assert_array_equal(r["packed"], codes_lib.pack(r["codes"]))
