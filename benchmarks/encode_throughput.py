@@ -12,10 +12,13 @@ Keras encoder on 256 training images.
 --model defaults to runs/digits/model if it exists, else a small digits model
 is trained into benchmarks/work/digits (5 epochs, ~1 min). Results:
 benchmarks/results/encode_throughput.json ({VARIANT: {batch_1, batch_64, bytes,
-bit_agreement}}) and .md. Unless --no-mobilenet, the same is measured for a
+bit_agreement}}) and .md, with each model's code stability under sub-grey-level
+pixel noise (what bounds int8 agreement). Unless --no-mobilenet, the same is measured for a
 frozen MobileNetV2 (torchvision weights from /work/shared/weights, 96 px)
 trained briefly on digits, written to encode_throughput_mobilenet_v2.json;
-skipped with a message when the shared weights are absent.
+skipped with a message when the shared weights are absent. --extra_model adds
+one more model on natural images, e.g. the CIFAR-10 32-bit model of
+benchmarks/cifar10_pbgan.py with --extra_images ../shared/data/cifar10/test.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ def train_model(out_dir: str, **overrides) -> str:
     return train(config, verbose=0).model_dir
 
 
-def measure(model_dir: str, work: str, seconds: float) -> dict:
+def measure(model_dir: str, work: str, seconds: float, image_source: str | None = None) -> dict:
+    """``image_source``: folder/.npz for calibration and checks (default: the model's training data)."""
     import tensorflow as tf
 
     from bgan_tf import serving
@@ -74,8 +78,9 @@ def measure(model_dir: str, work: str, seconds: float) -> dict:
 
     loaded = load_encoder(model_dir)
     size = loaded.config.backbone_input_size
-    images = serving.check_images(loaded, 256)
-    reps = serving.representative_images(loaded.config, size, 200)
+    source = image_source or loaded.config
+    images = serving.representative_images(source, size, 256, seed=1)
+    reps = serving.representative_images(source, size, 200, seed=0)
     shutil.rmtree(work, ignore_errors=True)
     sm_path = serving.export_saved_model(loaded, os.path.join(work, "saved_model"))
     check = serving.check_saved_model(sm_path, loaded, images)
@@ -115,9 +120,12 @@ def measure(model_dir: str, work: str, seconds: float) -> dict:
     # Eager Keras (what LoadedEncoder.encode does) for reference, not in the JSON rows.
     eager = {bs: round(throughput(lambda b: loaded.model(tf.constant(b, tf.float32), training=False).numpy(),
                                   np.resize(images, (bs,) + images.shape[1:]), seconds, 5), 1) for bs in (1, 64)}
+    stability = {sigma: round(serving.noise_stability(loaded, images, sigma), 4) for sigma in (0.25, 0.5, 1.0)}
+    print(f"  Keras codes under N(0, sigma) pixel noise: {stability}", flush=True)
     info = {"backbone": loaded.config.backbone, "input_size": size, "num_bits": loaded.num_bits,
             "model_dir": os.path.abspath(model_dir), "keras_eager": eager, "tflite_threads": threads,
-            "saved_model_identical": check.ok}
+            "saved_model_identical": check.ok, "noise_stability": stability,
+            "images": image_source or f"training data ({loaded.config.dataset})"}
     return {"results": results, "info": info}
 
 
@@ -127,6 +135,13 @@ def table(res: dict) -> str:
     for name, r in res["results"].items():
         lines.append(f"| {name} | {r['batch_1']:,.1f} | {r['batch_64']:,.1f} | {r['bytes']:,d} | {r['bit_agreement']:.4f} |")
     return "\n".join(lines)
+
+
+def stability_line(res: dict) -> str:
+    st = res["info"]["noise_stability"]
+    return ("Code stability (bit agreement of the Keras encoder with itself when N(0, sigma) grey-level noise is "
+            "added to the pixels; int8 activations add noise of this order at every layer): "
+            + ", ".join(f"sigma {k}: {v:.4f}" for k, v in st.items()) + f". Images: {res['info']['images']}.")
 
 
 def targets(res: dict) -> str:
@@ -152,6 +167,10 @@ def main() -> None:
     parser.add_argument("--shared_dir", default="/work/shared", help="where weights/ lives (MobileNetV2 part)")
     parser.add_argument("--no-mobilenet", dest="mobilenet", action="store_false")
     parser.add_argument("--mobilenet_model", help="an already trained MobileNetV2 model folder to reuse")
+    parser.add_argument("--extra_model", help="one more model to measure, e.g. a CIFAR-10 model that "
+                        "benchmarks/cifar10_pbgan.py trained (benchmarks/work/bgan_paper_32_s0/model)")
+    parser.add_argument("--extra_images", help="calibration/check images for --extra_model (folder or .npz)")
+    parser.add_argument("--extra_label", default="extra model", help="heading for --extra_model")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -176,7 +195,7 @@ def main() -> None:
           f"Command: `{command.strip()}`  ", f"Machine: {machine}  ",
           f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
           f"## {res['info']['backbone']} ({res['info']['input_size']} px, {res['info']['num_bits']} bits)", "",
-          f"Model: `{res['info']['model_dir']}`", "", table(res), "", targets(res), "",
+          f"Model: `{res['info']['model_dir']}`", "", table(res), "", targets(res), "", stability_line(res), "",
           f"Keras eager (`LoadedEncoder.encode` path): batch 1 {res['info']['keras_eager'][1]} img/s, "
           f"batch 64 {res['info']['keras_eager'][64]} img/s. The `keras` row calls the encoder through "
           "tf.function, the fair comparison with a SavedModel signature.", ""]
@@ -200,9 +219,19 @@ def main() -> None:
         md += [f"## mobilenet_v2_torch (frozen, torchvision ImageNet weights, {res_mb['info']['input_size']} px, "
                f"{res_mb['info']['num_bits']} bits, 3 epochs on digits)", "",
                f"Model: `{res_mb['info']['model_dir']}`; JSON: `encode_throughput_mobilenet_v2.json`", "",
-               table(res_mb), "", targets(res_mb), "",
+               table(res_mb), "", targets(res_mb), "", stability_line(res_mb), "",
                f"Keras eager: batch 1 {res_mb['info']['keras_eager'][1]} img/s, batch 64 "
                f"{res_mb['info']['keras_eager'][64]} img/s.", ""]
+    if args.extra_model:
+        res_x = measure(args.extra_model, os.path.join(WORK, "export_extra"), args.seconds, args.extra_images)
+        with open(os.path.join(RESULTS, "encode_throughput_extra.json"), "w") as f:
+            json.dump(res_x["results"], f, indent=2)
+        md += [f"## {args.extra_label} ({res_x['info']['backbone']}, {res_x['info']['input_size']} px, "
+               f"{res_x['info']['num_bits']} bits)", "",
+               f"Model: `{res_x['info']['model_dir']}`; JSON: `encode_throughput_extra.json`", "",
+               table(res_x), "", targets(res_x), "", stability_line(res_x), "",
+               f"Keras eager: batch 1 {res_x['info']['keras_eager'][1]} img/s, batch 64 "
+               f"{res_x['info']['keras_eager'][64]} img/s.", ""]
     with open(os.path.join(RESULTS, "encode_throughput.md"), "w") as f:
         f.write("\n".join(md))
     print("\n".join(md))
