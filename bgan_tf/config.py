@@ -22,7 +22,7 @@ class BGANConfig:
     tfds_split: str = "train"
     data_dir: str | None = None  # TFDS data_dir
     download: bool = False  # TFDS only; tests never download
-    max_images: int | None = None  # take the first N (after a seeded shuffle)
+    max_images: int | None = None  # at most N: a seeded sample of a folder's files, else the first N
     image_size: int = 32  # what G generates and D judges: 32 or 64
     # --- backbone / encoder ------------------------------------------------
     backbone: str = "small_cnn"  # small_cnn | mobilenet_v2_torch | keras.applications name
