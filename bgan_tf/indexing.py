@@ -4,7 +4,8 @@ Also holds the small seams the search side needs from the rest of the project,
 so each can be swapped in one place:
 - `read_image` / `decode_image`: bgan_tf.data's readers (load_image_file,
   decode_image_bytes), so indexed, queried and trained images decode alike;
-- `load_model`: bgan_tf.inference.load_encoder(model_dir), or the training-free
+- `load_model`: bgan_tf.inference.load_encoder(model_dir), an exported
+  `.tflite` encoder (bgan_tf.serving.TFLiteEncoder), or the training-free
   `pixel-lsh:BITS[:SEED]` baseline (random hyperplanes over 16x16 pixels), which
   the tests, the demo and the load benchmark use instead of a trained model.
 """
@@ -103,7 +104,7 @@ class PixelLSHEncoder:
 
 
 def load_model(model: str) -> Encoder:
-    """A model folder (bgan_tf.inference.load_encoder) or `pixel-lsh:BITS[:SEED]`."""
+    """A model folder (bgan_tf.inference.load_encoder), a `.tflite` export or `pixel-lsh:BITS[:SEED]`."""
     if model.startswith("pixel-lsh"):
         parts = model.split(":")
         try:
@@ -112,6 +113,13 @@ def load_model(model: str) -> Encoder:
         except ValueError:
             raise UserError(f"bad model spec {model!r}; use pixel-lsh:BITS[:SEED]") from None
         return PixelLSHEncoder(bits, seed)
+    if model.endswith(".tflite"):
+        # An exported TFLite encoder (python -m export.tflite): lets a deployment
+        # whose devices run the int8 file index with that same file, so device
+        # and index codes agree bit for bit.
+        from bgan_tf.serving import TFLiteEncoder
+
+        return TFLiteEncoder(model)
     if not os.path.isdir(model):
         raise UserError(f"model folder not found: {model}; train one with python -m bgan_tf.train")
     try:

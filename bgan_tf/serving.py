@@ -37,6 +37,7 @@ are library functions shared by the export binaries, tests and benchmark.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -572,6 +573,14 @@ class TFLiteEncoder:
         self.input_size = int(detail["shape"][1])
         self.input_dtype = detail["dtype"]
         self.num_bits = int(self.runner.get_output_details()["codes"]["shape"][-1])
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:16]
+        # The index seam (bgan_tf.indexing.Encoder) keys an index by model_id:
+        # an int8 file's codes differ from its Keras model's in some bits, so an
+        # index built with one must refuse queries encoded by the other.
+        self.model_id = f"tflite:{digest}"
+        self.metadata = {"model_id": self.model_id, "tflite": os.path.abspath(path),
+                         "input_size": self.input_size, "num_bits": self.num_bits}
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         x = np.asarray(images)

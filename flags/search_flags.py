@@ -12,7 +12,7 @@ def _define_common() -> None:
     if "index" in flags.FLAGS:
         return
     flags.DEFINE_string("index", None, "Folder of the binary index to build, query or serve.")
-    flags.DEFINE_string("model", None, "Trained model folder (or pixel-lsh:BITS[:SEED] baseline) that encodes images.")
+    flags.DEFINE_string("model", None, "Trained model folder, an exported .tflite encoder (python -m export.tflite), or the pixel-lsh:BITS[:SEED] baseline: what encodes images.")
     flags.DEFINE_enum("backend", "flat", _BACKENDS, "Search backend: flat/ours_exact/numpy are exact, ivf/hnsw/multihash approximate.")
     flags.DEFINE_integer("threads", 1, "Threads for FAISS and the C scan (1 is fastest on shared CI cores).")
     flags.DEFINE_integer("nlist", 1024, "ivf backend: number of inverted lists (capped at codes/39).")

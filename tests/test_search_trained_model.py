@@ -105,3 +105,32 @@ def test_service_with_trained_model(tiny_model_dir, digit_folder, built_index): 
     h = client.get("/health").json()
     assert h["model_id"] == encoder.model_id and h["count"] == 10 * PER_CLASS
     assert client.get("/stats").json()["encode_batches"] >= 1
+
+
+def test_index_with_a_tflite_export(tiny_model_dir, digit_folder, tmp_path):  # noqa: F811
+    """Devices that run an int8 file can index with that same file: codes then agree exactly."""
+    from bgan_tf import serving
+    from bgan_tf.inference import load_encoder
+
+    loaded = load_encoder(tiny_model_dir)
+    reps = serving.representative_images(str(digit_folder), loaded.config.backbone_input_size, 40)
+    tfl = serving.convert_tflite(loaded, str(tmp_path / "tfl"), ["int8"], reps)["int8"]
+    idx = tmp_path / "idx"
+    r = _run("build", f"--model={tfl}", f"--images={digit_folder}", f"--index={idx}", "--noprogress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = read_manifest(idx)
+    assert manifest["model_id"].startswith("tflite:") and manifest["num_bits"] == 16
+    query = digit_folder / "5" / "0.png"
+    r = _run("query", f"--index={idx}", f"--image={query}", f"--k={10 * PER_CLASS}", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)["results"]
+    assert any(x["metadata"]["path"] == str(query) and x["distance"] == 0 for x in res)
+    # the codes in the index are the file's codes, not the Keras model's
+    enc = indexing.load_model(str(tfl))
+    img = np.asarray(Image.open(query).convert("RGB"))[None]
+    assert enc.model_id == manifest["model_id"] and enc.encode(img).shape == (1, 16)
+    # and the Keras model that produced the file is refused: its codes differ in some bits
+    r = _run("query", f"--index={idx}", f"--image={query}", f"--model={tiny_model_dir}")
+    assert r.returncode == 2 and "built by model 'tflite:" in r.stderr.strip().splitlines()[-1]
+    r = _run("query", f"--index={idx}", f"--image={query}", f"--model={tmp_path / 'missing.tflite'}")
+    assert r.returncode == 2 and "TFLite model not found" in r.stderr
