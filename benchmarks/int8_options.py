@@ -1,0 +1,142 @@
+"""What else full-int8 TFLite can do for bit agreement: more calibration, float islands.
+
+    .venv/bin/python benchmarks/int8_options.py --model DIR [--images DIR_or_npz] [--label TEXT]
+
+For one trained model, converts full-int8 TFLite variants and reports each one's bit
+agreement with the Keras encoder on 512 images, size and batch-64 images/s (XNNPACK,
+2 threads), next to float and dynamic-range int8:
+- calibration on 200 vs 1,000 representative images;
+- selective quantisation with tf.lite.experimental.QuantizationDebugger: the hash head
+  (every op from the first FULLY_CONNECTED on) kept in float, then also the first N ops
+  (preprocessing and stem), the layers where the debugger's per-layer statistics and
+  the model's noise sensitivity point.
+Appends a section per model to benchmarks/results/int8_options.md (and .json, keyed by
+label). The MobileNetV2 models of benchmarks/encode_throughput.py are the intended input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--images", help="calibration/check images (default: the model's training data)")
+    p.add_argument("--label", default=None)
+    args = p.parse_args()
+
+    import tensorflow as tf
+
+    from bgan_tf import serving
+    from bgan_tf.inference import load_encoder
+
+    loaded = load_encoder(args.model)
+    size = loaded.config.backbone_input_size
+    source = args.images or loaded.config
+    images = serving.representative_images(source, size, 512, seed=1)
+    ref = loaded.encode(images)
+    reps = {n: serving.representative_images(source, size, n, seed=0).astype(np.float32) for n in (200, 1000)}
+    sm = serving.tflite_saved_model(loaded, tempfile.mkdtemp(prefix="int8_options_") + "/sm")
+
+    def converter(n_reps: int = 200, int8: bool = True):
+        conv = tf.lite.TFLiteConverter.from_saved_model(sm, signature_keys=["serving_default"])
+        if not int8:
+            return conv
+        r = reps[n_reps]
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ({"images": r[i:i + 1]} for i in range(len(r)))
+        conv.inference_input_type = tf.float32
+        conv.inference_output_type = tf.float32
+        return conv
+
+    rows = {}
+
+    def measure(name: str, data: bytes) -> None:
+        path = tempfile.mktemp(suffix=".tflite")
+        with open(path, "wb") as f:
+            f.write(data)
+        enc = serving.TFLiteEncoder(path, num_threads=2)
+        agree = serving.bit_agreement(ref, enc.encode(images))
+        batch = np.ascontiguousarray(images[:64]).astype(np.float32)
+        enc.runner(images=batch)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 3.0:
+            enc.runner(images=batch)
+            n += 1
+        rows[name] = {"bit_agreement": round(agree, 4), "bytes": len(data),
+                      "batch_64": round(n * 64 / (time.perf_counter() - t0), 1)}
+        print(f"  {name:44s} {rows[name]}", flush=True)
+
+    measure("float", converter(int8=False).convert())
+    dyn = converter(int8=False)
+    dyn.optimizations = [tf.lite.Optimize.DEFAULT]
+    measure("dynamic_int8", dyn.convert())
+    for n in (200, 1000):
+        conv = converter(n)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        measure(f"int8, {n} calibration images", conv.convert())
+
+    # Op order and output tensor names of the fully quantised model, from the debugger.
+    debug_set = lambda: ([reps[200][i:i + 1]] for i in range(8))  # noqa: E731
+    dbg = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=debug_set)
+    dbg.run()
+    buf = io.StringIO()
+    dbg.layer_statistics_dump(buf)
+    stats = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    tensors = [r["tensor_name"] for r in stats]
+    first_fc = next(i for i, r in enumerate(stats) if r["op_name"] == "FULLY_CONNECTED")
+    head = tensors[first_fc:]
+    for n in (0, 5, 20):
+        if n and n + len(head) >= len(tensors) - 2:
+            break  # a small net: nothing would be left to quantise
+        opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=head + tensors[:n])
+        label = "int8, hash head float" + (f" + first {n} ops float" if n else "")
+        try:
+            d = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=debug_set,
+                                                          debug_options=opts)
+        except ValueError as e:  # the debugger refuses when too few ops stay quantised
+            print(f"  {label}: skipped ({e})")
+            continue
+        measure(label, d.get_nondebug_quantized_model())
+
+    label = args.label or f"{loaded.config.backbone} {size} px, {loaded.num_bits} bits"
+    out_json = os.path.join(RESULTS, "int8_options.json")
+    all_rows = json.load(open(out_json)) if os.path.isfile(out_json) else {}
+    all_rows[label] = rows
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(out_json + ".tmp", "w") as f:
+        json.dump(all_rows, f, indent=2)
+    os.replace(out_json + ".tmp", out_json)
+    lines = ["# Full-int8 options and their bit agreement", "",
+             "Generated by `benchmarks/int8_options.py` (see its docstring); 512 check images, batch-64 "
+             "images/s with XNNPACK on 2 threads (shared cores: speeds are rough).", ""]
+    for name, rs in all_rows.items():
+        lines += [f"## {name}", "", "| variant | bit agreement | bytes | batch 64 (img/s) |", "|---|---:|---:|---:|"]
+        lines += [f"| {v} | {r['bit_agreement']:.4f} | {r['bytes']:,d} | {r['batch_64']:,.0f} |" for v, r in rs.items()]
+        lines.append("")
+    md = os.path.join(RESULTS, "int8_options.md")
+    with open(md + ".tmp", "w") as f:
+        f.write("\n".join(lines))
+    os.replace(md + ".tmp", md)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
