@@ -27,13 +27,22 @@ def cifar_section(r) -> list[str]:
     order += [m for m in methods if m not in order and not m.startswith("float_cosine")]
     out = ["### CIFAR-10, P-BGAN protocol (mAP@all / mAP@1000)", "",
            "`benchmarks/cifar10_pbgan.py` -> `benchmarks/results/cifar10_pbgan.md`. "
-           f"{r.get('setup', {}).get('backbone', '')}; 1,000 queries, 59,000 database, 10,000 training images.", "",
+           f"{r.get('setup', {}).get('backbone', '')}; 1,000 queries, 59,000 database, 10,000 training images. "
+           "Rerun everything with `.venv/bin/python benchmarks/cifar10_pbgan.py` (needs ../shared; each GAN "
+           "row took 11-19 min on 2 shared cores, see the cost table there), or one row with `--bits 32 --methods bgan_paper`; rows merge "
+           "into the results file.", "",
            "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
     for m in order:
         cells = [f"{methods[m][b]['map_all']:.3f} / {methods[m][b]['map_1000']:.3f}" if b in methods[m] else "-"
                  for b in bits]
         out.append(f"| {m} | " + " | ".join(cells) + " |")
     out += _cifar_targets(methods, bits)
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from cifar10_pbgan import _whole_run_lines
+
+    out += _whole_run_lines(r.get("seconds", {}))
     if "float_cosine" in methods:
         f = methods["float_cosine"]["float"]
         out += ["", f"Float features with cosine ranking: {f['map_all']:.3f} / {f['map_1000']:.3f}. "
