@@ -56,6 +56,18 @@ def throughput(fn, batch: np.ndarray, min_seconds: float, min_iters: int) -> flo
             return n * len(batch) / elapsed
 
 
+def cpu_simd() -> str:
+    """The vector extensions int8 speed depends on (XNNPACK's int8 kernels gain most with
+    AVX-512 VNNI / AVX-VNNI on x86, dot-product instructions on ARM)."""
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        return "CPU flags unknown"
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+    have = [f for f in wanted if f in flags]
+    return "SIMD: " + (", ".join(have) if have else "none of " + ", ".join(wanted))
+
+
 def dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
@@ -182,7 +194,7 @@ def main() -> None:
         if not os.path.isdir(model):
             model = train_model(os.path.join(WORK, "digits"), epochs=5)
     command = "python benchmarks/encode_throughput.py " + " ".join(sys.argv[1:])
-    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores ({cpu_simd()}), Python {platform.python_version()}, "
                f"TensorFlow {tf.__version__}, {platform.platform()}, load average at start "
                f"{os.getloadavg()[0]:.1f} (other jobs share the cores: absolute numbers are noisy)")
     print(f"model {model}", flush=True)
