@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -32,6 +31,8 @@ import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from encode_throughput import throughput  # noqa: E402  (one timing loop for both benchmarks)
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
@@ -55,15 +56,11 @@ def main() -> None:
     reps = {n: serving.representative_images(source, size, n, seed=0).astype(np.float32) for n in (200, 1000)}
     sm = serving.tflite_saved_model(loaded, tempfile.mkdtemp(prefix="int8_options_") + "/sm")
 
-    def converter(n_reps: int = 200, int8: bool = True):
-        conv = tf.lite.TFLiteConverter.from_saved_model(sm, signature_keys=["serving_default"])
-        if not int8:
-            return conv
-        r = reps[n_reps]
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: ({"images": r[i:i + 1]} for i in range(len(r)))
-        conv.inference_input_type = tf.float32
-        conv.inference_output_type = tf.float32
+    def converter(variant: str = "int8", n_reps: int = 200, float_islands: bool = False):
+        conv = serving.tflite_converter(sm, variant, reps[n_reps])
+        if float_islands:
+            # For the debugger: denylisted ops must be allowed to stay float.
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         return conv
 
     rows = {}
@@ -75,27 +72,18 @@ def main() -> None:
         enc = serving.TFLiteEncoder(path, num_threads=2)
         agree = serving.bit_agreement(ref, enc.encode(images))
         batch = np.ascontiguousarray(images[:64]).astype(np.float32)
-        enc.runner(images=batch)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 3.0:
-            enc.runner(images=batch)
-            n += 1
-        rows[name] = {"bit_agreement": round(agree, 4), "bytes": len(data),
-                      "batch_64": round(n * 64 / (time.perf_counter() - t0), 1)}
+        rate = throughput(lambda b: enc.runner(images=b), batch, min_seconds=3.0, min_iters=1)
+        rows[name] = {"bit_agreement": round(agree, 4), "bytes": len(data), "batch_64": round(rate, 1)}
         print(f"  {name:44s} {rows[name]}", flush=True)
 
-    measure("float", converter(int8=False).convert())
-    dyn = converter(int8=False)
-    dyn.optimizations = [tf.lite.Optimize.DEFAULT]
-    measure("dynamic_int8", dyn.convert())
+    measure("float", converter("float").convert())
+    measure("dynamic_int8", converter("dynamic_int8").convert())
     for n in (200, 1000):
-        conv = converter(n)
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        measure(f"int8, {n} calibration images", conv.convert())
+        measure(f"int8, {n} calibration images", converter(n_reps=n).convert())
 
     # Op order and output tensor names of the fully quantised model, from the debugger.
     debug_set = lambda: ([reps[200][i:i + 1]] for i in range(8))  # noqa: E731
-    dbg = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=debug_set)
+    dbg = tf.lite.experimental.QuantizationDebugger(converter=converter(float_islands=True), debug_dataset=debug_set)
     dbg.run()
     buf = io.StringIO()
     dbg.layer_statistics_dump(buf)
@@ -109,7 +97,7 @@ def main() -> None:
         opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=head + tensors[:n])
         label = "int8, hash head float" + (f" + first {n} ops float" if n else "")
         try:
-            d = tf.lite.experimental.QuantizationDebugger(converter=converter(), debug_dataset=debug_set,
+            d = tf.lite.experimental.QuantizationDebugger(converter=converter(float_islands=True), debug_dataset=debug_set,
                                                           debug_options=opts)
         except ValueError as e:  # the debugger refuses when too few ops stay quantised
             print(f"  {label}: skipped ({e})")

@@ -507,6 +507,35 @@ def _atomic_write(path: str, data: bytes) -> None:
         raise
 
 
+def tflite_converter(sm_dir: str, variant: str, representative: np.ndarray | None = None):
+    """The configured tf.lite.TFLiteConverter of one variant for a tflite_saved_model folder.
+
+    ``representative``: images [n,S,S,3] (0..255) calibrating the int8 variant.
+    """
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(sm_dir, signature_keys=["serving_default"])
+    if variant == "dynamic_int8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8":
+        reps = np.asarray(representative, np.float32)
+
+        def gen():
+            for i in range(len(reps)):
+                yield {"images": reps[i:i + 1]}
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = gen
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # Input and `codes` stay float32 (0..255 pixels in, +-1 out): a
+        # uint8 input would need a quantisation scale of exactly 1 and
+        # int8 codes would need dequantising before use; the float
+        # boundaries cost one QUANTIZE / DEQUANTIZE op each.
+        conv.inference_input_type = tf.float32
+        conv.inference_output_type = tf.float32
+    return conv
+
+
 def convert_tflite(model, out_dir: str, variants: Iterable[str] = TFLITE_VARIANTS,
                    representative: np.ndarray | None = None) -> dict[str, str]:
     """Write ``<out_dir>/encoder_<variant>.tflite`` per variant (atomically); return paths.
@@ -527,26 +556,7 @@ def convert_tflite(model, out_dir: str, variants: Iterable[str] = TFLITE_VARIANT
     with tempfile.TemporaryDirectory(prefix="bgan_tflite_") as tmp:
         sm_dir = tflite_saved_model(loaded, os.path.join(tmp, "sm"))
         for variant in variants:
-            conv = tf.lite.TFLiteConverter.from_saved_model(sm_dir, signature_keys=["serving_default"])
-            if variant == "dynamic_int8":
-                conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            elif variant == "int8":
-                reps = np.asarray(representative, np.float32)
-
-                def gen():
-                    for i in range(len(reps)):
-                        yield {"images": reps[i:i + 1]}
-
-                conv.optimizations = [tf.lite.Optimize.DEFAULT]
-                conv.representative_dataset = gen
-                conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-                # Input and `codes` stay float32 (0..255 pixels in, +-1 out): a
-                # uint8 input would need a quantisation scale of exactly 1 and
-                # int8 codes would need dequantising before use; the float
-                # boundaries cost one QUANTIZE / DEQUANTIZE op each.
-                conv.inference_input_type = tf.float32
-                conv.inference_output_type = tf.float32
-            data = conv.convert()
+            data = tflite_converter(sm_dir, variant, representative).convert()
             path = os.path.join(out_dir, f"encoder_{variant}.tflite")
             _atomic_write(path, data)
             paths[variant] = path
