@@ -114,7 +114,7 @@ def main() -> int:
 
     from bgan_tf.backbones import BackboneSpec
     from bgan_tf.baselines import make_baseline
-    from bgan_tf.features import cache_key, cached_features
+    from bgan_tf.features import cache_path, cached_features
     from bgan_tf.graph import build_graph
     from bgan_tf.inference import load_encoder
     from bgan_tf.protocols import cifar10_pbgan
@@ -130,7 +130,7 @@ def main() -> int:
 
     t = time.time()
     spec = BackboneSpec("mobilenet_v2_torch", args.weights, args.input_size)
-    cached = os.path.isfile(os.path.join(args.cache, cache_key(spec, data.fingerprint()) + ".npy"))
+    cached = os.path.isfile(cache_path(spec, data.fingerprint(), args.cache))
     feats = cached_features(data.images, spec, data.fingerprint(), args.cache)
     # A cache hit must not overwrite the time of the run that computed them.
     feat_stage = "features_60k_from_cache" if cached else "features_60k"
@@ -164,26 +164,26 @@ def main() -> int:
 
     train_data = data.subset(tr)
     for bits in bits_list:
-        for name in ("LSH", "PCAH", "ITQ"):
-            if args.variant:
-                break  # same seed, same baselines: keep the rows already recorded
+        # A --variant run has the same seed, so the same baselines: keep the rows already recorded.
+        for name in () if args.variant else ("LSH", "PCAH", "ITQ"):
             t = time.time()
             b = make_baseline(name, bits, args.seed).fit(feats[tr])
             methods_out.setdefault(name + args.suffix, {})[str(bits)] = score(b.encode(feats[q]), b.encode(feats[db]))
             seconds[f"{name}_{bits}"] = time.time() - t
         for method in methods:
-            out_dir = os.path.join(args.work, f"{method}{args.variant}_{bits}_s{args.seed}")
+            stage = f"{method}{args.variant}_{bits}"
+            out_dir = os.path.join(args.work, f"{stage}_s{args.seed}")
             cfg = bgan_config(method, bits, args, out_dir)
             t = time.time()
             res = train(cfg, train_data, verbose=2)
-            seconds[f"{method}{args.variant}_{bits}_train"] = time.time() - t
+            seconds[f"{stage}_train"] = time.time() - t
             t = time.time()
             enc = load_encoder(res.model_dir)
             # Frozen backbone: codes from the cached features equal codes from
             # the images (same backbone weights), without rerunning it.
             row = score(enc.encode_features(feats[q]), enc.encode_features(feats[db]))
-            seconds[f"{method}{args.variant}_{bits}_eval"] = time.time() - t
-            row["train_seconds"] = round(seconds[f"{method}{args.variant}_{bits}_train"], 1)
+            seconds[f"{stage}_eval"] = time.time() - t
+            row["train_seconds"] = round(seconds[f"{stage}_train"], 1)
             row["epochs"] = cfg.epochs
             if args.override:
                 row["override"] = args.override

@@ -43,11 +43,16 @@ def compute_features(images: np.ndarray, spec: BackboneSpec, batch_size: int = 1
     return np.concatenate(out).astype(np.float32)
 
 
+def cache_path(spec: BackboneSpec, data_fingerprint: str, cache_dir: str | None = None) -> str:
+    """Where the features of this (backbone, data) are cached."""
+    return os.path.join(cache_dir or default_cache_dir(), cache_key(spec, data_fingerprint) + ".npy")
+
+
 def cached_features(images: np.ndarray, spec: BackboneSpec, data_fingerprint: str,
                     cache_dir: str | None = None, batch_size: int = 100) -> np.ndarray:
     """Load the cached features for this (backbone, data) or compute and store them."""
     cache_dir = cache_dir or default_cache_dir()
-    path = os.path.join(cache_dir, cache_key(spec, data_fingerprint) + ".npy")
+    path = cache_path(spec, data_fingerprint, cache_dir)
     if os.path.isfile(path):
         feats = np.load(path)
         if feats.shape[0] == len(images):
