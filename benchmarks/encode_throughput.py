@@ -156,6 +156,17 @@ def stability_line(res: dict) -> str:
             + ", ".join(f"sigma {k}: {v:.4f}" for k, v in st.items()) + f". Images: {res['info']['images']}.")
 
 
+def model_section(res: dict, heading: str, json_name: str) -> list[str]:
+    """Write one more model's rows to RESULTS/json_name; return its Markdown section."""
+    from bgan_tf.experiment import write_json
+
+    write_json(os.path.join(RESULTS, json_name), res["results"])
+    return [f"## {heading}", "", f"Model: `{res['info']['model_dir']}`; JSON: `{json_name}`", "",
+            table(res), "", targets(res), "", stability_line(res), "",
+            f"Keras eager: batch 1 {res['info']['keras_eager'][1]} img/s, batch 64 "
+            f"{res['info']['keras_eager'][64]} img/s.", ""]
+
+
 def targets(res: dict) -> str:
     r = res["results"]
     out = []
@@ -226,24 +237,14 @@ def main() -> None:
                              backbone_input_size=96, freeze_backbone=True, graph_features="backbone",
                              hash_hidden=(256,), epochs=3, feature_cache_dir=os.path.join(WORK, "features"))
         res_mb = measure(mb, os.path.join(WORK, "export_mobilenet"), args.seconds)
-        with open(os.path.join(RESULTS, "encode_throughput_mobilenet_v2.json"), "w") as f:
-            json.dump(res_mb["results"], f, indent=2)
-        md += [f"## mobilenet_v2_torch (frozen, torchvision ImageNet weights, {res_mb['info']['input_size']} px, "
-               f"{res_mb['info']['num_bits']} bits, 3 epochs on digits)", "",
-               f"Model: `{res_mb['info']['model_dir']}`; JSON: `encode_throughput_mobilenet_v2.json`", "",
-               table(res_mb), "", targets(res_mb), "", stability_line(res_mb), "",
-               f"Keras eager: batch 1 {res_mb['info']['keras_eager'][1]} img/s, batch 64 "
-               f"{res_mb['info']['keras_eager'][64]} img/s.", ""]
+        md += model_section(res_mb, "mobilenet_v2_torch (frozen, torchvision ImageNet weights, "
+                            f"{res_mb['info']['input_size']} px, {res_mb['info']['num_bits']} bits, 3 epochs on digits)",
+                            "encode_throughput_mobilenet_v2.json")
     if args.extra_model:
         res_x = measure(args.extra_model, os.path.join(WORK, "export_extra"), args.seconds, args.extra_images)
-        with open(os.path.join(RESULTS, "encode_throughput_extra.json"), "w") as f:
-            json.dump(res_x["results"], f, indent=2)
-        md += [f"## {args.extra_label} ({res_x['info']['backbone']}, {res_x['info']['input_size']} px, "
-               f"{res_x['info']['num_bits']} bits)", "",
-               f"Model: `{res_x['info']['model_dir']}`; JSON: `encode_throughput_extra.json`", "",
-               table(res_x), "", targets(res_x), "", stability_line(res_x), "",
-               f"Keras eager: batch 1 {res_x['info']['keras_eager'][1]} img/s, batch 64 "
-               f"{res_x['info']['keras_eager'][64]} img/s.", ""]
+        md += model_section(res_x, f"{args.extra_label} ({res_x['info']['backbone']}, "
+                            f"{res_x['info']['input_size']} px, {res_x['info']['num_bits']} bits)",
+                            "encode_throughput_extra.json")
     with open(os.path.join(RESULTS, "encode_throughput.md"), "w") as f:
         f.write("\n".join(md))
     print("\n".join(md))
