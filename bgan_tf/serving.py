@@ -577,9 +577,13 @@ class TFLiteEncoder:
         if not os.path.isfile(path):
             raise UserError(f"TFLite model not found: {path}")
         self.path = path
-        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
-        self.runner = self.interpreter.get_signature_runner("serving_default")
-        detail = self.runner.get_input_details()["images"]
+        try:
+            self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+            self.runner = self.interpreter.get_signature_runner("serving_default")
+            detail = self.runner.get_input_details()["images"]
+        except (ValueError, KeyError) as e:
+            raise UserError(f"{path} is not an encoder exported by python -m export.tflite "
+                            f"({str(e).splitlines()[0] if str(e) else e.__class__.__name__}); export it again") from None
         self.input_size = int(detail["shape"][1])
         self.input_dtype = detail["dtype"]
         self.num_bits = int(self.runner.get_output_details()["codes"]["shape"][-1])

@@ -134,3 +134,7 @@ def test_index_with_a_tflite_export(tiny_model_dir, digit_folder, tmp_path):  # 
     assert r.returncode == 2 and "built by model 'tflite:" in r.stderr.strip().splitlines()[-1]
     r = _run("query", f"--index={idx}", f"--image={query}", f"--model={tmp_path / 'missing.tflite'}")
     assert r.returncode == 2 and "TFLite model not found" in r.stderr
+    (tmp_path / "garbage.tflite").write_bytes(b"not a flatbuffer")
+    r = _run("query", f"--index={idx}", f"--image={query}", f"--model={tmp_path / 'garbage.tflite'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "is not an encoder exported by python -m export.tflite" in r.stderr.strip().splitlines()[-1]
