@@ -290,6 +290,22 @@ def noise_stability(model, images: np.ndarray, sigma: float = 0.5, seed: int = 0
     return bit_agreement(loaded.encode(x), loaded.encode(noisy))
 
 
+def input_rounding_agreement(model, images: np.ndarray) -> float:
+    """Bit agreement of the Keras encoder with itself when its resized input is rounded.
+
+    ``images`` of any size are resized to the backbone input size in float (as
+    the graph and ``TFLiteEncoder`` do), then encoded once as they are and once
+    rounded to whole grey levels. A full-int8 TFLite model stores its input
+    tensor in 8 bits, so it cannot agree with the Keras encoder better than
+    this on images that arrive at another size (e.g. CIFAR-10's 32 px at
+    128 px): the floor set by the model, not by calibration. Images already at
+    the input size with whole-number pixels give 1.0.
+    """
+    loaded = _loaded(model)
+    x = resize_bilinear(images, int(loaded.config.backbone_input_size))
+    return bit_agreement(loaded.encode(x), loaded.encode(np.round(x)))
+
+
 def encode_png(images: np.ndarray) -> list[bytes]:
     """uint8 [N,H,W,3] -> PNG bytes per image (lossless, for the bytes signature)."""
     import io

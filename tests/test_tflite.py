@@ -84,6 +84,16 @@ def test_noise_stability_measures_code_flips(loaded, check_set):
     assert 0.5 < large < small <= 1.0
 
 
+def test_input_rounding_agreement(loaded, check_set):
+    # Whole-number pixels at the input size: rounding changes nothing.
+    assert check_set.shape[1] == loaded.config.backbone_input_size
+    assert serving.input_rounding_agreement(loaded, check_set) == 1.0
+    # Upsampled images sit between grey levels: some bits may flip, most must not.
+    small = check_set[:, ::4, ::4]
+    agree = serving.input_rounding_agreement(loaded, small)
+    assert 0.9 < agree <= 1.0
+
+
 def test_packed_output_matches_codes(converted, check_set):
     r = serving.TFLiteEncoder(converted[1]["int8"]).run(check_set[:10])
     np.testing.assert_array_equal(r["packed"], codes_lib.pack(r["codes"]))
