@@ -84,7 +84,9 @@ def run_tflite(loaded, out_dir: str, images=None) -> dict[str, str]:
             names = ", ".join(f"{c.variant} {c.bit_agreement:.4f}" for c in low)
             print(f"WARNING: below {serving.INT8_TARGET_AGREEMENT:.0%} bit agreement: {names}. Codes from "
                   f"these files will not match an index built with the Keras encoder or the SavedModel; "
-                  f"build the index with the same .tflite file, or ship the float variant. This model's own "
-                  f"codes keep {stability:.4f} of their bits under N(0, 0.5) grey-level pixel noise, a guide "
-                  f"to what int8 activations can keep.")
+                  f"build the index with the same .tflite file, or ship the float variant. A file that flips "
+                  f"many bits also retrieves worse with its own index (benchmarks/results/int8_retrieval.md "
+                  f"gives the mAP of full and dynamic int8 on CIFAR-10). This model's own codes keep "
+                  f"{stability:.4f} of their bits under N(0, 0.5) grey-level pixel noise, a guide to what "
+                  f"int8 activations can keep.")
     return paths
