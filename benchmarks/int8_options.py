@@ -5,6 +5,8 @@
 For one trained model, converts full-int8 TFLite variants and reports each one's bit
 agreement with the Keras encoder on 512 images, size and batch-64 images/s (XNNPACK,
 2 threads), next to float and dynamic-range int8:
+- the Keras graph's normalisation (elementwise ops, each requantised) vs the one 1x1
+  convolution that export uses for full int8;
 - calibration on 200 vs 1,000 representative images;
 - selective quantisation with tf.lite.experimental.QuantizationDebugger: the hash head
   (every op from the first FULLY_CONNECTED on) kept in float, then also the first N ops
@@ -54,10 +56,13 @@ def main() -> None:
     images = serving.representative_images(source, size, 512, seed=1)
     ref = loaded.encode(images)
     reps = {n: serving.representative_images(source, size, n, seed=0).astype(np.float32) for n in (200, 1000)}
-    sm = serving.tflite_saved_model(loaded, tempfile.mkdtemp(prefix="int8_options_") + "/sm")
+    tmp = tempfile.mkdtemp(prefix="int8_options_")
+    # What export writes: float variants from the Keras graph, full int8 from the
+    # graph whose normalisation is one 1x1 convolution (serving.tflite_saved_model).
+    sms = {fold: serving.tflite_saved_model(loaded, f"{tmp}/sm_{int(fold)}", fold) for fold in (False, True)}
 
-    def converter(variant: str = "int8", n_reps: int = 200, float_islands: bool = False):
-        conv = serving.tflite_converter(sm, variant, reps[n_reps])
+    def converter(variant: str = "int8", n_reps: int = 200, float_islands: bool = False, fold: bool = True):
+        conv = serving.tflite_converter(sms[fold and variant == "int8"], variant, reps[n_reps])
         if float_islands:
             # For the debugger: denylisted ops must be allowed to stay float.
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -78,6 +83,7 @@ def main() -> None:
 
     measure("float", converter("float").convert())
     measure("dynamic_int8", converter("dynamic_int8").convert())
+    measure("int8, normalisation as elementwise ops (the Keras graph)", converter(fold=False).convert())
     for n in (200, 1000):
         measure(f"int8, {n} calibration images", converter(n_reps=n).convert())
 

@@ -94,6 +94,22 @@ def test_input_rounding_agreement(loaded, check_set):
     assert 0.9 < agree <= 1.0
 
 
+def test_affine_normalisation_recovers_the_preprocessing():
+    from bgan_tf.backbones import TORCH_MEAN, TORCH_STD, Preprocess
+
+    m, c = serving.affine_normalisation(Preprocess(8, "torch"), 8)
+    std, mean = np.array(TORCH_STD), np.array(TORCH_MEAN)
+    np.testing.assert_allclose(m, np.diag(1 / (255 * std)), atol=1e-6)
+    np.testing.assert_allclose(c, -mean / std, atol=1e-5)
+    m, c = serving.affine_normalisation(Preprocess(8, "unit"), 8)
+    np.testing.assert_allclose(m, np.eye(3) / 255, atol=1e-7)
+    np.testing.assert_allclose(c, 0, atol=1e-7)
+    # A channel swap (caffe-style BGR) is affine too; a square root is not.
+    m, _ = serving.affine_normalisation(lambda x: x[..., ::-1] - 100.0, 8)
+    np.testing.assert_allclose(m, np.eye(3)[::-1], atol=1e-6)
+    assert serving.affine_normalisation(lambda x: tf.sqrt(x), 8) is None
+
+
 def test_packed_output_matches_codes(converted, check_set):
     r = serving.TFLiteEncoder(converted[1]["int8"]).run(check_set[:10])
     np.testing.assert_array_equal(r["packed"], codes_lib.pack(r["codes"]))
