@@ -42,9 +42,8 @@ import numpy as np  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cifar10_pbgan import SHARED, load_cifar  # noqa: E402  (the same 60,000 images and order)
+from cifar10_pbgan import RESULTS, SHARED, load_cifar  # noqa: E402  (the same 60,000 images and order)
 
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 WORK = os.path.join(ROOT, "benchmarks", "work")
 
 
