@@ -180,20 +180,26 @@ def test_saved_model_cli_lists_signatures(exported):
     assert "outputs['packed'] tensor_info:" in out and "outputs['hex'] tensor_info:" in out
 
 
-def test_export_all_binary_in_process(tiny_model_dir, tmp_path, capsys):  # noqa: F811
+def _run_binary_in_process(module: str, *args: str) -> None:
+    """``python -m export.<module> ARGS`` in this process (flags parsed, then reset)."""
+    import importlib
+
     from absl import flags
 
-    import export.all as export_all
-
-    base, out = tmp_path / "base", tmp_path / "tfl"
-    argv = ["export.all", f"--model={tiny_model_dir}", f"--export_base={base}", f"--out={out}",
-            "--variants=float", "--check_count=32"]
+    binary = importlib.import_module(f"export.{module}")  # defines its flags
+    argv = [f"export.{module}", *args]
     flags.FLAGS.unparse_flags()
     flags.FLAGS(argv)
     try:
-        export_all.main(argv[:1])
+        binary.main(argv[:1])
     finally:
         flags.FLAGS.unparse_flags()
+
+
+def test_export_all_binary_in_process(tiny_model_dir, tmp_path, capsys):  # noqa: F811
+    base, out = tmp_path / "base", tmp_path / "tfl"
+    _run_binary_in_process("all", f"--model={tiny_model_dir}", f"--export_base={base}", f"--out={out}",
+                           "--variants=float", "--check_count=32")
     text = capsys.readouterr().out
     assert f"SavedModel version written: {base}/1" in text
     assert "codes identical to Keras: True" in text and "lists: serving_default, encode_bytes" in text
@@ -209,21 +215,11 @@ def test_binary_bad_input_prints_one_line_and_exits_2(tmp_path):
 
 
 def test_tflite_binary_warns_below_the_int8_target(tiny_model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
-    from absl import flags
-
-    import export.tflite as export_tflite
-
     # The tiny model's int8 agreement is near the 99% line either way; raise
     # the bar so the warning path runs for certain.
     monkeypatch.setattr(serving, "INT8_TARGET_AGREEMENT", 1.01)
-    argv = ["export.tflite", f"--model={tiny_model_dir}", f"--out={tmp_path}", "--variants=float,dynamic_int8",
-            "--check_count=32"]
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
-    try:
-        export_tflite.main(argv[:1])
-    finally:
-        flags.FLAGS.unparse_flags()
+    _run_binary_in_process("tflite", f"--model={tiny_model_dir}", f"--out={tmp_path}",
+                           "--variants=float,dynamic_int8", "--check_count=32")
     warning = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING")]
     assert len(warning) == 1
     named = warning[0].split("bit agreement: ")[1].split(". Codes")[0]
