@@ -279,10 +279,9 @@ def write_markdown(results: dict, path: str) -> None:
     lines += ["", "## Setup", ""] + [f"- {k}: {v}" for k, v in s.items()]
     lines += ["", "## Wall time of each stage (seconds)", ""]
     lines += [f"- {k}: {v}" for k, v in results.get("seconds", {}).items()]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    from bgan_tf.experiment import write_text
+
+    write_text(path, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

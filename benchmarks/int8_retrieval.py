@@ -69,7 +69,7 @@ def main() -> int:
 
     from bgan_tf import serving
     from bgan_tf.backbones import BackboneSpec
-    from bgan_tf.experiment import write_json
+    from bgan_tf.experiment import write_json, write_text
     from bgan_tf.features import cached_features
     from bgan_tf.inference import load_encoder
     from bgan_tf.protocols import cifar10_pbgan
@@ -127,10 +127,7 @@ def main() -> int:
     results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     write_json(args.out + ".json", results)
     md = markdown(results)
-    tmp = args.out + ".md.tmp"
-    with open(tmp, "w") as f:
-        f.write(md)
-    os.replace(tmp, args.out + ".md")
+    write_text(args.out + ".md", md)
     print(md)
     return 0
 

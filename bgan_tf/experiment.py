@@ -64,10 +64,16 @@ def quick_evaluate(model_dir: str, config: BGANConfig, query: ImageData, databas
     return QuickEval(rows, len(query), len(database), map_k)
 
 
-def write_json(path: str, obj) -> None:
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` through a temp file in the same folder, then rename: a reader never
+    sees half a file."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2))
