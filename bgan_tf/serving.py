@@ -460,6 +460,13 @@ def affine_normalisation(preprocess, size: int) -> tuple[np.ndarray, np.ndarray]
     return m.astype(np.float32), c.astype(np.float32)
 
 
+def folds_normalisation(variant: str) -> bool:
+    """Whether ``variant`` is converted from the graph whose normalisation is one
+    1x1 convolution: full int8 only, the one variant that rounds every activation.
+    Float and dynamic-range int8 keep the Keras graph (float stays bit-exact)."""
+    return variant == "int8"
+
+
 def _tflite_fn(encoder, num_bits: int, fold_normalisation: bool = False):
     import tensorflow as tf
 
@@ -617,7 +624,7 @@ def convert_tflite(model, out_dir: str, variants: Iterable[str] = TFLITE_VARIANT
     with tempfile.TemporaryDirectory(prefix="bgan_tflite_") as tmp:
         sm_dirs = {}
         for variant in variants:
-            fold = variant == "int8"
+            fold = folds_normalisation(variant)
             if fold not in sm_dirs:
                 sm_dirs[fold] = tflite_saved_model(loaded, os.path.join(tmp, f"sm_{int(fold)}"), fold)
             data = tflite_converter(sm_dirs[fold], variant, representative).convert()
