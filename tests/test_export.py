@@ -180,14 +180,12 @@ def test_saved_model_cli_lists_signatures(exported):
     assert "outputs['packed'] tensor_info:" in out and "outputs['hex'] tensor_info:" in out
 
 
-def _run_binary_in_process(module: str, *args: str) -> None:
-    """``python -m export.<module> ARGS`` in this process (flags parsed, then reset)."""
-    import importlib
-
+def _run_binary_in_process(binary, *args: str) -> None:
+    """``python -m <binary> ARGS`` for an imported export binary module, in this process
+    (flags parsed, then reset). The module is imported by the caller, which defines its flags."""
     from absl import flags
 
-    binary = importlib.import_module(f"export.{module}")  # defines its flags
-    argv = [f"export.{module}", *args]
+    argv = [binary.__name__, *args]
     flags.FLAGS.unparse_flags()
     flags.FLAGS(argv)
     try:
@@ -197,8 +195,10 @@ def _run_binary_in_process(module: str, *args: str) -> None:
 
 
 def test_export_all_binary_in_process(tiny_model_dir, tmp_path, capsys):  # noqa: F811
+    import export.all as export_all
+
     base, out = tmp_path / "base", tmp_path / "tfl"
-    _run_binary_in_process("all", f"--model={tiny_model_dir}", f"--export_base={base}", f"--out={out}",
+    _run_binary_in_process(export_all, f"--model={tiny_model_dir}", f"--export_base={base}", f"--out={out}",
                            "--variants=float", "--check_count=32")
     text = capsys.readouterr().out
     assert f"SavedModel version written: {base}/1" in text
@@ -217,8 +217,10 @@ def test_binary_bad_input_prints_one_line_and_exits_2(tmp_path):
 def test_tflite_binary_warns_below_the_int8_target(tiny_model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
     # The tiny model's int8 agreement is near the 99% line either way; raise
     # the bar so the warning path runs for certain.
+    import export.tflite as export_tflite
+
     monkeypatch.setattr(serving, "INT8_TARGET_AGREEMENT", 1.01)
-    _run_binary_in_process("tflite", f"--model={tiny_model_dir}", f"--out={tmp_path}",
+    _run_binary_in_process(export_tflite, f"--model={tiny_model_dir}", f"--out={tmp_path}",
                            "--variants=float,dynamic_int8", "--check_count=32")
     warning = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING")]
     assert len(warning) == 1
