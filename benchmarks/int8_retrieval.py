@@ -59,6 +59,12 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", default=os.path.join(RESULTS, "int8_retrieval"))
     args = p.parse_args()
+    from bgan_tf.serving import TFLITE_VARIANTS
+
+    unknown = [v for v in args.variants.split(",") if v not in TFLITE_VARIANTS]
+    if unknown:  # checked before a minute of loading, not after
+        print(f"error: unknown --variants {unknown}; choose from {', '.join(TFLITE_VARIANTS)}", file=sys.stderr)
+        return 2
     for what, path, how in (("CIFAR-10 folder", args.data, "see ../shared/data/README.md"),
                             ("MobileNetV2 weights", args.weights, "see ../shared/weights/README.md"),
                             ("model", args.model, "train one with benchmarks/cifar10_pbgan.py --bits 24 "
@@ -167,4 +173,10 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bgan_tf.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as e:  # e.g. an unknown --variants name: one line, not a stack trace
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
