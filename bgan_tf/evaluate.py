@@ -13,19 +13,16 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from bgan_tf.errors import UserError, cli_main  # noqa: E402
+from bgan_tf.errors import UserError, cli_run  # noqa: E402
 from flags import eval_flags  # noqa: E402
 from flags.eval_flags import define_eval_flags  # noqa: E402
 
 define_eval_flags()
-# --helpshort lists the main module's key flags: make the evaluation flags key.
-flags.adopt_module_key_flags(eval_flags)
 FLAGS = flags.FLAGS
 
 
-@cli_main
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
@@ -70,7 +67,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    cli_run(main, eval_flags)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ import json
 import logging
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
 from bgan_tf import indexing, search
-from bgan_tf.errors import UserError, cli_main
+from bgan_tf.errors import UserError, cli_run
+from flags import search_flags
 from flags.search_flags import define_index_flags
 
 define_index_flags()
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    app.run(cli_main(main))
+    cli_run(main, search_flags)
 
 
 if __name__ == "__main__":

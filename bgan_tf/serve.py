@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 
-from absl import app, flags
+from absl import flags
 
 from bgan_tf import indexing, search
-from bgan_tf.errors import UserError, cli_main
+from bgan_tf.errors import UserError, cli_run
+from flags import search_flags
 from flags.search_flags import define_service_flags
 
 define_service_flags()
@@ -54,7 +55,7 @@ def _knobs() -> dict:
 
 
 def run() -> None:
-    app.run(cli_main(main))
+    cli_run(main, search_flags)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,15 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from bgan_tf.errors import cli_main  # noqa: E402
+from bgan_tf.errors import cli_run  # noqa: E402
 from flags import config_from_flags, define_train_flags, train_flags  # noqa: E402
 
 define_train_flags()
-# --helpshort lists the main module's key flags: make the central train flags key.
-flags.adopt_module_key_flags(train_flags)
 FLAGS = flags.FLAGS
 
 
-@cli_main
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         from bgan_tf.errors import UserError
@@ -55,7 +52,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    cli_run(main, train_flags)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,16 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, logging  # noqa: E402
+from absl import logging  # noqa: E402
 
-from bgan_tf.errors import cli_main  # noqa: E402
+from bgan_tf.errors import cli_run  # noqa: E402
 from export import common  # noqa: E402
+from flags import export_flags  # noqa: E402
 from flags.export_flags import define_export_flags  # noqa: E402
 
 define_export_flags()
 
 
-@cli_main
 def main(argv: list[str]) -> None:
     common.no_positional(argv)
     logging.set_verbosity(logging.WARNING)
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    cli_run(main, export_flags)
 
 
 if __name__ == "__main__":
