@@ -27,6 +27,31 @@ from absl import logging
 from bgan_tf.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# The pixel budget of one decoded image, checked from the header before any pixel is
+# decoded: 40 megapixels takes any camera photo (120 MB as RGB) while a 97 KB PNG that
+# claims 10000x10000 pixels is refused instead of costing 300 MB and seconds to decode.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageTooLarge(UserError):
+    """An image whose header claims more pixels than the budget (nothing was decoded)."""
+
+
+@dataclasses.dataclass
+class ImageListing:
+    """What `list_image_files` found under a folder."""
+
+    entries: list[tuple[str, str | None]]  # (path, class subfolder or None), sorted
+    unsupported: list[str]  # files skipped because of their extension
+    hidden: int = 0  # dot-files and files in dot-folders, never read
+
+    def describe_skips(self) -> str:
+        """'' or e.g. '3 files with unsupported extensions (.txt, .heic)'."""
+        if not self.unsupported:
+            return ""
+        exts = sorted({os.path.splitext(p)[1].lower() or "(none)" for p in self.unsupported})
+        return (f"{len(self.unsupported)} file(s) with unsupported extensions ({', '.join(exts[:6])}); "
+                f"supported: {', '.join(IMAGE_EXTENSIONS)}")
 
 
 @dataclasses.dataclass
@@ -75,32 +100,48 @@ def to_rgb_uint8(arr: np.ndarray, what: str = "image") -> np.ndarray:
     return a
 
 
-def decode_image_bytes(data: bytes, what: str = "image") -> np.ndarray:
-    """Encoded image bytes -> uint8 HxWx3, or UserError naming the problem."""
+def decode_image_bytes(data: bytes, what: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """Encoded image bytes -> uint8 HxWx3, or UserError naming the problem.
+
+    ``max_pixels`` (default DEFAULT_MAX_PIXELS) is checked against the header before
+    the pixels are decoded; a larger image raises ImageTooLarge.
+    """
     from PIL import Image, UnidentifiedImageError
     import io
 
     if not data:
         raise UserError(f"{what}: file is empty; pass a JPEG, PNG, BMP, GIF or WebP image")
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            width, height = im.size
+            if width * height > limit:
+                raise ImageTooLarge(f"{what}: {width}x{height} pixels is over the limit of {limit:,} "
+                                    "pixels; downscale it or raise --max_pixels")
             im.load()
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
             elif im.mode not in ("RGB", "L"):
                 im = im.convert("RGB")
             arr = np.asarray(im)
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{what}: the image claims more pixels than the decoder allows "
+                            f"(limit {limit:,}); downscale it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{what}: cannot decode image ({e.__class__.__name__}); pass a JPEG, PNG, BMP, GIF or WebP file") from None
     return to_rgb_uint8(arr, what)
 
 
-def load_image_file(path: str) -> np.ndarray:
-    """Read one image file -> uint8 HxWx3 (UserError if missing or undecodable)."""
+def load_image_file(path: str, max_pixels: int | None = None) -> np.ndarray:
+    """Read one image file -> uint8 HxWx3 (UserError if missing, undecodable or too large)."""
     if not os.path.isfile(path):
         raise UserError(f"image not found: {path}")
-    with open(path, "rb") as f:
-        return decode_image_bytes(f.read(), what=path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    return decode_image_bytes(data, what=path, max_pixels=max_pixels)
 
 
 def resize_uint8(img: np.ndarray, size: int) -> np.ndarray:
@@ -121,17 +162,31 @@ def load_digits(size: int = 32) -> ImageData:
                      [str(i) for i in range(10)])
 
 
-def _list_images(root: str) -> list[tuple[str, str | None]]:
-    """(path, class or None) for every image under root, sorted for determinism."""
-    entries = []
+def list_image_files(root: str) -> ImageListing:
+    """Every image file under ``root`` with its class (first subfolder, or None), sorted.
+
+    The project's one folder lister (training, evaluation and indexing read folders
+    alike). Files with other extensions are listed in ``unsupported`` so callers can say
+    what they skipped; dot-files and dot-folders (.DS_Store, .git, our own temps) are
+    never read. Names that are not valid UTF-8 come back surrogate-escaped, as os.walk
+    gives them (os.fsencode turns them back into the original bytes).
+    """
+    if not os.path.isdir(root):
+        raise UserError(f"image folder not found: {root}")
+    entries, unsupported, hidden = [], [], 0
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        hidden += sum(d.startswith(".") for d in dirnames)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = os.path.relpath(dirpath, root)
         cls = None if rel == "." else rel.split(os.sep)[0]
         for fn in sorted(filenames):
-            if fn.lower().endswith(IMAGE_EXTENSIONS):
+            if fn.startswith("."):
+                hidden += 1
+            elif fn.lower().endswith(IMAGE_EXTENSIONS):
                 entries.append((os.path.join(dirpath, fn), cls))
-    return entries
+            else:
+                unsupported.append(os.path.join(dirpath, fn))
+    return ImageListing(entries, unsupported, hidden)
 
 
 def load_folder(root: str, size: int | None = None, max_images: int | None = None,
@@ -144,9 +199,10 @@ def load_folder(root: str, size: int | None = None, max_images: int | None = Non
     order), not the first N: files are listed class folder by class folder, so
     the first N of a class-structured folder would be one or two classes.
     """
-    if not os.path.isdir(root):
-        raise UserError(f"image folder not found: {root}")
-    entries = _list_images(root)
+    listing = list_image_files(root)
+    if listing.unsupported:
+        logging.warning("skipped %s under %s", listing.describe_skips(), root)
+    entries = listing.entries
     if max_images and len(entries) > max_images:
         keep = np.sort(np.random.default_rng(seed).choice(len(entries), max_images, replace=False))
         entries = [entries[i] for i in keep]
