@@ -213,12 +213,16 @@ class _Kernel:
         self.has_avx512 = bool(lib.bgan_has_avx512()) and os.environ.get("BGAN_TF_NO_AVX512") != "1"
 
     def topk(self, db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """db, queries: padded uint8 [*, W]. Returns (int32 [Q,k], positions int64 [Q,k]).
+        """db, queries: padded uint8 [*, W]. Returns (int32 [Q,K], positions int64 [Q,K]), K = min(k, N).
 
         ctypes drops the GIL during the call, so threads can run batches in parallel.
         """
         n, w = db.shape
         nq = queries.shape[0]
+        # The per-query scratch grows with k: never ask for more than there are codes.
+        k = min(int(k), n)
+        if k <= 0:
+            return np.zeros((nq, 0), dtype=np.int32), np.zeros((nq, 0), dtype=np.int64)
         m = 8 * w
         stride = 2 + (m + 1) + (m + 1) * k
         out_d = np.empty((nq, k), dtype=np.int32)

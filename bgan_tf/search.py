@@ -2,8 +2,11 @@
 
 Every backend has the same small interface (`SearchBackend`):
     add(packed uint8 [N, B], ids int64 [N]); remove(ids); search(packed [Q, B], k)
-    -> (distances int32 [Q, k], ids int64 [Q, k]).
-Rows with fewer than k items are padded with id -1 and distance INT32_MAX.
+    -> (distances int32 [Q, K], ids int64 [Q, K]) with K = min(k, N).
+k is clamped to the number of indexed codes, so memory never grows with k beyond
+the index size (a k of a billion on a 40-image index returns 40 columns). Rows where
+an approximate backend finds fewer than K items are padded with id -1 and distance
+INT32_MAX.
 
 Order: every backend returns each row sorted by (distance, id). The exact backends
 (`numpy`, `flat`, `ours_exact`) return exactly the first k items in that order,
@@ -34,6 +37,16 @@ from bgan_tf.store import code_bytes as codes_lib_code_bytes
 
 NO_DISTANCE = np.iinfo(np.int32).max
 
+# Bounds of the backend knobs, shared by the constructors (so the library refuses
+# values FAISS would abort on or that cost unbounded memory/time) and the CLI flags.
+MAX_NLIST = 1 << 20  # ivf lists (capped further at codes / 39 when trained)
+MAX_HNSW_M = 256  # hnsw links per node: memory per code grows with it
+MAX_EF = 1 << 16  # hnsw candidate list per query
+MAX_HASH_BITS = 64  # multihash keys are read into 64-bit words
+MAX_NHASH = 4096  # multihash tables (nhash * key bits <= code bits anyway)
+MAX_NFLIP = 4  # multihash probes C(b, 0..nflip) buckets per table: 4 is ~10^4 at b=24
+MAX_THREADS = 256
+
 _threads = 1
 
 
@@ -43,7 +56,7 @@ def set_num_threads(n: int) -> None:
     global _threads
     import faiss
 
-    _threads = max(1, int(n))
+    _threads = max(1, min(int(n), MAX_THREADS))
     faiss.omp_set_num_threads(_threads)
 
 
@@ -79,6 +92,29 @@ class SearchBackend(Protocol):
 
 
 # ---------------------------------------------------------------- helpers
+def clamp_k(k: int, ntotal: int) -> int:
+    """The number of result columns for a request of k over ntotal codes: min(k, ntotal).
+
+    Every backend calls this first, so what a search allocates is bounded by the
+    index, never by the k a caller asks for.
+    """
+    k = int(k)
+    if k <= 0:
+        raise UserError(f"k must be positive, got {k}")
+    return min(k, int(ntotal))
+
+
+def _check_knob(backend: str, name: str, value: Any, lo: int, hi: int) -> int:
+    """An integer backend knob within [lo, hi], else UserError (FAISS would abort or blow up)."""
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{backend} backend: {name} must be an integer, got {value!r}") from None
+    if isinstance(value, bool) or not lo <= v <= hi:
+        raise UserError(f"{backend} backend: {name} must be between {lo} and {hi}, got {value!r}")
+    return v
+
+
 def _faiss_search(index, ids: np.ndarray, ntotal: int, packed_queries: np.ndarray,
                   k: int) -> tuple[np.ndarray, np.ndarray]:
     """Search a FAISS binary index whose labels are positions into ``ids``.
@@ -87,9 +123,10 @@ def _faiss_search(index, ids: np.ndarray, ntotal: int, packed_queries: np.ndarra
     positions an exact index gives the exact (distance, id) top-k.
     """
     q = np.ascontiguousarray(packed_queries, dtype=np.uint8)
-    if ntotal == 0:
+    k = clamp_k(k, ntotal)
+    if k == 0:
         return _sort_rows(np.zeros((q.shape[0], 0)), np.zeros((q.shape[0], 0)), k)
-    dist, pos = index.search(q, min(k, ntotal))
+    dist, pos = index.search(q, k)
     out = np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
     return _sort_rows(dist, out, k)
 
@@ -176,6 +213,7 @@ class NumpyBackend(_SortedCodes):
     def search(self, packed_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.asarray(packed_queries, dtype=np.uint8)
         n = self.ntotal
+        k = clamp_k(k, n)
         out_d = np.full((q.shape[0], k), NO_DISTANCE, dtype=np.int32)
         out_i = np.full((q.shape[0], k), -1, dtype=np.int64)
         if n == 0:
@@ -249,7 +287,8 @@ class OursExactBackend(_SortedCodes):
 
     def search(self, packed_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = pad_codes(np.asarray(packed_queries, dtype=np.uint8), self.width)
-        if self.ntotal == 0 or q.shape[0] == 0:
+        k = clamp_k(k, self.ntotal)
+        if k == 0 or q.shape[0] == 0:
             return _sort_rows(np.zeros((q.shape[0], 0)), np.zeros((q.shape[0], 0)), k)
         codes, ids = self._codes, self._ids  # snapshot: safe against a concurrent swap
         nt = get_num_threads()
@@ -281,8 +320,8 @@ class IVFBackend:
         self._faiss = faiss
         self.num_bits = int(num_bits)
         self.d = 8 * codes_lib_code_bytes(num_bits)
-        self.nlist = int(nlist)
-        self.nprobe = int(nprobe)
+        self.nlist = _check_knob("ivf", "nlist", nlist, 1, MAX_NLIST)
+        self.nprobe = _check_knob("ivf", "nprobe", nprobe, 1, MAX_NLIST)
         self._index = None
         self._quantizer = None
 
@@ -313,9 +352,10 @@ class IVFBackend:
 
     def search(self, packed_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(packed_queries, dtype=np.uint8)
-        if self.ntotal == 0:
+        k = clamp_k(k, self.ntotal)
+        if k == 0:
             return _sort_rows(np.zeros((q.shape[0], 0)), np.zeros((q.shape[0], 0)), k)
-        dist, ids = self._index.search(q, min(k, self.ntotal))
+        dist, ids = self._index.search(q, k)
         return _sort_rows(dist, ids, k)
 
 
@@ -372,7 +412,10 @@ class HNSWBackend(_RebuildOnRemove):
     name = "hnsw"
 
     def __init__(self, num_bits: int, M: int = 32, ef_search: int = 128, ef_construction: int = 64) -> None:
-        self.M, self.ef_search, self.ef_construction = int(M), int(ef_search), int(ef_construction)
+        # FAISS aborts the process (C++ assertion) on M = 0; refuse before it is reached.
+        self.M = _check_knob("hnsw", "M", M, 1, MAX_HNSW_M)
+        self.ef_search = _check_knob("hnsw", "ef_search", ef_search, 1, MAX_EF)
+        self.ef_construction = _check_knob("hnsw", "ef_construction", ef_construction, 1, MAX_EF)
         super().__init__(num_bits)
 
     def _new_index(self) -> Any:
@@ -382,7 +425,9 @@ class HNSWBackend(_RebuildOnRemove):
         return index
 
     def search(self, packed_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        self._index.hnsw.efSearch = max(self.ef_search, k)  # HNSW returns <= efSearch items
+        # HNSW returns <= efSearch items; k is clamped to the index size first, so a huge
+        # k cannot make FAISS allocate a huge candidate list.
+        self._index.hnsw.efSearch = max(self.ef_search, clamp_k(k, self.ntotal))
         return super().search(packed_queries, k)
 
 
@@ -418,16 +463,20 @@ class MultiHashBackend(_RebuildOnRemove):
                  nflip: int | None = None) -> None:
         d = 8 * codes_lib_code_bytes(num_bits)
         dflt = multihash_defaults(num_bits)
-        self.nhash = max(1, int(nhash)) if nhash else dflt["nhash"]
+        # None / 0 (nhash, b) and None / -1 (nflip) mean "the default for this code length".
+        self.nhash = _check_knob("multihash", "nhash", nhash, 1, MAX_NHASH) if nhash else dflt["nhash"]
         if b:
-            self.b = int(b)
+            self.b = _check_knob("multihash", "b (hash_bits)", b, 1, MAX_HASH_BITS)
         elif nhash:  # tables given, key length not: split the code between them
             self.b = max(1, min(24, d // self.nhash))
         else:
             self.b = dflt["b"]
         if self.nhash * self.b > d:
             raise UserError(f"multihash needs nhash * b <= {d} bits, got {self.nhash} * {self.b}")
-        self.nflip = int(nflip) if nflip is not None and nflip >= 0 else dflt["nflip"]
+        if nflip is None or (not isinstance(nflip, bool) and nflip == -1):
+            self.nflip = min(dflt["nflip"], self.b)
+        else:
+            self.nflip = _check_knob("multihash", "nflip", nflip, 0, min(self.b, MAX_NFLIP))
         super().__init__(num_bits)
 
     def _new_index(self) -> Any:
@@ -462,7 +511,7 @@ def make_backend(name: str, num_bits: int, *, fallback: bool = False, **knobs: A
     set_num_threads(get_num_threads())  # make sure FAISS follows our thread setting
     try:
         return BACKENDS[name](num_bits, **knobs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # unknown knob names, or a saved knob of the wrong type
         raise UserError(f"bad options for backend {name!r}: {e}") from e
     except UserError:
         if fallback and name == "ours_exact":
@@ -552,6 +601,10 @@ class BinaryIndex:
         """Load a saved index; backend/knobs default to the ones it was saved with."""
         store = CodeStore.load(path, expect_num_bits=expect_num_bits, expect_model_id=expect_model_id)
         saved = store.extra.get("backend", {}) or {}
+        if not isinstance(saved, dict) or not isinstance(saved.get("knobs", {}), dict) \
+                or not isinstance(saved.get("name", "flat"), str):
+            raise UserError(f"index {path} is damaged (manifest.json extra.backend is {saved!r:.60}); "
+                            "rebuild it with python -m bgan_tf.index build into a new folder")
         name = backend or saved.get("name", "flat")
         if backend is None or backend == saved.get("name"):
             knobs = {**saved.get("knobs", {}), **knobs}
@@ -625,12 +678,13 @@ class BinaryIndex:
 
     # --------------------------------------------------------------- search
     def search_arrays(self, query_signs_or_packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Raw backend output: (distances int32 [Q,k], ids int64 [Q,k])."""
-        if int(k) <= 0:
-            raise UserError(f"k must be positive, got {k}")
+        """Raw backend output: (distances int32 [Q,K], ids int64 [Q,K]), K = min(k, len(self))."""
         packed = self.to_packed(query_signs_or_packed)
         with self._lock.read():
-            return self.backend.search(packed, int(k))
+            k = clamp_k(k, len(self.store))
+            if k == 0:  # empty index: no backend call (some cannot search with k = 0)
+                return (np.zeros((packed.shape[0], 0), np.int32), np.zeros((packed.shape[0], 0), np.int64))
+            return self.backend.search(packed, k)
 
     def search(self, query_signs_or_packed: np.ndarray, k: int) -> list[list[SearchResult]]:
         """Top-k per query, sorted by (distance, id); fewer than k if the index is small."""

@@ -7,27 +7,23 @@ On disk an index is one folder:
     ids.npy         int64 [N]
     metadata.jsonl  one JSON object per row (e.g. {"path": ..., "label": ...})
 
-Saving writes a complete new folder next to the target and then swaps it in, so a
-crash at any moment leaves either the old index or the new one, never a mix
-(see `_commit_dir`). Rows are kept in insertion order; search backends decide
+Saving writes a complete new folder next to the target and then swaps it in
+(`bgan_tf.atomic.staged_dir`), so a crash at any moment leaves either the old index
+or the new one, never a mix, and a folder that is not an index is never replaced. Rows are kept in insertion order; search backends decide
 their own internal order.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import datetime as _dt
-import errno
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NoReturn, Sequence
 
 import numpy as np
 
+from bgan_tf import atomic
 from bgan_tf.errors import UserError
 
 FORMAT_VERSION = 1
@@ -35,11 +31,6 @@ _MANIFEST = "manifest.json"
 _CODES = "codes.npy"
 _IDS = "ids.npy"
 _META = "metadata.jsonl"
-_OLD_PREFIX = ".old-"
-# mkdtemp makes 0700 folders; an index folder should get the usual umask-based mode.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-_TMP_PREFIX = ".tmp-"
 
 
 def code_bytes(num_bits: int) -> int:
@@ -187,28 +178,27 @@ class CodeStore:
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the store to folder `path` atomically (old contents replaced)."""
-        target = Path(path).absolute()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{_TMP_PREFIX}", dir=target.parent))
-        try:
-            os.chmod(tmp, 0o777 & ~_UMASK)
+        """Write the store to folder `path` atomically (a previous index there is replaced).
+
+        Goes through `atomic.staged_dir`: `path` must be absent, an empty folder or an
+        index (anything else is refused untouched), writers are locked out of each
+        other, temp folders of killed runs are cleaned and the folder follows the umask.
+        """
+        with atomic.staged_dir(path, what="index", is_ours=is_index,
+                               before_commit=lambda tmp, target: _before_commit(tmp, target)) as tmp:
             _save_npy(tmp / _CODES, self._codes)
             _save_npy(tmp / _IDS, self._ids)
             with open(tmp / _META, "w", encoding="utf-8") as f:
                 for m in self._meta:
-                    f.write(json.dumps(m, ensure_ascii=False, sort_keys=True) + "\n")
+                    # ensure_ascii: a file name that is not valid UTF-8 arrives as a
+                    # surrogate-escaped str, which only survives as a \udcXX escape.
+                    f.write(json.dumps(m, ensure_ascii=True, sort_keys=True) + "\n")
                 _fsync(f)
             # Manifest last: a folder without one is never a valid index.
             with open(tmp / _MANIFEST, "w", encoding="utf-8") as f:
-                json.dump(self.manifest(), f, indent=2, sort_keys=True)
+                json.dump(self.manifest(), f, indent=2, sort_keys=True, ensure_ascii=True)
                 f.write("\n")
                 _fsync(f)
-            _before_commit(tmp, target)
-            _commit_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(
@@ -217,22 +207,14 @@ class CodeStore:
         expect_num_bits: int | None = None,
         expect_model_id: str | None = None,
     ) -> "CodeStore":
-        """Read a folder written by `save`; refuse a mismatched code length / model."""
+        """Read a folder written by `save`; refuse a mismatched code length / model.
+
+        A damaged index (bad manifest, truncated or missing arrays, a bad metadata
+        line) is a UserError naming the index and saying to rebuild it.
+        """
         target = Path(path).absolute()
-        _recover(target)
-        man_path = target / _MANIFEST
-        if not man_path.is_file():
-            raise UserError(f"no index at {path} (missing {_MANIFEST}); build one first")
-        try:
-            man = json.loads(man_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise UserError(f"unreadable index manifest {man_path}: {e}") from e
-        if man.get("format_version") != FORMAT_VERSION:
-            raise UserError(
-                f"index {path} has format version {man.get('format_version')}, "
-                f"this code reads {FORMAT_VERSION}; rebuild the index"
-            )
-        num_bits = int(man["num_bits"])
+        man = read_manifest(path)
+        num_bits = man["num_bits"]
         if expect_num_bits is not None and int(expect_num_bits) != num_bits:
             raise UserError(
                 f"index {path} holds {num_bits}-bit codes but the model makes "
@@ -244,32 +226,109 @@ class CodeStore:
                 "use the same model or rebuild the index"
             )
         store = cls(num_bits, man["model_id"], created=man.get("created"), extra=man.get("extra"))
-        codes = np.load(target / _CODES, allow_pickle=False)
-        ids = np.load(target / _IDS, allow_pickle=False)
-        with open(target / _META, encoding="utf-8") as f:
-            meta = [json.loads(line) for line in f if line.strip()]
-        n = int(man["count"])
-        if codes.shape != (n, store.code_bytes) or ids.shape != (n,) or len(meta) != n:
-            raise UserError(f"index {path} is inconsistent (count {n} vs files); rebuild it")
+        n = man["count"]
+        codes = _load_npy(path, target / _CODES)
+        ids = _load_npy(path, target / _IDS)
+        if codes.dtype != np.uint8 or codes.shape != (n, store.code_bytes):
+            _damaged(path, f"{_CODES} holds {codes.dtype} {codes.shape}, expected uint8 "
+                           f"{(n, store.code_bytes)}")
+        if ids.dtype.kind not in "iu" or ids.shape != (n,):
+            _damaged(path, f"{_IDS} holds {ids.dtype} {ids.shape}, expected int64 {(n,)}")
+        meta = _load_metadata(path, target / _META)
+        if len(meta) != n:
+            _damaged(path, f"{_META} has {len(meta)} rows, the manifest counts {n}")
         store._codes = np.ascontiguousarray(codes, dtype=np.uint8)
         store._ids = ids.astype(np.int64, copy=False)
+        if (store._ids < 0).any() or np.unique(store._ids).shape[0] != n:
+            _damaged(path, f"{_IDS} holds negative or duplicate ids")
         store._meta = meta
         store._pos = {i: p for p, i in enumerate(store._ids.tolist())}
-        store.next_id = max(int(man.get("next_id", 0)), int(ids.max()) + 1 if n else 0)
+        store.next_id = max(man.get("next_id", 0), int(store._ids.max()) + 1 if n else 0)
         return store
 
 
+def is_index(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a folder this module wrote (it has a manifest)."""
+    return (Path(path) / _MANIFEST).is_file()
+
+
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Just the manifest of an index folder (cheap: no codes are read)."""
+    """Just the manifest of an index folder (cheap: no codes are read), validated."""
     target = Path(path).absolute()
-    _recover(target)
+    atomic.recover_dir(target, is_index)
+    man_path = target / _MANIFEST
+    if not man_path.is_file():
+        raise UserError(f"no index at {path} (missing {_MANIFEST}); build one first")
     try:
-        return json.loads((target / _MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise UserError(f"no index at {path}; build one first") from e
+        man = json.loads(man_path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"cannot read the index manifest {man_path}: {e.strerror or e}") from None
+    except ValueError as e:  # bad JSON or bad UTF-8
+        _damaged(path, f"{_MANIFEST} is not valid JSON: {e}")
+    if not isinstance(man, dict):
+        _damaged(path, f"{_MANIFEST} is not a JSON object")
+    if man.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"index {path} has format version {man.get('format_version')}, "
+            f"this code reads {FORMAT_VERSION}; rebuild the index"
+        )
+    for key, types in _MANIFEST_TYPES.items():
+        if key not in man:
+            if key in _MANIFEST_REQUIRED:
+                _damaged(path, f"{_MANIFEST} lacks {key!r}")
+            continue
+        val = man[key]
+        if not isinstance(val, types) or isinstance(val, bool):
+            _damaged(path, f"{_MANIFEST} field {key!r} is {type(val).__name__} {val!r:.40}")
+    if man["num_bits"] <= 0 or man["count"] < 0 or man.get("next_id", 0) < 0:
+        _damaged(path, f"{_MANIFEST} has num_bits {man['num_bits']}, count {man['count']}")
+    return man
 
 
 # ------------------------------------------------------------------ helpers
+_MANIFEST_REQUIRED = ("num_bits", "model_id", "count")
+_MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+    "num_bits": int, "model_id": str, "count": int, "next_id": int, "created": str, "extra": dict,
+}
+
+
+def _damaged(path: str | os.PathLike[str], detail: str) -> NoReturn:
+    raise UserError(f"index {path} is damaged ({detail}); rebuild it with "
+                    "python -m bgan_tf.index build into a new folder")
+
+
+def _load_npy(path: str | os.PathLike[str], file: Path) -> np.ndarray:
+    try:
+        return np.load(file, allow_pickle=False)
+    except FileNotFoundError:
+        _damaged(path, f"{file.name} is missing")
+    except (OSError, ValueError, EOFError) as e:  # truncated, not .npy, object arrays
+        _damaged(path, f"{file.name} is unreadable: {e.__class__.__name__}: {str(e)[:80]}")
+
+
+def _load_metadata(path: str | os.PathLike[str], file: Path) -> list[dict[str, Any]]:
+    meta = []
+    try:
+        with open(file, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = None
+                if not isinstance(row, dict):
+                    _damaged(path, f"{file.name} line {lineno} is not a JSON object")
+                meta.append(row)
+    except FileNotFoundError:
+        _damaged(path, f"{file.name} is missing")
+    except UnicodeDecodeError:
+        _damaged(path, f"{file.name} is not UTF-8 text")
+    except OSError as e:
+        raise UserError(f"cannot read {file}: {e.strerror or e}") from None
+    return meta
+
+
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.save(f, arr, allow_pickle=False)
@@ -283,71 +342,3 @@ def _fsync(f: Any) -> None:
 
 def _before_commit(tmp: Path, target: Path) -> None:
     """Hook between 'new folder complete' and 'swap'; tests patch it to simulate crashes."""
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _renameat2_exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _commit_dir(tmp: Path, target: Path) -> None:
-    """Make `tmp` become `target`.
-
-    New target: one rename. Existing target: an atomic exchange where the kernel
-    supports it; otherwise rename target aside to `.<name>.old-*`, rename tmp in,
-    delete the old one. A crash between those two renames leaves only the
-    `.old-*` folder, which `_recover` renames back on the next load.
-    """
-    if not target.exists():
-        os.rename(tmp, target)
-    elif _renameat2_exchange(tmp, target):
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        old = target.parent / f".{target.name}{_OLD_PREFIX}{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(target.parent)
-
-
-def _recover(target: Path) -> None:
-    """If a fallback swap was interrupted, restore the previous complete index."""
-    if target.exists() or not target.parent.is_dir():
-        return
-    olds = sorted(
-        (p for p in target.parent.glob(f".{target.name}{_OLD_PREFIX}*") if (p / _MANIFEST).is_file()),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
-    if olds:
-        os.rename(olds[0], target)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from bgan_tf import atomic
 from bgan_tf import store as store_lib
 from bgan_tf.codes import pack
 from bgan_tf.errors import UserError
@@ -49,11 +50,12 @@ def test_save_load_roundtrip(tmp_path):
     assert man["count"] == 6 and man["num_bits"] == 24 and man["model_id"] == "model-abc"
     assert man["format_version"] == store_lib.FORMAT_VERSION and man["created"] == s.created
     assert t.next_id == 17 and t.extra == {"note": "x"}
-    # Saving over an existing index replaces it; no temp folders are left behind.
+    # Saving over an existing index replaces it; no temp folders are left behind
+    # (only the writers' lock file, which stays so every writer locks the same inode).
     t.add(_codes(1, seed=3))
     t.save(tmp_path / "idx")
     assert len(CodeStore.load(tmp_path / "idx")) == 7
-    assert sorted(os.listdir(tmp_path)) == ["idx"]
+    assert sorted(os.listdir(tmp_path)) == [".idx.lock", "idx"]
 
 
 def test_load_refuses_mismatch_and_missing(tmp_path):
@@ -81,7 +83,7 @@ def test_crash_mid_save_keeps_previous_index(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         s.save(tmp_path / "idx")
     assert len(CodeStore.load(tmp_path / "idx")) == 4
-    assert sorted(os.listdir(tmp_path)) == ["idx"]
+    assert sorted(os.listdir(tmp_path)) == [".idx.lock", "idx"]
 
 
 def test_hard_kill_mid_save_keeps_previous_index(tmp_path):
@@ -112,7 +114,7 @@ def test_interrupted_fallback_swap_is_recovered(tmp_path, monkeypatch):
     s = CodeStore(24, "m")
     s.add(_codes(4))
     s.save(tmp_path / "idx")
-    monkeypatch.setattr(store_lib, "_renameat2_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic, "_renameat2_exchange", lambda a, b: False)
     calls = {"n": 0}
     real_rename = os.rename
 
