@@ -16,7 +16,7 @@ from typing import Any
 
 from absl import flags
 
-from bgan_tf import indexing, search
+from bgan_tf import atomic, indexing, search
 from bgan_tf.errors import UserError, cli_run
 from flags import search_flags
 from flags.search_flags import define_index_flags
@@ -51,24 +51,31 @@ def main(argv: list[str]) -> None:
     search.set_num_threads(FLAGS.threads)
     if argv[1] == "build":
         _require(model=FLAGS.model, images=FLAGS.images, index=FLAGS.index)
-        encoder = indexing.load_model(FLAGS.model)
-        report = indexing.build_index(
-            encoder, FLAGS.images, FLAGS.index, backend=FLAGS.backend,
-            backend_knobs=backend_knobs(FLAGS.backend), batch_size=FLAGS.batch_size,
-            save_every=FLAGS.save_every, progress=FLAGS.progress, model_ref=FLAGS.model)
-        print(f"indexed {report.added} new images ({report.skipped} already indexed, "
-              f"{len(report.failed)} unreadable); index holds {report.count} -> {FLAGS.index}")
-        for line in report.failed[:10]:
-            print(f"skipped {line}")
+        # Paths and the folder are checked before the model is loaded or anything is
+        # encoded, and the writer lock is taken first, so a concurrent build fails fast.
+        listing = indexing.prepare_build(FLAGS.images, FLAGS.index)
+        with atomic.output_lock(FLAGS.index, "index"):
+            encoder = indexing.load_model(FLAGS.model)
+            report = indexing.build_index(
+                encoder, FLAGS.images, FLAGS.index, backend=FLAGS.backend,
+                backend_knobs=backend_knobs(FLAGS.backend), batch_size=FLAGS.batch_size,
+                save_every=FLAGS.save_every, progress=FLAGS.progress, model_ref=FLAGS.model,
+                max_pixels=FLAGS.max_pixels, listing=listing)
+        print(report.summary(FLAGS.index))
+        for line in (report.failed + report.too_large)[:10]:
+            print(f"skipped {indexing.printable(line)}")
         return
     _require(index=FLAGS.index, image=FLAGS.image)
     encoder = indexing.load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
     explicit = FLAGS["backend"].present
     index = indexing.open_index(FLAGS.index, encoder, **(
         {"backend": FLAGS.backend, **backend_knobs(FLAGS.backend)} if explicit else {}))
-    results = indexing.query_index(index, encoder, FLAGS.image, FLAGS.k)
+    results = indexing.query_index(index, encoder, FLAGS.image, FLAGS.k, max_pixels=FLAGS.max_pixels)
     if FLAGS.json:
-        print(json.dumps({"query": FLAGS.image, "k": FLAGS.k, "results": [r.to_dict() for r in results]}))
+        # ensure_ascii (json's default): names that are not UTF-8 print as \udcXX escapes,
+        # which json.loads + os.fsencode turn back into the original bytes.
+        print(json.dumps({"query": FLAGS.image, "k": FLAGS.k, "results": [r.to_dict() for r in results]},
+                         ensure_ascii=True))
     else:
         print(indexing.format_results(results))
 

@@ -3,7 +3,8 @@
 Also holds the small seams the search side needs from the rest of the project,
 so each can be swapped in one place:
 - `read_image` / `decode_image`: bgan_tf.data's readers (load_image_file,
-  decode_image_bytes), so indexed, queried and trained images decode alike;
+  decode_image_bytes, with their pixel budget), so indexed, queried and trained
+  images decode alike; folders are listed by bgan_tf.data.list_image_files;
 - `load_model`: bgan_tf.inference.load_encoder(model_dir), an exported
   `.tflite` encoder (bgan_tf.serving.TFLiteEncoder), or the training-free
   `pixel-lsh:BITS[:SEED]` baseline (random hyperplanes over 16x16 pixels), which
@@ -16,17 +17,20 @@ import dataclasses
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
+from absl import logging
 
-from bgan_tf.data import decode_image_bytes, load_image_file
+from bgan_tf import atomic
+from bgan_tf.data import IMAGE_EXTENSIONS, ImageListing, ImageTooLarge, decode_image_bytes, \
+    list_image_files, load_image_file
 from bgan_tf.errors import UserError
 from bgan_tf.search import BinaryIndex, SearchResult
-from bgan_tf.store import read_manifest
+from bgan_tf.store import is_index, read_manifest
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# pixel-lsh:BITS: a projection matrix of 768 x BITS floats; 4096 bits is 12 MB.
+MAX_PIXEL_LSH_BITS = 4096
 
 
 class Encoder(Protocol):
@@ -38,38 +42,24 @@ class Encoder(Protocol):
 
 
 # ------------------------------------------------------------------ images
-def decode_image(data: bytes, what: str = "image") -> np.ndarray:
-    """Image bytes -> uint8 [H, W, 3]; UserError when empty or undecodable.
+def decode_image(data: bytes, what: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """Image bytes -> uint8 [H, W, 3]; UserError when empty, undecodable or over max_pixels.
 
     The project's one decoder (bgan_tf.data.decode_image_bytes): grayscale is
     replicated, alpha composited on white, exactly as training reads images.
     """
-    return decode_image_bytes(data, what=what)
+    return decode_image_bytes(data, what=what, max_pixels=max_pixels)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Image file -> uint8 [H, W, 3]; UserError when missing or undecodable."""
-    return load_image_file(str(path))
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
+    """Image file -> uint8 [H, W, 3]; UserError when missing, undecodable or over max_pixels."""
+    return load_image_file(os.fspath(path), max_pixels=max_pixels)
 
 
-def list_images(root: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
-    """(absolute path, label or None) for every image under root, sorted.
-
-    A file inside a subfolder gets the first subfolder's name as its label
-    (the usual class-folder layout); loose files get None.
-    """
-    root_p = Path(root)
-    if not root_p.is_dir():
-        raise UserError(f"image folder not found: {root}")
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root_p):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, root_p)
-        label = None if rel == "." else rel.split(os.sep)[0]
-        for name in sorted(filenames):
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                out.append((os.path.abspath(os.path.join(dirpath, name)), label))
-    return out
+def printable(text: str) -> str:
+    """``text`` safe to print: file names that are not valid UTF-8 come from os.walk as
+    surrogate escapes, which a UTF-8 stdout refuses; show their bytes as \\xNN instead."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # ------------------------------------------------------------------ models
@@ -83,6 +73,11 @@ class PixelLSHEncoder:
     SIZE = 16
 
     def __init__(self, num_bits: int = 64, seed: int = 0) -> None:
+        if not 1 <= int(num_bits) <= MAX_PIXEL_LSH_BITS:
+            raise UserError(f"pixel-lsh takes 1 to {MAX_PIXEL_LSH_BITS} bits, got {num_bits}; "
+                            "use e.g. pixel-lsh:64")
+        if not 0 <= int(seed) < 2**63:
+            raise UserError(f"pixel-lsh seed must be between 0 and 2**63-1, got {seed}")
         self.num_bits = int(num_bits)
         self.seed = int(seed)
         rng = np.random.default_rng(seed)
@@ -108,6 +103,8 @@ def load_model(model: str) -> Encoder:
     if model.startswith("pixel-lsh"):
         parts = model.split(":")
         try:
+            if parts[0] != "pixel-lsh" or len(parts) > 3:
+                raise ValueError
             bits = int(parts[1]) if len(parts) > 1 else 64
             seed = int(parts[2]) if len(parts) > 2 else 0
         except ValueError:
@@ -143,12 +140,20 @@ def encode_images(encoder: Encoder, images: list[np.ndarray]) -> np.ndarray:
 # ------------------------------------------------------------------ build
 @dataclasses.dataclass
 class BuildReport:
-    total: int
+    total: int  # image files listed
     added: int
-    skipped: int
-    failed: list[str]
-    count: int
+    skipped: int  # already in the index
+    failed: list[str]  # unreadable: "path: reason"
+    count: int  # rows in the index after the build
     seconds: float
+    too_large: list[str] = dataclasses.field(default_factory=list)  # over --max_pixels
+    unsupported: int = 0  # files skipped for their extension
+
+    def summary(self, index_path: str | os.PathLike[str]) -> str:
+        return (f"indexed {self.added} new images ({self.skipped} already indexed, "
+                f"{len(self.failed)} unreadable, {len(self.too_large)} over the pixel budget, "
+                f"{self.unsupported} unsupported files); index holds {self.count} -> "
+                f"{printable(os.fspath(index_path))}")
 
 
 class _Progress:
@@ -179,6 +184,29 @@ class _Progress:
             self._bar.close()
 
 
+def prepare_build(images_dir: str | os.PathLike[str], index_path: str | os.PathLike[str]) -> ImageListing:
+    """Check the paths of a build and list its images, before any model is loaded.
+
+    Refuses (UserError, nothing touched) an index path that overlaps the image folder,
+    is a file, is not writable or is a non-empty folder that is not an index, and an
+    image folder without a single image file. The listing's paths are absolute: the
+    index keys images by absolute path, so a rerun from another directory resumes.
+    """
+    images_dir, index_path = os.fspath(images_dir), os.fspath(index_path)
+    if not os.path.isdir(images_dir):
+        raise UserError(f"image folder not found: {images_dir}")
+    atomic.check_disjoint(index_path, images_dir, what="index")
+    atomic.recover_dir(index_path, is_index)  # a swap interrupted by a kill: the index is back
+    atomic.claim_output(index_path, "index", is_index)
+    listing = list_image_files(images_dir)
+    listing.entries = [(os.path.abspath(p), label) for p, label in listing.entries]
+    if not listing.entries:
+        skips = f"; {listing.describe_skips()}" if listing.unsupported else ""
+        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {images_dir}{skips}; "
+                        "nothing was indexed")
+    return listing
+
+
 def build_index(
     encoder: Encoder,
     images_dir: str | os.PathLike[str],
@@ -191,16 +219,44 @@ def build_index(
     progress: bool = True,
     model_ref: str | None = None,
     on_batch: Callable[[int], None] | None = None,
+    max_pixels: int | None = None,
+    listing: ImageListing | None = None,
 ) -> BuildReport:
     """Index every image under images_dir into index_path, resumably.
 
     Images already in the index (keyed by absolute path) are skipped, so a rerun
     after a crash or after adding files only encodes what is new. The index is
-    saved atomically every `save_every` new images and at the end.
+    saved atomically every `save_every` new images and at the end. The index's
+    writer lock is held from load to the last save, so a concurrent build into the
+    same index fails at once (UserError) instead of silently dropping images.
+    ``listing``: the result of `prepare_build`, when the caller already checked.
     """
     t0 = time.time()
-    files = list_images(images_dir)
-    if os.path.exists(os.path.join(index_path, "manifest.json")) or _has_backup(index_path):
+    if int(batch_size) < 1 or int(save_every) < 1:
+        raise UserError(f"batch_size and save_every must be at least 1, got {batch_size} and {save_every}")
+    batch_size = int(batch_size)
+    with atomic.output_lock(index_path, "index"):
+        if listing is None:
+            listing = prepare_build(images_dir, index_path)
+        else:  # checked before the lock was taken: the index may have changed since
+            atomic.recover_dir(index_path, is_index)
+            atomic.claim_output(index_path, "index", is_index)
+        return _build_locked(encoder, images_dir, index_path, listing, t0, backend=backend,
+                             backend_knobs=backend_knobs, batch_size=batch_size,
+                             save_every=int(save_every), progress=progress, model_ref=model_ref,
+                             on_batch=on_batch, max_pixels=max_pixels)
+
+
+def _build_locked(encoder: Encoder, images_dir: str | os.PathLike[str],
+                  index_path: str | os.PathLike[str], listing: ImageListing, t0: float, *,
+                  backend: str, backend_knobs: dict[str, Any] | None, batch_size: int,
+                  save_every: int, progress: bool, model_ref: str | None,
+                  on_batch: Callable[[int], None] | None, max_pixels: int | None) -> BuildReport:
+    files = listing.entries
+    if listing.unsupported:
+        logging.warning("skipped %s under %s", listing.describe_skips(), printable(os.fspath(images_dir)))
+    existed = is_index(index_path)
+    if existed:
         index = BinaryIndex.load(index_path, expect_num_bits=encoder.num_bits,
                                  expect_model_id=encoder.model_id)
     else:
@@ -211,16 +267,21 @@ def build_index(
     done = {m.get("path") for m in index.store.metadata_rows()}
     todo = [(p, lab) for p, lab in files if p not in done]
     bar = _Progress(len(todo), progress)
-    added, failed, since_save = 0, [], 0
+    added, failed, too_large, since_save = 0, [], [], 0
     try:
-        for s in range(0, len(todo), max(1, batch_size)):
+        for s in range(0, len(todo), batch_size):
             batch = todo[s : s + batch_size]
             imgs, meta = [], []
             for path, label in batch:
                 try:
-                    imgs.append(read_image(path))
+                    imgs.append(read_image(path, max_pixels=max_pixels))
+                except ImageTooLarge as e:
+                    # A counted, logged skip: one huge file must not stop the build.
+                    logging.warning("skipping %s", printable(str(e)))
+                    too_large.append(str(e))
+                    continue
                 except UserError as e:
-                    failed.append(f"{path}: {e}")
+                    failed.append(str(e) if str(e).startswith(path) else f"{path}: {e}")
                     continue
                 m: dict[str, Any] = {"path": path}
                 if label is not None:
@@ -238,14 +299,16 @@ def build_index(
                 since_save = 0
     finally:
         bar.close()
-    if added or not os.path.exists(os.path.join(index_path, "manifest.json")):
+    if len(index) == 0:
+        # Train and evaluate refuse such a folder too; an empty index would only
+        # hide the problem until the first query.
+        raise UserError(f"none of the {len(files)} image files under {printable(os.fspath(images_dir))} "
+                        f"could be read ({len(failed)} unreadable, {len(too_large)} over the pixel "
+                        f"budget{': ' + printable(failed[0]) if failed else ''}); no index was written")
+    if added or not existed:
         index.save(index_path)
-    return BuildReport(len(files), added, len(files) - len(todo), failed, len(index), time.time() - t0)
-
-
-def _has_backup(index_path: str | os.PathLike[str]) -> bool:
-    p = Path(index_path).absolute()
-    return any(p.parent.glob(f".{p.name}.old-*")) if p.parent.is_dir() else False
+    return BuildReport(len(files), added, len(files) - len(todo), failed, len(index), time.time() - t0,
+                       too_large=too_large, unsupported=len(listing.unsupported))
 
 
 def _jsonable(d: Any) -> Any:
@@ -264,7 +327,7 @@ def model_for_index(index_path: str | os.PathLike[str], model: str | None) -> st
     if model:
         return model
     recorded = read_manifest(index_path).get("extra", {}).get("model")
-    if not recorded:
+    if not recorded or not isinstance(recorded, str):
         raise UserError(f"index {index_path} does not record its model; pass --model")
     return recorded
 
@@ -275,14 +338,15 @@ def open_index(index_path: str | os.PathLike[str], encoder: Encoder, **kwargs: A
                             expect_model_id=encoder.model_id, **kwargs)
 
 
-def query_index(index: BinaryIndex, encoder: Encoder, image_path: str, k: int) -> list[SearchResult]:
-    """Top-k neighbours of one image file."""
-    signs = encoder.encode(read_image(image_path)[None])
+def query_index(index: BinaryIndex, encoder: Encoder, image_path: str, k: int,
+                max_pixels: int | None = None) -> list[SearchResult]:
+    """Top-k neighbours of one image file (at most the index size; UserError if it is too large)."""
+    signs = encoder.encode(read_image(image_path, max_pixels=max_pixels)[None])
     return index.search_one(signs[0], k)
 
 
 def format_results(results: list[SearchResult]) -> str:
     lines = [f"{'rank':>4}  {'id':>8}  {'dist':>4}  path"]
     for r, res in enumerate(results, 1):
-        lines.append(f"{r:>4}  {res.id:>8}  {res.distance:>4}  {res.metadata.get('path', '')}")
+        lines.append(f"{r:>4}  {res.id:>8}  {res.distance:>4}  {printable(str(res.metadata.get('path', '')))}")
     return "\n".join(lines)

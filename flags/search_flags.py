@@ -4,36 +4,59 @@ from __future__ import annotations
 
 from absl import flags
 
+from bgan_tf import data, search
+
+# What one request may ask for: results of a query, images decoded at once in a build.
+MAX_QUERY_K = 10_000
+MAX_BATCH_SIZE = 1024
+
 _BACKENDS = ["flat", "ours_exact", "numpy", "ivf", "hnsw", "multihash"]
 
 
 def _define_common() -> None:
     # Both binaries use these; define once even if both define_* functions run.
+    # Every numeric knob is bounded at parse time (one error line, exit 2); the backend
+    # constructors check the same bounds, so library callers are refused too.
     if "index" in flags.FLAGS:
         return
     flags.DEFINE_string("index", None, "Folder of the binary index to build, query or serve.")
     flags.DEFINE_string("model", None, "Trained model folder, an exported .tflite encoder (python -m export.tflite), or the pixel-lsh:BITS[:SEED] baseline: what encodes images.")
     flags.DEFINE_enum("backend", "flat", _BACKENDS, "Search backend: flat/ours_exact/numpy are exact, ivf/hnsw/multihash approximate.")
-    flags.DEFINE_integer("threads", 1, "Threads for FAISS and the C scan (1 is fastest on shared CI cores).")
-    flags.DEFINE_integer("nlist", 1024, "ivf backend: number of inverted lists (capped at codes/39).")
-    flags.DEFINE_integer("nprobe", 32, "ivf backend: lists visited per query.")
-    flags.DEFINE_integer("hnsw_m", 32, "hnsw backend: graph links per node.")
-    flags.DEFINE_integer("ef_search", 128, "hnsw backend: candidate list size per query (raised to k).")
-    flags.DEFINE_integer("nhash", 0, "multihash backend: number of hash tables (0 = per code length: 2 at 32 bits, 4 at 16 and 64).")
-    flags.DEFINE_integer("hash_bits", 0, "multihash backend: bits per hash key (0 = per code length: 16 at 32 and 64 bits, 4 at 16, 24 above 96).")
-    flags.DEFINE_integer("nflip", -1, "multihash backend: bit flips probed per hash key (-1 = per code length: 2 up to 16-bit keys, 1 for 24-bit).")
+    flags.DEFINE_integer("threads", 1, "Threads for FAISS and the C scan (1 is fastest on shared CI cores).",
+                         lower_bound=1, upper_bound=search.MAX_THREADS)
+    flags.DEFINE_integer("nlist", 1024, "ivf backend: number of inverted lists (capped at codes/39).",
+                         lower_bound=1, upper_bound=search.MAX_NLIST)
+    flags.DEFINE_integer("nprobe", 32, "ivf backend: lists visited per query.",
+                         lower_bound=1, upper_bound=search.MAX_NLIST)
+    flags.DEFINE_integer("hnsw_m", 32, "hnsw backend: graph links per node.",
+                         lower_bound=1, upper_bound=search.MAX_HNSW_M)
+    flags.DEFINE_integer("ef_search", 128, "hnsw backend: candidate list size per query (raised to k).",
+                         lower_bound=1, upper_bound=search.MAX_EF)
+    flags.DEFINE_integer("nhash", 0, "multihash backend: number of hash tables (0 = per code length: 2 at 32 bits, 4 at 16 and 64).",
+                         lower_bound=0, upper_bound=search.MAX_NHASH)
+    flags.DEFINE_integer("hash_bits", 0, "multihash backend: bits per hash key (0 = per code length: 16 at 32 and 64 bits, 4 at 16, 24 above 96).",
+                         lower_bound=0, upper_bound=search.MAX_HASH_BITS)
+    flags.DEFINE_integer("nflip", -1, "multihash backend: bit flips probed per hash key (-1 = per code length: 2 up to 16-bit keys, 1 for 24-bit).",
+                         lower_bound=-1, upper_bound=search.MAX_NFLIP)
 
 
 def define_index_flags() -> None:
     """Flags of `python -m bgan_tf.index build|query`."""
     _define_common()
     flags.DEFINE_string("images", None, "build: folder of images to index (class subfolders become labels).")
-    flags.DEFINE_integer("batch_size", 64, "build: images encoded per model call.")
-    flags.DEFINE_integer("save_every", 1000, "build: save the index atomically after this many new images.")
+    flags.DEFINE_integer("batch_size", 64, "build: images encoded per model call (each is held decoded meanwhile).",
+                         lower_bound=1, upper_bound=MAX_BATCH_SIZE)
+    flags.DEFINE_integer("save_every", 1000, "build: save the index atomically after this many new images.",
+                         lower_bound=1)
     flags.DEFINE_boolean("progress", True, "build: show a progress bar on stderr.")
     flags.DEFINE_string("image", None, "query: image file whose neighbours to find.")
-    flags.DEFINE_integer("k", 10, "query: number of neighbours to return.")
+    flags.DEFINE_integer("k", 10, f"query: number of neighbours to return (at most {MAX_QUERY_K:,}, "
+                         "and never more than the index holds).", lower_bound=1, upper_bound=MAX_QUERY_K)
     flags.DEFINE_boolean("json", False, "query: print results as JSON instead of a table.")
+    if "max_pixels" not in flags.FLAGS:  # the service may define the same budget
+        flags.DEFINE_integer("max_pixels", data.DEFAULT_MAX_PIXELS,
+                             "Largest image (width x height) decoded; build skips (and counts) larger "
+                             "files, query refuses a larger image.", lower_bound=1)
 
 
 def define_service_flags() -> None:
