@@ -16,7 +16,7 @@ from typing import Any
 
 from absl import flags
 
-from bgan_tf import atomic, indexing, search
+from bgan_tf import atomic, indexing, search, store
 from bgan_tf.errors import UserError, cli_run
 from flags import search_flags
 from flags.search_flags import define_index_flags
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
         # Paths and the folder are checked before the model is loaded or anything is
         # encoded, and the writer lock is taken first, so a concurrent build fails fast.
         listing = indexing.prepare_build(FLAGS.images, FLAGS.index)
-        with atomic.output_lock(FLAGS.index, "index"):
+        with atomic.output_lock(FLAGS.index, store.INDEX_WHAT):
             encoder = indexing.load_model(FLAGS.model)
             report = indexing.build_index(
                 encoder, FLAGS.images, FLAGS.index, backend=FLAGS.backend,

@@ -27,7 +27,7 @@ from bgan_tf.data import IMAGE_EXTENSIONS, ImageListing, ImageTooLarge, decode_i
     list_image_files, load_image_file
 from bgan_tf.errors import UserError
 from bgan_tf.search import BinaryIndex, SearchResult
-from bgan_tf.store import is_index, read_manifest
+from bgan_tf.store import INDEX_WHAT, is_index, read_manifest
 
 # pixel-lsh:BITS: a projection matrix of 768 x BITS floats; 4096 bits is 12 MB.
 MAX_PIXEL_LSH_BITS = 4096
@@ -195,9 +195,9 @@ def prepare_build(images_dir: str | os.PathLike[str], index_path: str | os.PathL
     images_dir, index_path = os.fspath(images_dir), os.fspath(index_path)
     if not os.path.isdir(images_dir):
         raise UserError(f"image folder not found: {images_dir}")
-    atomic.check_disjoint(index_path, images_dir, what="index")
+    atomic.check_disjoint(index_path, images_dir, what=INDEX_WHAT)
     atomic.recover_dir(index_path, is_index)  # a swap interrupted by a kill: the index is back
-    atomic.claim_output(index_path, "index", is_index)
+    atomic.claim_output(index_path, INDEX_WHAT, is_index)
     listing = list_image_files(images_dir)
     listing.entries = [(os.path.abspath(p), label) for p, label in listing.entries]
     if not listing.entries:
@@ -235,12 +235,14 @@ def build_index(
     if int(batch_size) < 1 or int(save_every) < 1:
         raise UserError(f"batch_size and save_every must be at least 1, got {batch_size} and {save_every}")
     batch_size = int(batch_size)
-    with atomic.output_lock(index_path, "index"):
-        if listing is None:
-            listing = prepare_build(images_dir, index_path)
-        else:  # checked before the lock was taken: the index may have changed since
-            atomic.recover_dir(index_path, is_index)
-            atomic.claim_output(index_path, "index", is_index)
+    if listing is None:
+        # Checked before the lock is taken: the lock file goes beside the index path,
+        # which must not be inside the images or next to a file we refuse.
+        listing = prepare_build(images_dir, index_path)
+    with atomic.output_lock(index_path, INDEX_WHAT):
+        # Again under the lock: another writer may have changed the path meanwhile.
+        atomic.recover_dir(index_path, is_index)
+        atomic.claim_output(index_path, INDEX_WHAT, is_index)
         return _build_locked(encoder, images_dir, index_path, listing, t0, backend=backend,
                              backend_knobs=backend_knobs, batch_size=batch_size,
                              save_every=int(save_every), progress=progress, model_ref=model_ref,
@@ -252,9 +254,7 @@ def _build_locked(encoder: Encoder, images_dir: str | os.PathLike[str],
                   backend: str, backend_knobs: dict[str, Any] | None, batch_size: int,
                   save_every: int, progress: bool, model_ref: str | None,
                   on_batch: Callable[[int], None] | None, max_pixels: int | None) -> BuildReport:
-    files = listing.entries
-    if listing.unsupported:
-        logging.warning("skipped %s under %s", listing.describe_skips(), printable(os.fspath(images_dir)))
+    files = listing.entries  # unsupported files are counted in the report's summary
     existed = is_index(index_path)
     if existed:
         index = BinaryIndex.load(index_path, expect_num_bits=encoder.num_bits,

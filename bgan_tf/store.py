@@ -31,6 +31,8 @@ _MANIFEST = "manifest.json"
 _CODES = "codes.npy"
 _IDS = "ids.npy"
 _META = "metadata.jsonl"
+# How error messages name an index folder ("... holds files that are not a binary index").
+INDEX_WHAT = "binary index"
 
 
 def code_bytes(num_bits: int) -> int:
@@ -184,7 +186,7 @@ class CodeStore:
         index (anything else is refused untouched), writers are locked out of each
         other, temp folders of killed runs are cleaned and the folder follows the umask.
         """
-        with atomic.staged_dir(path, what="index", is_ours=is_index,
+        with atomic.staged_dir(path, what=INDEX_WHAT, is_ours=is_index,
                                before_commit=lambda tmp, target: _before_commit(tmp, target)) as tmp:
             _save_npy(tmp / _CODES, self._codes)
             _save_npy(tmp / _IDS, self._ids)

@@ -1,0 +1,375 @@
+"""Issue 11, search side: bad input and faults in `python -m bgan_tf.index` and its library.
+
+One test per numbered item of the issue (1, 3, 5, 8, 10, 12, 13, 15). CLI runs are
+subprocesses of the real binary (no TensorFlow import: about half a second each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bgan_tf import data, indexing, search
+from bgan_tf.codes import pack
+from bgan_tf.errors import UserError
+from bgan_tf.search import BinaryIndex, make_backend
+from bgan_tf.store import CodeStore, read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENC = indexing.PixelLSHEncoder(16)
+
+
+def _png(path: Path | bytes, size: int = 12, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as f:  # bytes paths too: names that are not valid UTF-8
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(f, format="PNG")
+
+
+def _images(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{i}.png" for i in range(n)]
+    for i, p in enumerate(paths):
+        _png(p, seed=i)
+    return paths
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "bgan_tf.index", *args], cwd=ROOT, env=env,
+                          capture_output=True, timeout=120)
+
+
+def _one_error_line(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """rc 2 and stderr is exactly one `error:` line containing every needle."""
+    err = r.stderr.decode("utf-8", "backslashreplace").strip()
+    assert r.returncode == 2, (r.returncode, err)
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under folder -> its bytes (None for folders)."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+# ------------------------------------------------------------------ item 1
+def test_1_build_never_replaces_a_foreign_folder_the_images_or_a_file(tmp_path):
+    imgs = tmp_path / "imgs"
+    _images(imgs, 3)
+    foreign = tmp_path / "photos"
+    (foreign / "album").mkdir(parents=True)
+    (foreign / "keep.txt").write_text("precious")
+    (foreign / "album" / "a.jpg").write_bytes(b"jpeg")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    before = {"imgs": _tree(imgs), "photos": _tree(foreign)}
+
+    # Library: the checks run before anything is encoded, and save refuses too.
+    for bad, needle in [(foreign, "not a binary index"), (imgs, "overlaps"),
+                        (imgs / "sub", "overlaps"), (a_file, "is a file")]:
+        with pytest.raises(UserError, match=needle):
+            indexing.build_index(ENC, imgs, bad, progress=False)
+    store = CodeStore(16, "m")
+    with pytest.raises(UserError, match="not a binary index"):
+        store.save(foreign)
+
+    # CLI: a model that cannot be loaded shows the path is refused before loading it.
+    missing_model = str(tmp_path / "no-such-model")
+    _one_error_line(_run("build", f"--model={missing_model}", f"--images={imgs}", f"--index={foreign}",
+                         "--noprogress"), "photos already holds files that are not a binary index")
+    _one_error_line(_run("build", f"--model={missing_model}", f"--images={imgs}", f"--index={imgs}",
+                         "--noprogress"), "overlaps the input")
+    _one_error_line(_run("build", "--model=pixel-lsh:16", f"--images={imgs}", f"--index={a_file}",
+                         "--noprogress"), "is a file")
+
+    assert {"imgs": _tree(imgs), "photos": _tree(foreign)} == before
+    assert a_file.read_text() == "mine"
+    assert not list(tmp_path.glob(".*.tmp-*")) and not list(tmp_path.glob(".*.old-*"))
+    # An existing index is still updated in place.
+    idx = tmp_path / "idx"
+    indexing.build_index(ENC, imgs, idx, progress=False)
+    _images(imgs / "more", 1)
+    assert indexing.build_index(ENC, imgs, idx, progress=False).count == 4
+
+
+# ------------------------------------------------------------------ item 3
+def test_3_a_second_concurrent_writer_gets_a_clear_error(tmp_path):
+    imgs_a, imgs_b, idx = tmp_path / "a", tmp_path / "b", tmp_path / "idx"
+    _images(imgs_a, 2)
+    _images(imgs_b, 3)
+    indexing.build_index(ENC, imgs_a, idx, progress=False)
+    # Another process is writing the index (it holds the lock across its whole build).
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys\nfrom bgan_tf import atomic\n"
+         f"with atomic.output_lock({str(idx)!r}, 'binary index'):\n"
+         "    print('locked', flush=True)\n    sys.stdin.read()\n"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match="another process is writing the binary index"):
+            indexing.build_index(ENC, imgs_b, idx, progress=False)
+        _one_error_line(_run("build", "--model=pixel-lsh:16", f"--images={imgs_b}", f"--index={idx}",
+                             "--noprogress"), "another process is writing the binary index", "wait")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert len(CodeStore.load(idx)) == 2  # the refused writers changed nothing
+    # Once the first writer is done, the second run adds its images: none is lost.
+    indexing.build_index(ENC, imgs_b, idx, progress=False)
+    paths = {m["path"] for m in CodeStore.load(idx).metadata_rows()}
+    assert len(paths) == 5
+
+
+# ------------------------------------------------------------------ item 5
+def test_5_k_is_bounded_at_parse_time_and_clamped_to_the_index_size(tmp_path):
+    n = 40
+    db = pack(np.random.default_rng(0).integers(0, 2, (n, 32), dtype=np.uint8))
+    q = db[:1]
+    huge = 10**6
+    knobs = {"ivf": {"nlist": 2, "nprobe": 2}}
+    for name in ["numpy", "flat", "ours_exact", "ivf", "hnsw", "multihash"]:
+        b = make_backend(name, 32, **knobs.get(name, {}))
+        b.add(db, np.arange(n))
+        tracemalloc.start()
+        try:
+            d, i = b.search(q, huge)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert d.shape == i.shape == (1, n), name
+        assert peak < 1 << 20, (name, peak)  # k columns would be 12 MB here
+    index = BinaryIndex.create(32, "m")
+    index.add(db)
+    assert len(index.search_one(q[0], 10**9)) == n
+    assert BinaryIndex.create(32, "m").search(q, 10**9) == [[]]
+    with pytest.raises(UserError, match="k must be positive"):
+        index.search(q, 0)
+
+    imgs, idx = tmp_path / "imgs", tmp_path / "idx"
+    first = _images(imgs, 3)[0]
+    indexing.build_index(ENC, imgs, idx, progress=False, model_ref="pixel-lsh:16")
+    _one_error_line(_run("query", f"--index={idx}", f"--image={first}", "--k=1000000000"),
+                    "--k=1000000000", "[1, 10000]")
+    r = _run("query", f"--index={idx}", f"--image={first}", "--k=10000", "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["results"]) == 3
+
+
+# ------------------------------------------------------------------ item 8
+def test_8_file_names_that_are_not_utf8_round_trip_and_print(tmp_path):
+    imgs, idx = tmp_path / "imgs", tmp_path / "idx"
+    first = _images(imgs, 2)[0]
+    raw = os.fsencode(imgs) + b"/caf\xe9.png"
+    _png(raw, seed=9)
+    report = indexing.build_index(ENC, imgs, idx, progress=False, model_ref="pixel-lsh:16")
+    assert report.added == 3 and not report.failed
+    paths = [m["path"] for m in CodeStore.load(idx).metadata_rows()]
+    assert os.fsencode(os.path.abspath(os.fsdecode(raw))) in [os.fsencode(p) for p in paths]
+    again = indexing.build_index(ENC, imgs, idx, progress=False)
+    assert (again.added, again.skipped) == (0, 3)
+    table = indexing.format_results(indexing.open_index(idx, ENC).search_one(
+        ENC.encode(indexing.read_image(first)[None])[0], 3))
+    table.encode("utf-8")  # strict: what a UTF-8 stdout does
+    assert "caf\\xe9.png" in table
+
+    r = _run("query", f"--index={idx}", f"--image={first}", "--k=3")
+    assert r.returncode == 0, r.stderr
+    assert b"caf\\xe9.png" in r.stdout
+    r = _run("query", f"--index={idx}", f"--image={first}", "--k=3", "--json")
+    assert r.returncode == 0, r.stderr
+    got = {os.fsencode(x["metadata"]["path"]) for x in json.loads(r.stdout)["results"]}
+    assert raw in got
+
+
+# ------------------------------------------------------------------ item 10
+def test_10_batch_bounds_empty_folders_unsupported_and_oversized_files(tmp_path):
+    from absl import flags
+
+    import bgan_tf.index  # noqa: F401  (defines the binary's flags)
+
+    for name, bad in [("batch_size", "0"), ("batch_size", "-1"), ("batch_size", "1000000"),
+                      ("max_pixels", "0"), ("save_every", "0")]:
+        with pytest.raises(ValueError):
+            flags.FLAGS[name].parser.parse(bad)
+    assert flags.FLAGS["max_pixels"].default == data.DEFAULT_MAX_PIXELS
+
+    imgs = tmp_path / "imgs"
+    _images(imgs, 3)
+    for bs in (0, -1):
+        with pytest.raises(UserError, match="at least 1"):
+            indexing.build_index(ENC, imgs, tmp_path / "i0", batch_size=bs, progress=False)
+    # The last image is not dropped whatever the batch size.
+    assert indexing.build_index(ENC, imgs, tmp_path / "i1", batch_size=2, progress=False).count == 3
+
+    empty, junk = tmp_path / "empty", tmp_path / "junk"
+    empty.mkdir()
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not a png")
+    (junk / "b.jpg").write_bytes(b"")
+    (junk / "readme.txt").write_text("x")
+    with pytest.raises(UserError, match="no images"):
+        indexing.build_index(ENC, empty, tmp_path / "ie", progress=False)
+    with pytest.raises(UserError, match="none of the 2 image files .* could be read.*no index was written"):
+        indexing.build_index(ENC, junk, tmp_path / "ij", progress=False)
+    assert not (tmp_path / "ie").exists() and not (tmp_path / "ij").exists()
+    assert not list(tmp_path.glob(".i*.tmp-*"))
+    _one_error_line(_run("build", "--model=pixel-lsh:16", f"--images={junk}", f"--index={tmp_path / 'ij'}",
+                         "--noprogress"), "could be read", "no index was written")
+    _one_error_line(_run("build", "--model=pixel-lsh:16", f"--images={imgs}", f"--index={tmp_path / 'ib'}",
+                         "--batch_size=0"), "--batch_size=0")
+
+    # Unsupported, unreadable and over-budget files are counted in the summary.
+    mixed = tmp_path / "mixed"
+    _images(mixed, 2)
+    _png(mixed / "big.png", size=40)
+    (mixed / "broken.jpg").write_bytes(b"nope")
+    (mixed / "notes.txt").write_text("x")
+    (mixed / "clip.heic").write_bytes(b"x")
+    r = _run("build", "--model=pixel-lsh:16", f"--images={mixed}", f"--index={tmp_path / 'im'}",
+             "--noprogress", "--max_pixels=1000")
+    assert r.returncode == 0, r.stderr
+    assert ("indexed 2 new images (0 already indexed, 1 unreadable, 1 over the pixel budget, "
+            "2 unsupported files); index holds 2") in r.stdout.decode()
+    assert "over the limit of 1,000 pixels" in r.stdout.decode()
+    report = indexing.build_index(ENC, mixed, tmp_path / "im", progress=False, max_pixels=1000)
+    assert (report.unsupported, len(report.too_large), len(report.failed)) == (2, 1, 1)
+    # An over-budget query image is one line.
+    _one_error_line(_run("query", f"--index={tmp_path / 'im'}", f"--image={mixed / 'big.png'}",
+                         "--max_pixels=1000"), "40x40 pixels is over the limit")
+
+
+# ------------------------------------------------------------------ item 12
+def _corruptions() -> list[tuple[str, str, bytes | None]]:
+    bad_npy = b"\x93NUMPY\x01\x00v\x00{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }"
+    return [
+        ("manifest.json", "not valid JSON", b"{not json"),
+        ("manifest.json", "not a JSON object", b"[1, 2]"),
+        ("manifest.json", "lacks 'num_bits'", json.dumps({"format_version": 1, "model_id": "m",
+                                                          "count": 3}).encode()),
+        ("manifest.json", "field 'count' is str", json.dumps({"format_version": 1, "num_bits": 16,
+                                                              "model_id": "m", "count": "3"}).encode()),
+        ("manifest.json", "field 'extra' is list", json.dumps({"format_version": 1, "num_bits": 16,
+                                                               "model_id": "m", "count": 3,
+                                                               "extra": []}).encode()),
+        ("codes.npy", "codes.npy is missing", None),
+        ("codes.npy", "codes.npy is unreadable", b"\x93NUMPY"),  # truncated
+        ("ids.npy", "ids.npy is unreadable", bad_npy),
+        ("ids.npy", "ids.npy is missing", None),
+        ("metadata.jsonl", "line 2 is not a JSON object", b'{"path": "a"}\n[1, 2]\n{"path": "c"}\n'),
+        ("metadata.jsonl", "line 1 is not a JSON object", b"{broken\n"),
+        ("metadata.jsonl", "metadata.jsonl is missing", None),
+        ("metadata.jsonl", "not UTF-8", b"\xff\xfe\n"),
+    ]
+
+
+def test_12_a_damaged_index_is_one_line_saying_to_rebuild(tmp_path):
+    imgs, good = tmp_path / "imgs", tmp_path / "good"
+    _images(imgs, 3)
+    indexing.build_index(ENC, imgs, good, progress=False, model_ref="pixel-lsh:16")
+    for i, (name, needle, content) in enumerate(_corruptions()):
+        idx = tmp_path / f"bad{i}"
+        idx.mkdir()
+        for f in good.iterdir():
+            (idx / f.name).write_bytes(f.read_bytes())
+        if content is None:
+            (idx / name).unlink()
+        else:
+            (idx / name).write_bytes(content)
+        with pytest.raises(UserError) as e:
+            BinaryIndex.load(idx)
+        msg = str(e.value)
+        assert str(idx) in msg and needle in msg and "rebuild" in msg, (name, msg)
+    (tmp_path / "bad0" / "manifest.json").write_bytes(b"{not json")
+    with pytest.raises(UserError, match="damaged"):
+        read_manifest(tmp_path / "bad0")
+    # Saved backend knobs of the wrong shape are refused too (not an AttributeError).
+    man = json.loads((good / "manifest.json").read_text())
+    man["extra"]["backend"] = ["flat"]
+    (tmp_path / "bad1" / "manifest.json").write_text(json.dumps(man))
+    (tmp_path / "bad1" / "codes.npy").write_bytes((good / "codes.npy").read_bytes())
+    with pytest.raises(UserError, match="damaged"):
+        BinaryIndex.load(tmp_path / "bad1")
+    # The CLI: one line, exit 2, for a corrupt manifest and for truncated codes.
+    img = str(imgs / "0.png")
+    _one_error_line(_run("query", f"--index={tmp_path / 'bad0'}", f"--image={img}"), "damaged", "rebuild")
+    _one_error_line(_run("query", f"--index={tmp_path / 'bad6'}", f"--image={img}",
+                         "--model=pixel-lsh:16"), "codes.npy is unreadable", "rebuild")
+
+
+# ------------------------------------------------------------------ item 13
+def test_13_backend_knobs_and_model_bits_are_bounded(tmp_path):
+    from absl import flags
+
+    import bgan_tf.index  # noqa: F401
+
+    for name, bad in [("hnsw_m", "0"), ("nlist", "0"), ("nprobe", "0"), ("ef_search", "0"),
+                      ("nhash", "-1"), ("hash_bits", "65"), ("nflip", "99"), ("nflip", "-2"),
+                      ("threads", "0"), ("k", "0")]:
+        with pytest.raises(ValueError):
+            flags.FLAGS[name].parser.parse(bad)
+    # The library refuses the same values (FAISS aborts the process on M = 0).
+    for name, knobs in [("hnsw", {"M": 0}), ("hnsw", {"ef_search": 0}), ("hnsw", {"M": "x"}),
+                        ("ivf", {"nlist": 0}), ("ivf", {"nprobe": -3}),
+                        ("multihash", {"nhash": -1}), ("multihash", {"b": 65}),
+                        ("multihash", {"nflip": 99}), ("multihash", {"nflip": -5})]:
+        with pytest.raises(UserError, match=r"between|integer"):
+            make_backend(name, 32, **knobs)
+    imgs, idx = tmp_path / "imgs", tmp_path / "idx"
+    _images(imgs, 2)
+    indexing.build_index(ENC, imgs, idx, backend="hnsw", progress=False)
+    man = json.loads((idx / "manifest.json").read_text())
+    man["extra"]["backend"]["knobs"]["M"] = 0  # a hand-edited manifest
+    (idx / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(UserError, match="M must be between 1 and"):
+        BinaryIndex.load(idx)
+
+    for spec in ["pixel-lsh:-5", "pixel-lsh:0", "pixel-lsh:100000", "pixel-lsh:8:-1",
+                 "pixel-lsh:x", "pixel-lshx:8", "pixel-lsh:8:0:1"]:
+        with pytest.raises(UserError, match="pixel-lsh"):
+            indexing.load_model(spec)
+    assert indexing.load_model("pixel-lsh:4096").num_bits == 4096
+
+    out = tmp_path / "new-idx"
+    _one_error_line(_run("build", "--model=pixel-lsh:-5", f"--images={imgs}", f"--index={out}",
+                         "--noprogress"), "pixel-lsh takes 1 to 4096 bits")
+    _one_error_line(_run("build", "--model=pixel-lsh:16", f"--images={imgs}", f"--index={out}",
+                         "--backend=hnsw", "--hnsw_m=0"), "--hnsw_m=0")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ item 15
+def test_15_killed_runs_temps_are_cleaned_and_the_index_follows_the_umask(tmp_path):
+    imgs, idx = tmp_path / "imgs", tmp_path / "idx"
+    _images(imgs, 2)
+    stale = tmp_path / ".idx.tmp-x"
+    stale.mkdir()
+    (stale / "codes.npy").write_bytes(b"half")
+    old = os.umask(0o022)
+    try:
+        indexing.build_index(ENC, imgs, idx, progress=False)
+    finally:
+        os.umask(old)
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx.lock", "idx", "imgs"]
+    assert stat.S_IMODE(idx.stat().st_mode) == 0o755
+    for f in idx.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f.name
+    # and an interrupted run's temp next to an existing index goes on the next save
+    (tmp_path / ".idx.tmp-y").mkdir()
+    _images(imgs / "more", 1)
+    assert indexing.build_index(ENC, imgs, idx, progress=False).added == 1
+    assert not (tmp_path / ".idx.tmp-y").exists()
+    assert search.BinaryIndex.load(idx).store.manifest()["count"] == 3
