@@ -4,8 +4,11 @@
     python -m bgan_tf.index query --index OUT --image FILE --k 10 [--json] [--model MODEL_DIR]
 
 `build` is resumable: images already indexed (by path) are skipped and the index
-is saved atomically every --save_every images. `query` encodes with --model (or
-the model recorded at build time) and refuses an index built by another model.
+is saved atomically every --save_every images. It writes only to a new or empty
+folder or an existing index outside --images (checked before the model loads), and
+one build at a time per index. `query` encodes with --model (or the model recorded
+at build time), refuses an index built by another model and returns at most the
+index size. Images over --max_pixels are skipped (build) or refused (query).
 """
 
 from __future__ import annotations

@@ -150,10 +150,11 @@ class BuildReport:
     unsupported: int = 0  # files skipped for their extension
 
     def summary(self, index_path: str | os.PathLike[str]) -> str:
+        # The first part is what the summary always said (scripts may match it).
         return (f"indexed {self.added} new images ({self.skipped} already indexed, "
-                f"{len(self.failed)} unreadable, {len(self.too_large)} over the pixel budget, "
-                f"{self.unsupported} unsupported files); index holds {self.count} -> "
-                f"{printable(os.fspath(index_path))}")
+                f"{len(self.failed)} unreadable); skipped {len(self.too_large)} over the pixel "
+                f"budget and {self.unsupported} with unsupported extensions; index holds "
+                f"{self.count} -> {printable(os.fspath(index_path))}")
 
 
 class _Progress:

@@ -241,8 +241,8 @@ def test_10_batch_bounds_empty_folders_unsupported_and_oversized_files(tmp_path)
     r = _run("build", "--model=pixel-lsh:16", f"--images={mixed}", f"--index={tmp_path / 'im'}",
              "--noprogress", "--max_pixels=1000")
     assert r.returncode == 0, r.stderr
-    assert ("indexed 2 new images (0 already indexed, 1 unreadable, 1 over the pixel budget, "
-            "2 unsupported files); index holds 2") in r.stdout.decode()
+    assert ("indexed 2 new images (0 already indexed, 1 unreadable); skipped 1 over the pixel "
+            "budget and 2 with unsupported extensions; index holds 2") in r.stdout.decode()
     assert "over the limit of 1,000 pixels" in r.stdout.decode()
     report = indexing.build_index(ENC, mixed, tmp_path / "im", progress=False, max_pixels=1000)
     assert (report.unsupported, len(report.too_large), len(report.failed)) == (2, 1, 1)
