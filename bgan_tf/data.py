@@ -10,16 +10,20 @@ Sources (``load_images(spec)``), all returning ``ImageData``:
 - ``npz:PATH``: arrays ``images`` [N,H,W(,C)] and optional ``labels``.
 
 Bad files never crash deep inside TensorFlow: grayscale is replicated to
-RGB, RGBA is composited on white, odd sizes are resized, and undecodable or
-empty files are skipped with a logged warning (or raise ``UserError`` when
-reading a single file).
+RGB, RGBA is composited on white, 16-bit and float images are scaled to 8 bits,
+odd sizes are resized, and undecodable or empty files and images over the pixel
+budget (checked from the header, before decoding) are skipped with a counted,
+logged warning (or raise ``UserError`` / ``ImageTooLarge`` when reading a single file).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
+import re
+import struct
 
 import numpy as np
 from absl import logging
@@ -60,6 +64,8 @@ class ImageData:
     labels: np.ndarray | None  # int [N] or multi-hot [N, C], evaluation only
     names: list[str] | None = None  # source paths or ids
     class_names: list[str] | None = None
+    # Files a folder load passed over: {"unsupported": n, "unreadable": n, "too_large": n}.
+    skipped: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -71,6 +77,7 @@ class ImageData:
             None if self.labels is None else self.labels[idx],
             None if self.names is None else [self.names[i] for i in idx],
             self.class_names,
+            self.skipped,
         )
 
     def fingerprint(self) -> str:
@@ -100,35 +107,107 @@ def to_rgb_uint8(arr: np.ndarray, what: str = "image") -> np.ndarray:
     return a
 
 
+# The formats Pillow may decode: those of IMAGE_EXTENSIONS (Pillow's JPEG opener also
+# returns the MPO files many phones write). An upload can be any bytes: without this
+# list Pillow would also try EPS (which runs Ghostscript), PSD, ICNS and dozens more.
+_PIL_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _grey_to_uint8(a: np.ndarray, sixteen_bit: bool) -> np.ndarray:
+    """A one-channel integer or float image -> uint8, scaled, never clipped.
+
+    16-bit data (and 32-bit "I" data within 0..65535) is x * 255 / 65535 rounded,
+    so a 16-bit white is 255 and a mid grey 128. Float data in [0, 1] is x * 255,
+    in [0, 255] is kept, in [0, 65535] is read as 16-bit; any other range (negative
+    or larger values, e.g. depth maps) is stretched from its min..max to 0..255.
+    """
+    # float32 halves the temporary of a large image; 8-bit output needs no more.
+    a = np.nan_to_num(np.asarray(a, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if sixteen_bit:
+        scaled = a * (255.0 / 65535.0)
+    elif lo >= 0 and hi <= 1.0:
+        scaled = a * 255.0
+    elif lo >= 0 and hi <= 255.0:
+        scaled = a
+    elif lo >= 0 and hi <= 65535.0:
+        scaled = a * (255.0 / 65535.0)
+    else:
+        scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def _pil_to_array(im) -> np.ndarray:
+    """A loaded Pillow image -> uint8 HxW, HxWx3 or HxWx4 (alpha kept for compositing)."""
+    if im.mode in _SIXTEEN_BIT_MODES:
+        # Pillow's convert("RGB"/"L") clips these at 255: a 16-bit grey photo
+        # would come out almost all white.
+        return _grey_to_uint8(np.asarray(im), sixteen_bit=True)
+    if im.mode == "I":
+        a = np.asarray(im)
+        # 32-bit integer data: 16-bit when it fits (how TIFF/PNG readers hand over 16-bit
+        # grey), otherwise its own range.
+        return _grey_to_uint8(a, sixteen_bit=a.size > 0 and int(a.min()) >= 0 and int(a.max()) <= 65535)
+    if im.mode == "F":
+        return _grey_to_uint8(np.asarray(im), sixteen_bit=False)
+    # 16-bit RGB(A) and grey+alpha PNGs: Pillow itself reduces them to 8 bits per
+    # channel by keeping the high byte (x >> 8): within one level of x * 255 / 65535
+    # rounded and never clipped, so they need nothing here.
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+    elif im.mode not in ("RGB", "L"):
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def _bomb_message(what: str, err: Exception, limit: int) -> str:
+    # Pillow refuses on its own (in Image.open) past twice Image.MAX_IMAGE_PIXELS; its
+    # message names both counts: "Image size (400000000 pixels) exceeds limit of
+    # 178956970 pixels, could be decompression bomb DOS attack."
+    text = str(err)
+    m = re.search(r"\((\d+) pixels\)", text)
+    claimed = f"{int(m.group(1)):,} pixels" if m else "more pixels than the decoder allows"
+    m = re.search(r"limit of (\d+) pixels", text)
+    if m and int(m.group(1)) < limit:  # Pillow's fixed ceiling: --max_pixels cannot lift it
+        return f"{what}: {claimed} is over the decoder's limit of {int(m.group(1)):,} pixels; downscale it"
+    return f"{what}: {claimed} is over the limit of {limit:,} pixels; downscale it or raise --max_pixels"
+
+
 def decode_image_bytes(data: bytes, what: str = "image", max_pixels: int | None = None) -> np.ndarray:
     """Encoded image bytes -> uint8 HxWx3, or UserError naming the problem.
 
     ``max_pixels`` (default DEFAULT_MAX_PIXELS) is checked against the header before
-    the pixels are decoded; a larger image raises ImageTooLarge.
+    the pixels are decoded; a larger image (or one Pillow itself calls a decompression
+    bomb) raises ImageTooLarge, a UserError with a one-line message. Grayscale is
+    replicated to RGB, alpha composited on white, and 16-bit, 32-bit and float images
+    are scaled to 8 bits (see `_grey_to_uint8`), not clipped.
     """
     from PIL import Image, UnidentifiedImageError
-    import io
 
     if not data:
         raise UserError(f"{what}: file is empty; pass a JPEG, PNG, BMP, GIF or WebP image")
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if limit < 1:
+        raise UserError(f"max_pixels must be at least 1, got {limit}")
     try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as im:  # reads the header only
             width, height = im.size
             if width * height > limit:
                 raise ImageTooLarge(f"{what}: {width}x{height} pixels is over the limit of {limit:,} "
                                     "pixels; downscale it or raise --max_pixels")
             im.load()
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-            elif im.mode not in ("RGB", "L"):
-                im = im.convert("RGB")
-            arr = np.asarray(im)
-    except Image.DecompressionBombError:
-        raise ImageTooLarge(f"{what}: the image claims more pixels than the decoder allows "
-                            f"(limit {limit:,}); downscale it") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{what}: cannot decode image ({e.__class__.__name__}); pass a JPEG, PNG, BMP, GIF or WebP file") from None
+            arr = _pil_to_array(im)
+    except UserError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(_bomb_message(what, e, limit)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
+            TypeError, ZeroDivisionError, struct.error) as e:
+        # Any bytes can arrive (uploads, a stray file with an image extension) and
+        # Pillow's parsers raise all of these on malformed headers.
+        raise UserError(f"{what}: cannot decode image ({e.__class__.__name__}); "
+                        "pass a JPEG, PNG, BMP, GIF or WebP file") from None
     return to_rgb_uint8(arr, what)
 
 
@@ -190,7 +269,7 @@ def list_image_files(root: str) -> ImageListing:
 
 
 def load_folder(root: str, size: int | None = None, max_images: int | None = None,
-                seed: int = 0) -> ImageData:
+                seed: int = 0, max_pixels: int | None = None) -> ImageData:
     """Image folder -> ImageData. Class subfolders become labels (evaluation only).
 
     ``size``: every image is resized to size x size; None keeps the common size
@@ -198,22 +277,32 @@ def load_folder(root: str, size: int | None = None, max_images: int | None = Non
     ``max_images``: a seeded random sample of that many files (kept in sorted
     order), not the first N: files are listed class folder by class folder, so
     the first N of a class-structured folder would be one or two classes.
+    ``max_pixels``: the per-image pixel budget (default DEFAULT_MAX_PIXELS).
+
+    Files with other extensions, undecodable files and images over the pixel budget
+    are skipped, never fatal (one bad file would otherwise stop every rerun at the
+    same place): each is logged, and one warning gives the counts, which are also
+    in ``ImageData.skipped``.
     """
     listing = list_image_files(root)
-    if listing.unsupported:
-        logging.warning("skipped %s under %s", listing.describe_skips(), root)
     entries = listing.entries
     if max_images and len(entries) > max_images:
         keep = np.sort(np.random.default_rng(seed).choice(len(entries), max_images, replace=False))
         entries = [entries[i] for i in keep]
+    skipped = {"unsupported": len(listing.unsupported), "unreadable": 0, "too_large": 0}
     if not entries:
+        _log_skips(root, skipped, listing)
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-    images, classes, names, skipped = [], [], [], 0
+    images, classes, names = [], [], []
     for path, cls in entries:
         try:
-            img = load_image_file(path)
+            img = load_image_file(path, max_pixels=max_pixels)
+        except ImageTooLarge as e:
+            skipped["too_large"] += 1
+            logging.warning("skipping %s", e)
+            continue
         except UserError as e:
-            skipped += 1
+            skipped["unreadable"] += 1
             logging.warning("skipping %s", e)
             continue
         if size is None:
@@ -222,17 +311,30 @@ def load_folder(root: str, size: int | None = None, max_images: int | None = Non
         images.append(resize_uint8(img, size))
         classes.append(cls)
         names.append(path)
-    if skipped:
-        logging.warning("skipped %d unreadable file(s) under %s", skipped, root)
+    _log_skips(root, skipped, listing)
     if not images:
-        raise UserError(f"none of the {len(entries)} image files under {root} could be decoded")
+        raise UserError(f"none of the {len(entries)} image files under {root} could be decoded "
+                        f"({skipped['unreadable']} unreadable, {skipped['too_large']} over the pixel limit)")
     labels = None
     class_names = None
     if all(c is not None for c in classes):
         class_names = sorted(set(classes))
         lookup = {c: i for i, c in enumerate(class_names)}
         labels = np.array([lookup[c] for c in classes], np.int64)
-    return ImageData(np.stack(images), labels, names, class_names)
+    return ImageData(np.stack(images), labels, names, class_names, skipped)
+
+
+def _log_skips(root: str, skipped: dict[str, int], listing: ImageListing) -> None:
+    """One warning with every kind of skipped file, so none passes unnoticed."""
+    parts = []
+    if skipped["unsupported"]:
+        parts.append(listing.describe_skips())
+    if skipped["unreadable"]:
+        parts.append(f"{skipped['unreadable']} unreadable file(s)")
+    if skipped["too_large"]:
+        parts.append(f"{skipped['too_large']} image(s) over the pixel limit")
+    if parts:
+        logging.warning("skipped under %s: %s", root, "; ".join(parts))
 
 
 def load_npz(path: str, size: int | None = None) -> ImageData:
@@ -294,18 +396,22 @@ def load_tfds(name: str, split: str = "train", data_dir: str | None = None, down
 
 
 def load_images(spec: str, *, tfds_split: str = "train", data_dir: str | None = None, download: bool = False,
-                max_images: int | None = None, size: int | None = None) -> ImageData:
-    """Dispatch on a dataset spec string (see the module docstring)."""
+                max_images: int | None = None, size: int | None = None,
+                max_pixels: int | None = None) -> ImageData:
+    """Dispatch on a dataset spec string (see the module docstring).
+
+    ``max_pixels``: the per-image pixel budget of folder sources (default DEFAULT_MAX_PIXELS).
+    """
     if spec == "digits":
         data = load_digits(size or 32)
     elif spec.startswith("tfds:"):
         data = load_tfds(spec[5:], tfds_split, data_dir, download, max_images)
     elif spec.startswith("folder:"):
-        data = load_folder(spec[7:], size, max_images)
+        data = load_folder(spec[7:], size, max_images, max_pixels=max_pixels)
     elif spec.startswith("npz:"):
         data = load_npz(spec[4:], size)
     elif os.path.isdir(spec):
-        data = load_folder(spec, size, max_images)
+        data = load_folder(spec, size, max_images, max_pixels=max_pixels)
     elif spec.endswith(".npz"):
         data = load_npz(spec, size)
     else:

@@ -1,12 +1,16 @@
 """Serve an index over HTTP: `python -m bgan_tf.serve --index DIR [--model MODEL_DIR] --port 8000`.
 
-Loads the index and its model (refusing a mismatch), builds the FastAPI app
-(bgan_tf.service.create_app) and runs it with uvicorn on --host (loopback by default).
+Binds --host:--port first (a busy port is one error line, before the index is
+loaded), loads the index and its model (refusing a mismatch), builds the FastAPI
+app (bgan_tf.service.create_app) and runs it with uvicorn on that socket; the
+"serving ..." line is printed only once the socket is listening.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 
 from absl import flags
 
@@ -30,17 +34,49 @@ def main(argv: list[str]) -> None:
 
     from bgan_tf.service import create_app
 
-    search.set_num_threads(FLAGS.threads)
-    encoder = indexing.load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
-    extra = {"backend": FLAGS.backend, **_knobs()} if FLAGS["backend"].present else {}
-    index = indexing.open_index(FLAGS.index, encoder, **extra)
-    application = create_app(index, encoder, max_upload_bytes=FLAGS.max_upload_bytes,
-                             allowed_types=FLAGS.allowed_types, max_k=FLAGS.max_k,
-                             search_threads=FLAGS.workers_threads, max_batch=FLAGS.max_batch)
-    print(f"serving {len(index)} images on http://{FLAGS.host}:{FLAGS.port}/", flush=True)
-    # One process: the index and the model are loaded once; the batching thread
-    # does the heavy work. uvloop/httptools are used when installed (uvicorn's "auto").
-    uvicorn.run(application, host=FLAGS.host, port=FLAGS.port, log_level="warning", access_log=False)
+    # Before the (possibly slow) model load: a busy port fails in a second, not after it.
+    sock = bind_socket(FLAGS.host, FLAGS.port)
+    try:
+        search.set_num_threads(FLAGS.threads)
+        encoder = indexing.load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
+        extra = {"backend": FLAGS.backend, **_knobs()} if FLAGS["backend"].present else {}
+        index = indexing.open_index(FLAGS.index, encoder, **extra)
+        application = create_app(index, encoder, max_upload_bytes=FLAGS.max_upload_bytes,
+                                 allowed_types=FLAGS.allowed_types, max_k=FLAGS.max_k,
+                                 search_threads=FLAGS.workers_threads, max_batch=FLAGS.max_batch,
+                                 max_pixels=FLAGS.max_pixels)
+        sock.listen(2048)  # uvicorn's default backlog; clients queue from here on
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"serving {len(index)} images on http://{shown}:{port}/", flush=True)
+        # One process: the index and the model are loaded once; the batching thread
+        # does the heavy work. uvloop/httptools are used when installed (uvicorn's "auto").
+        config = uvicorn.Config(application, log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (not yet listening); UserError when that fails."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise UserError(f"cannot listen on --host {host!r}: {e.strerror}; pass an address such as 127.0.0.1") from None
+    sock = socket.socket(family, kind, proto)
+    # As uvicorn does: a restart need not wait for the old connections' TIME_WAIT. A port
+    # another process listens on still fails to bind.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} is in use on {host}; stop the process using it or pass another --port") from None
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _knobs() -> dict:

@@ -1,11 +1,19 @@
 """HTTP search service: upload an image, get its nearest indexed images.
 
-    app = create_app(index, encoder, max_upload_bytes=..., allowed_types=...)
+    app = create_app(index, encoder, max_upload_bytes=..., allowed_types=..., max_pixels=...)
 
 Routes: POST /search (multipart field `image`, query `k`), GET /health, GET /stats,
 GET /images/{id} (the indexed file, only for ids in the index), GET / (web page).
 Errors are JSON `{"error": "..."}` with 400 (bad/undecodable input), 404, 413
-(too large), 415 (content type), 422 (missing field).
+(upload too large, or an image whose header claims more than `max_pixels` pixels:
+refused before any pixel is decoded), 415 (content type), 422 (missing field), and
+500 for anything unexpected (still JSON, so the page can show it; details go to the
+server log only).
+
+Paths never leave the server as they are: an indexed file's path is shown relative
+to the image root (``extra["image_root"]`` in the index manifest when recorded, else
+the common folder of the indexed paths), and any other absolute path (the model
+folder in /stats, say) by its last component.
 
 Where the work runs: the event loop only parses HTTP; decoding runs in a small
 thread pool; encoding and searching run in ONE batching thread (`_Batcher`)
@@ -21,7 +29,10 @@ searches safe against mutation.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import queue
+import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,19 +45,115 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bgan_tf.data import ImageTooLarge, decode_image_bytes
 from bgan_tf.errors import UserError
-from bgan_tf.indexing import Encoder, decode_image
+from bgan_tf.indexing import Encoder
 from bgan_tf import search as search_lib
 from bgan_tf.search import BinaryIndex
 
 DEFAULT_TYPES = ("image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp")
+# The service's pixel budget per upload: 16 megapixels (a 48 MB decoded image) takes
+# any phone photo, while the CLI's larger default (data.DEFAULT_MAX_PIXELS) is for
+# files the operator chose. A few concurrent 100-megapixel uploads would otherwise
+# take gigabytes and stall every other client for seconds.
+DEFAULT_MAX_PIXELS = 16_000_000
+# (lowest, highest) value of each create_app knob; `python -m bgan_tf.serve` checks its
+# flags against the same bounds at parse time (flags/search_flags.py).
+LIMITS: dict[str, tuple[int, int]] = {
+    "max_upload_bytes": (1, 1 << 30),
+    "max_k": (1, 10_000),
+    "search_threads": (1, 64),
+    "max_batch": (1, 4096),
+    # Pillow refuses anything above twice Image.MAX_IMAGE_PIXELS (178,956,970) itself.
+    "max_pixels": (1, 178_956_970),
+}
 _MULTIPART_SLACK = 64 * 1024  # boundary + headers around the file in a multipart body
+_log = logging.getLogger(__name__)
 
 
 class _ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+
+def check_settings(*, max_upload_bytes: int, allowed_types: Sequence[str], max_k: int, search_threads: int,
+                   max_batch: int, max_pixels: int) -> list[str]:
+    """The content types to accept (lowercased); UserError naming the first bad setting.
+
+    A service started with max_k 0 or no content types would refuse every request.
+    """
+    values = {"max_upload_bytes": max_upload_bytes, "max_k": max_k, "search_threads": search_threads,
+              "max_batch": max_batch, "max_pixels": max_pixels}
+    for name, value in values.items():
+        lo, hi = LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+            raise UserError(f"{name} must be an integer from {lo:,} to {hi:,}, got {value!r}")
+    if isinstance(allowed_types, str):
+        allowed_types = [allowed_types]
+    types = [str(t).strip().lower() for t in allowed_types]
+    types = [t for t in types if t]
+    if not types:
+        raise UserError("allowed_types is empty: the service would refuse every upload; "
+                        f"pass image types such as {','.join(DEFAULT_TYPES)}")
+    bad = [t for t in types if not re.fullmatch(r"image/[a-z0-9][a-z0-9.+-]*", t)]
+    if bad:
+        raise UserError(f"allowed_types must be image/* content types, not {', '.join(map(repr, bad))}")
+    return types
+
+
+_SPEC_PATH = re.compile(r"^([A-Za-z][A-Za-z0-9_+.-]*:)(/(?!/).*)$")  # e.g. folder:/data/imgs
+
+
+def image_root(index: BinaryIndex) -> str | None:
+    """The folder indexed paths are shown relative to, or None when there is none.
+
+    ``extra["image_root"]`` when the index records it; else the common folder of the
+    indexed paths, one level up when every item carries the same label and that
+    folder is named after it (a folder with a single class subfolder).
+    """
+    recorded = index.store.extra.get("image_root")
+    if isinstance(recorded, str) and recorded:
+        return os.path.normpath(recorded)
+    rows = [m for m in index.store.metadata_rows() if isinstance(m.get("path"), str) and m["path"]]
+    if not rows:
+        return None
+    try:
+        common = os.path.commonpath([os.path.dirname(os.path.normpath(m["path"])) for m in rows])
+    except ValueError:  # absolute and relative paths mixed
+        return None
+    labels = {m.get("label") for m in rows}
+    if len(labels) == 1 and None not in labels and os.path.basename(common) == str(next(iter(labels))):
+        common = os.path.dirname(common)
+    return common
+
+
+def shown_path(path: str, root: str | None) -> str:
+    """``path`` relative to ``root`` when inside it, else its last component."""
+    p = os.path.normpath(path)
+    if root:
+        try:
+            inside = os.path.commonpath([root, p]) == root
+        except ValueError:
+            inside = False
+        if inside and p != root:
+            return os.path.relpath(p, root).replace(os.sep, "/")
+    return os.path.basename(p)
+
+
+def hide_paths(value: Any, root: str | None) -> Any:
+    """A JSON-able value with every absolute path string replaced by `shown_path`."""
+    if isinstance(value, dict):
+        return {k: hide_paths(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [hide_paths(v, root) for v in value]
+    if isinstance(value, str) and len(value) > 1:
+        if os.path.isabs(value) and not value.startswith("//"):
+            return shown_path(value, root)
+        m = _SPEC_PATH.match(value)
+        if m:
+            return m.group(1) + shown_path(m.group(2), root)
+    return value
 
 
 class _Batcher:
@@ -165,18 +272,23 @@ def create_app(
     max_k: int = 100,
     search_threads: int = 2,
     max_batch: int = 64,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> FastAPI:
     """Build the ASGI app around a loaded index and the encoder that built it.
 
     search_threads: threads that decode uploads; max_batch: most queries the
-    batching thread encodes and searches in one go.
+    batching thread encodes and searches in one go; max_pixels: largest image (by
+    its header) an upload may be, checked before decoding. Every knob is bounded
+    (LIMITS); a bad one raises UserError.
     """
+    allowed = set(check_settings(max_upload_bytes=max_upload_bytes, allowed_types=allowed_types, max_k=max_k,
+                                 search_threads=search_threads, max_batch=max_batch, max_pixels=max_pixels))
     if encoder.num_bits != index.num_bits or encoder.model_id != index.model_id:
         raise UserError(
             f"index was built by model {index.model_id!r} ({index.num_bits} bits), "
             f"not {encoder.model_id!r} ({encoder.num_bits} bits); rebuild it or pass its model"
         )
-    allowed = {t.strip().lower() for t in allowed_types}
+    root = image_root(index)
     app = FastAPI(title="bgan_tf search", docs_url="/docs", redoc_url=None)
     # A plain executor rather than an anyio CapacityLimiter: it is not tied to one
     # event loop, so the app also works when driven from several loops (TestClient).
@@ -209,9 +321,23 @@ def create_app(
         msgs = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
         return JSONResponse({"error": msgs or "invalid request"}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's default is a text/plain 500, which the page cannot parse. The
+        # details stay in the server log (Starlette re-raises to uvicorn after this).
+        count("errors")
+        _log.error("unexpected error on %s %s: %s: %s", request.method, request.url.path,
+                   exc.__class__.__name__, exc)
+        return JSONResponse({"error": f"internal server error ({exc.__class__.__name__}); "
+                                      "the server log has the details"}, status_code=500)
+
     def decode(data: bytes, filename: str) -> np.ndarray:
+        # Runs in the decode pool, off the event loop. The pixel budget is checked from
+        # the header first, so an over-budget upload is refused in well under a millisecond.
         try:
-            return decode_image(data, what=filename or "upload")
+            return decode_image_bytes(data, what=filename or "upload", max_pixels=max_pixels)
+        except ImageTooLarge as e:
+            raise _ApiError(413, str(e)) from None
         except UserError as e:
             raise _ApiError(400, str(e)) from None
 
@@ -237,7 +363,8 @@ def create_app(
             raise _ApiError(400, str(e)) from None
         count("searches")
         return JSONResponse({"k": k, "count": len(results), "took_ms": round(1000 * (time.perf_counter() - t0), 2),
-                             "results": results})
+                             "results": [{**r, "metadata": hide_paths(r.get("metadata") or {}, root)}
+                                         for r in results]})
 
     app.add_middleware(_BodyLimit, limit=max_upload_bytes + _MULTIPART_SLACK, on_reject=lambda: count("errors"))
 
@@ -249,12 +376,12 @@ def create_app(
     async def stats() -> dict[str, Any]:
         with counters_lock:
             c = dict(counters)
-        return {**index.stats(), "searches": c["searches"], "errors": c["errors"],
+        return {**hide_paths(index.stats(), root), "searches": c["searches"], "errors": c["errors"],
                 "encode_batches": batcher.batches,
                 "mean_batch": round(batcher.queries / batcher.batches, 2) if batcher.batches else 0.0,
                 "largest_batch": batcher.largest,
                 "uptime_s": round(time.time() - c["started"], 1), "max_upload_bytes": max_upload_bytes,
-                "allowed_types": sorted(allowed), "max_k": max_k}
+                "allowed_types": sorted(allowed), "max_k": max_k, "max_pixels": max_pixels}
 
     @app.get("/images/{item_id}")
     async def image_file(item_id: int) -> FileResponse:
@@ -272,7 +399,7 @@ def create_app(
         ids = index.store.ids
         step = max(1, len(ids) // n) if len(ids) else 1
         pick = [int(i) for i in ids[::step][:n]]
-        return {"items": [{"id": i, "image_url": f"/images/{i}", "metadata": index.store.metadata(i)}
+        return {"items": [{"id": i, "image_url": f"/images/{i}", "metadata": hide_paths(index.store.metadata(i), root)}
                           for i in pick if i in index]}
 
     @app.get("/", response_class=HTMLResponse)
@@ -331,28 +458,37 @@ async function info(){
     };
   }
 }
+let searchSeq = 0;  // only the latest search may change the page
+function fail(msg){ $('results').innerHTML = ''; $('status').textContent = ''; $('error').textContent = msg; }
 async function search(file){
-  $('error').textContent = ''; $('status').textContent = 'searching…';
+  const seq = ++searchSeq;
+  // Old neighbours belong to the previous query: never leave them under a new one.
+  $('error').textContent = ''; $('results').innerHTML = ''; $('status').textContent = 'searching…';
   $('query').innerHTML = `<img alt="query" src="${URL.createObjectURL(file)}">`;
   const fd = new FormData(); fd.append('image', file);
   const k = Math.max(1, parseInt($('k').value || '10', 10));
   try {
     const r = await fetch(`/search?k=${k}`, {method: 'POST', body: fd});
-    const j = await r.json();
-    if (!r.ok) { $('error').textContent = j.error || r.statusText; $('status').textContent=''; return; }
+    const text = await r.text();
+    let j = null;
+    try { j = JSON.parse(text); } catch (_) { j = null; }  // e.g. a proxy's HTML error page
+    if (seq !== searchSeq) return;
+    if (!r.ok || !j || !Array.isArray(j.results)) {
+      fail((j && j.error) || `search failed: HTTP ${r.status} ${r.statusText || ''}`.trim()); return;
+    }
     $('results').innerHTML = j.results.map((x, i) =>
       `<div class="card result" data-testid="result"><img src="${x.image_url}" alt="neighbour ${i+1}">
        <div>#${i+1} · d=<b class="dist">${x.distance}</b></div>
        <div title="${esc(x.metadata.path ?? '')}">${esc(x.metadata.label ?? base(x.metadata.path))}</div></div>`).join('');
     $('status').textContent = `${j.count} results in ${j.took_ms} ms`;
-  } catch (e) { $('error').textContent = String(e); $('status').textContent=''; }
+  } catch (e) { if (seq === searchSeq) fail(`search failed: ${e}`); }
 }
 $('file').onchange = (e) => { if (e.target.files[0]) search(e.target.files[0]); };
 const drop = $('drop');
 drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
 drop.ondragleave = () => drop.classList.remove('over');
 drop.ondrop = (e) => { e.preventDefault(); drop.classList.remove('over'); if (e.dataTransfer.files[0]) search(e.dataTransfer.files[0]); };
-info();
+info().catch((e) => { $('info').textContent = `cannot reach the service: ${e}`; });
 </script>
 </body></html>
 """

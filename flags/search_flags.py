@@ -59,14 +59,52 @@ def define_index_flags() -> None:
                              "files, query refuses a larger image.", lower_bound=1)
 
 
+# Bounds of the service knobs: the same as bgan_tf.service.LIMITS (kept here so that
+# parsing flags does not import FastAPI; tests/test_bad_input_images.py checks they agree).
+SERVICE_LIMITS = {
+    "max_upload_bytes": (1, 1 << 30),
+    "max_k": (1, 10_000),
+    "workers_threads": (1, 64),
+    "max_batch": (1, 4096),
+    "max_pixels": (1, 178_956_970),
+}
+SERVICE_MAX_PIXELS = 16_000_000  # = bgan_tf.service.DEFAULT_MAX_PIXELS
+
+
 def define_service_flags() -> None:
     """Flags of `python -m bgan_tf.serve`."""
     _define_common()
+    b = SERVICE_LIMITS
     flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (loopback by default; 0.0.0.0 exposes it).")
-    flags.DEFINE_integer("port", 8000, "TCP port to listen on.")
-    flags.DEFINE_integer("max_upload_bytes", 10 * 1024 * 1024, "Largest accepted upload; bigger ones get HTTP 413.")
+    flags.DEFINE_integer("port", 8000, "TCP port to listen on (0 picks a free one and prints it).",
+                         lower_bound=0, upper_bound=65535)
+    flags.DEFINE_integer("max_upload_bytes", 10 * 1024 * 1024, "Largest accepted upload; bigger ones get HTTP 413.",
+                         lower_bound=b["max_upload_bytes"][0], upper_bound=b["max_upload_bytes"][1])
+    if "max_pixels" in flags.FLAGS:
+        # Also a flag of the index binary (with the CLI's larger default): the service
+        # shares the flag but keeps its own default.
+        flags.FLAGS.set_default("max_pixels", SERVICE_MAX_PIXELS)
+    else:
+        flags.DEFINE_integer("max_pixels", SERVICE_MAX_PIXELS,
+                             "Largest image an upload may be, in pixels, read from its header before decoding; "
+                             "bigger ones get HTTP 413 (smaller than the CLI's default: many clients share "
+                             "the server).", lower_bound=b["max_pixels"][0], upper_bound=b["max_pixels"][1])
     flags.DEFINE_list("allowed_types", ["image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp"],
-                      "Accepted upload content types; others get HTTP 415.")
-    flags.DEFINE_integer("max_k", 100, "Largest k a client may ask for.")
-    flags.DEFINE_integer("workers_threads", 2, "Threads that decode uploads off the event loop.")
-    flags.DEFINE_integer("max_batch", 64, "Most waiting queries encoded and searched together in one model/index call.")
+                      "Accepted upload content types (image/*); others get HTTP 415.")
+    flags.DEFINE_integer("max_k", 100, "Largest k a client may ask for.",
+                         lower_bound=b["max_k"][0], upper_bound=b["max_k"][1])
+    flags.DEFINE_integer("workers_threads", 2, "Threads that decode uploads off the event loop.",
+                         lower_bound=b["workers_threads"][0], upper_bound=b["workers_threads"][1])
+    flags.DEFINE_integer("max_batch", 64, "Most waiting queries encoded and searched together in one model/index call.",
+                         lower_bound=b["max_batch"][0], upper_bound=b["max_batch"][1])
+    flags.register_validator(
+        "allowed_types", _valid_types,
+        message="--allowed_types must list at least one image/* content type, e.g. image/jpeg,image/png")
+
+
+def _valid_types(types: list[str] | None) -> bool:
+    # An empty list would start a service that refuses every upload with 415.
+    import re
+
+    types = [t.strip().lower() for t in (types or []) if t.strip()]
+    return bool(types) and all(re.fullmatch(r"image/[a-z0-9][a-z0-9.+-]*", t) for t in types)

@@ -98,5 +98,13 @@ def test_upload_shows_k_results(server):
             # Picking an indexed image searches with it too.
             page.click("#samples .card >> nth=2")
             page.wait_for_function("document.querySelector('#status').textContent.includes('results in')")
+            # A failed query shows its error and no neighbours: the previous query's
+            # results must not stay on screen under it.
+            (root / "broken.png").write_bytes(b"not an image")
+            page.set_input_files("[data-testid=file-input]", str(root / "broken.png"))
+            page.wait_for_function("document.querySelector('#error').textContent.includes('cannot decode')",
+                                   timeout=15000)
+            assert page.locator("#results .result").count() == 0
+            assert page.locator("#status").inner_text() == ""
         finally:
             browser.close()
