@@ -97,7 +97,10 @@ def to_rgb_uint8(arr: np.ndarray, what: str = "image") -> np.ndarray:
         raise UserError(f"{what}: expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise UserError(f"{what}: image has zero size")
-    if a.dtype != np.uint8:
+    if a.dtype == np.uint16:
+        # 16-bit arrays (npz, TFDS) span 0..65535: scale like 16-bit PNGs, never clip.
+        a = np.round(a.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+    elif a.dtype != np.uint8:
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)

@@ -330,3 +330,15 @@ def test_serve_on_a_busy_port_is_one_line_and_never_claims_to_be_serving(svc):
     assert r.returncode == 2 and "serving" not in r.stdout + r.stderr
     assert r.stderr.strip() == (f"error: port {port} is in use on 127.0.0.1; stop the process using it "
                                 "or pass another --port")
+
+
+def test_16bit_arrays_from_npz_are_scaled_not_clipped(tmp_path):
+    """Item 9 for arrays: a uint16 npz image keeps its grey levels instead of turning white."""
+    from bgan_tf.data import load_npz
+
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    np.savez(tmp_path / "x.npz", images=np.stack([ramp, ramp]))
+    img = load_npz(str(tmp_path / "x.npz")).images[0]
+    want = np.round(ramp.astype(np.float64) * 255 / 65535)
+    assert np.abs(img[..., 0].astype(int) - want).max() <= 1
+    assert (img == 255).mean() < 0.05

@@ -372,4 +372,7 @@ def test_15_killed_runs_temps_are_cleaned_and_the_index_follows_the_umask(tmp_pa
     _images(imgs / "more", 1)
     assert indexing.build_index(ENC, imgs, idx, progress=False).added == 1
     assert not (tmp_path / ".idx.tmp-y").exists()
-    assert search.BinaryIndex.load(idx).store.manifest()["count"] == 3
+    manifest = search.BinaryIndex.load(idx).store.manifest()
+    assert manifest["count"] == 3
+    # the service shows paths relative to this recorded root, not absolute server paths
+    assert manifest["extra"]["image_root"] == str(imgs.absolute())
