@@ -1,9 +1,12 @@
 """Export a trained encoder for serving: TF Serving SavedModel, TFLite, checks.
 
-SavedModel (``export_saved_model``), written as ``<base>/<version>/`` (the
-layout TF Serving watches), built in a hidden temporary folder inside
-``<base>`` and renamed into place, so a watching server never sees a
-half-written version. Signatures:
+SavedModel (``export_saved_model``, ``staged_saved_model``), written as
+``<base>/<version>/`` (the layout TF Serving watches). The version is built
+and checked in a hidden temporary folder inside ``<base>`` and renamed into
+place only when the checks pass, so a watching server never sees a
+half-written or failed version. TF Serving loads every integer subfolder of
+its base, so a base that holds anything else is refused before anything is
+written (``check_export_base``). Signatures:
 
 - ``serving_default``: ``images`` uint8 [N,H,W,3], any H and W (resized and
   normalised inside the graph exactly as in training) ->
@@ -23,8 +26,11 @@ preprocessing, training data, commit, model id) is written to
 ``<version>/assets.extra/bgan_metadata.json`` (TF Serving's folder for extra
 files) and to ``<version>/bgan_metadata.json`` beside ``saved_model.pb``.
 
-TFLite (``convert_tflite``): variants ``float``, ``dynamic_int8`` (int8
-weights, float activations) and ``int8`` (full integer with a representative
+TFLite (``convert_tflite``): one folder per export, written as a whole set
+(``atomic.staged_dir``): a killed run leaves the previous complete set or the
+new one, never files of two models side by side. ``bgan_tflite.json`` in the
+folder names the model and the variants (with each file's sha256). Variants
+``float``, ``dynamic_int8`` (int8 weights, float activations) and ``int8`` (full integer with a representative
 dataset; input stays uint8 pixels and ``codes`` stays float32, see
 docs/serving.md). TFLite models take a FIXED input size, the backbone input
 size: ``TFLiteEncoder`` resizes on the client side with the same bilinear
@@ -36,6 +42,7 @@ are library functions shared by the export binaries, tests and benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -45,16 +52,33 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Iterable
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from bgan_tf import atomic
 from bgan_tf.errors import UserError
 
 METADATA_NAME = "bgan_metadata.json"
 SIGNATURES = ("serving_default", "encode_bytes")
 TFLITE_VARIANTS = ("float", "dynamic_int8", "int8")
 _VERSION_RE = re.compile(r"^\d+$")
+# TF Serving versions are int64.
+MAX_VERSION = 2**63 - 1
+EXPORT_BASE_WHAT = "TF Serving export base"
+# Versions are staged in BASE/.bgan_export.tmp-* (atomic.make_temp_dir's name for the
+# target BASE/bgan_export, which is never created): hidden and not an integer, so TF
+# Serving ignores them, and atomic.clean_stale removes the ones killed runs left.
+_STAGE_NAME = "bgan_export"
+# What this exporter named its temp folders before it used atomic (tempfile.mkdtemp).
+_LEGACY_TMP_RE = re.compile(r"^\.tmp-\d+-[a-z0-9_]{8}$")
+TFLITE_WHAT = "TFLite export"
+TFLITE_METADATA_NAME = "bgan_tflite.json"
+TFLITE_FORMAT = "bgan_tf.tflite/1"
+_TFLITE_FILE_RE = re.compile(r"^encoder_(float|dynamic_int8|int8)\.tflite$")
+# The per-file temps the exporter wrote into the folder before it staged whole sets.
+_LEGACY_TFLITE_TMP_RE = re.compile(r"^\.encoder_(float|dynamic_int8|int8)\.tflite\.tmp-[a-z0-9_]{8}$")
 # First bytes of the formats tf.io.decode_image reads.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
@@ -171,13 +195,13 @@ def export_metadata(loaded) -> dict:
     }
 
 
-def list_versions(base: str) -> list[int]:
+def list_versions(base: str | os.PathLike[str]) -> list[int]:
     if not os.path.isdir(base):
         return []
     return sorted(int(n) for n in os.listdir(base) if _VERSION_RE.match(n) and os.path.isdir(os.path.join(base, n)))
 
 
-def next_version(base: str) -> int:
+def next_version(base: str | os.PathLike[str]) -> int:
     versions = list_versions(base)
     return versions[-1] + 1 if versions else 1
 
@@ -209,44 +233,144 @@ def build_archive(loaded):
 
 
 def _write_metadata(folder: str, meta: dict) -> None:
-    text = json.dumps(meta, indent=2, sort_keys=True)
-    os.makedirs(os.path.join(folder, "assets.extra"), exist_ok=True)
+    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     for path in (os.path.join(folder, "assets.extra", METADATA_NAME), os.path.join(folder, METADATA_NAME)):
-        with open(path, "w") as f:
-            f.write(text + "\n")
+        atomic.write_text(path, text)
 
 
-def export_saved_model(model, export_base: str, version: int | None = None) -> str:
+def _is_our_temp(name: str) -> bool:
+    return name.startswith(f".{_STAGE_NAME}{atomic.TMP_INFIX}") or bool(_LEGACY_TMP_RE.match(name))
+
+
+def _strangers_in_base(base: Path) -> list[str]:
+    """Entries of an export base that are neither integer version folders nor our temps."""
+    try:
+        entries = sorted(os.scandir(base), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [e.name for e in entries
+            if not ((_VERSION_RE.match(e.name) or _is_our_temp(e.name)) and e.is_dir())]
+
+
+def is_export_base(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder holding only integer version folders (and our temps)."""
+    p = Path(path)
+    return p.is_dir() and not _strangers_in_base(p)
+
+
+def check_export_base(export_base: str | os.PathLike[str], version: int | None = None,
+                      inputs: Sequence[str | os.PathLike[str] | None] = ()) -> Path:
+    """Refuse an export base (UserError, nothing touched) that this export must not write.
+
+    Refused: a file; a folder holding anything but integer version folders and our own
+    temps (TF Serving would try to load every integer subfolder, and an export must not
+    mix into someone else's folder); a base that is, contains or lies inside one of
+    ``inputs`` (the model folder); an unwritable path; an existing ``version``.
+    Returns the absolute base.
+    """
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)
+                                or not 0 <= version <= MAX_VERSION):
+        raise UserError(f"--version must be an integer from 0 to {MAX_VERSION}, got {version!r}")
+    base = Path(export_base).absolute()
+    if base.is_dir():
+        strangers = _strangers_in_base(base)
+        if strangers:
+            shown = ", ".join(strangers[:3]) + (", ..." if len(strangers) > 3 else "")
+            raise UserError(f"the export base {export_base} holds entries that are not SavedModel "
+                            f"versions ({shown}); TF Serving loads every integer subfolder of its base, so "
+                            "give the export a folder of its own (a new or empty one; nothing was changed)")
+    base = atomic.claim_output(base, EXPORT_BASE_WHAT, is_export_base)
+    atomic.check_disjoint(base, *inputs, what=EXPORT_BASE_WHAT)
+    if version is not None and os.path.lexists(base / str(version)):
+        raise UserError(f"version {version} already exists at {base / str(version)}; omit --version to "
+                        f"write version {next_version(base)}, or remove the old one")
+    return base
+
+
+def clean_stale_exports(base: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temp folders killed exports left in ``base`` (only ours, by name).
+
+    Call it only while holding ``atomic.output_lock(base)``: then no live export owns them.
+    """
+    b = Path(base).absolute()
+    removed = atomic.clean_stale(b / _STAGE_NAME)
+    if b.is_dir():
+        for p in b.iterdir():
+            if _LEGACY_TMP_RE.match(p.name) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedVersion:
+    """A complete SavedModel waiting in a hidden folder of the base for its checks."""
+
+    version: int
+    path: str  # the hidden temp folder: run the checks here
+    final: str  # BASE/<version>: where it is renamed when the checks pass
+
+
+@contextlib.contextmanager
+def staged_saved_model(model, export_base: str | os.PathLike[str], version: int | None = None,
+                       inputs: Sequence[str | os.PathLike[str] | None] = ()) -> Iterator[StagedVersion]:
+    """Write the SavedModel into a hidden temp folder of the base and yield it.
+
+    Run the checks on ``staged.path`` inside the ``with`` block: when the block ends
+    cleanly the folder is renamed to ``staged.final``; when it raises (a check failed,
+    Ctrl-C) the temp folder is removed and no version appears. The base is checked
+    (``check_export_base``) before anything is written and locked throughout, so a
+    concurrent export of the same base gets a clear error instead of racing for the
+    version number.
+    """
+    loaded = _loaded(model)
+    inputs = [getattr(loaded, "model_dir", None), *inputs]
+    base = check_export_base(export_base, version, inputs)
+    with atomic.output_lock(base, EXPORT_BASE_WHAT):
+        base = check_export_base(export_base, version, inputs)  # again: it may have changed meanwhile
+        created = not base.exists()
+        clean_stale_exports(base)
+        if version is None:
+            version = next_version(base)
+        final = base / str(version)
+        tmp = atomic.make_temp_dir(base / _STAGE_NAME)
+        try:
+            build_archive(loaded).write_out(str(tmp), verbose=False)
+            _write_metadata(str(tmp), export_metadata(loaded))
+            atomic.open_up(tmp)  # a model server often runs as another user
+            yield StagedVersion(version, str(tmp), str(final))
+            try:
+                if os.path.lexists(final):
+                    raise FileExistsError(17, "exists", str(final))
+                # We hold the lock; rename still fails rather than overwrite a writer that
+                # does not take it.
+                os.rename(tmp, final)
+            except OSError as e:
+                raise UserError(f"could not move the export into {final} ({e.strerror}); another export "
+                                "may have written that version: rerun without --version") from None
+            atomic.fsync_dir(base)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    base.rmdir()  # only if still empty: the base this failed export made
+            raise
+
+
+def export_saved_model(model, export_base: str | os.PathLike[str], version: int | None = None,
+                       check: Callable[[str], None] | None = None,
+                       inputs: Sequence[str | os.PathLike[str] | None] = ()) -> str:
     """Write ``<export_base>/<version>/`` atomically; return its path.
 
     ``model``: a model folder or a LoadedEncoder. ``version`` defaults to one
     more than the largest existing integer version (1 for a new base).
+    ``check(path)``: run on the staged SavedModel before it becomes a version;
+    an exception from it leaves no version.
     """
-    loaded = _loaded(model)
-    if version is not None and (not isinstance(version, int) or version < 0):
-        raise UserError(f"--version must be a non-negative integer, got {version!r}")
-    os.makedirs(export_base, exist_ok=True)
-    if version is None:
-        version = next_version(export_base)
-    final = os.path.join(export_base, str(version))
-    if os.path.exists(final):
-        raise UserError(f"version {version} already exists at {final}; omit --version to write "
-                        f"version {next_version(export_base)}, or remove the old one")
-    # Hidden name that is not an integer: TF Serving ignores it while it is written.
-    tmp = tempfile.mkdtemp(dir=export_base, prefix=f".tmp-{version}-")
-    try:
-        build_archive(loaded).write_out(tmp, verbose=False)
-        _write_metadata(tmp, export_metadata(loaded))
-        _make_readable(tmp)
-        try:
-            os.rename(tmp, final)  # fails (ENOTEMPTY/EEXIST) instead of overwriting a racing writer
-        except OSError as e:
-            raise UserError(f"could not move the export into {final} ({e.strerror}); another export "
-                            "may have written that version: rerun without --version") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    with staged_saved_model(model, export_base, version, inputs) as staged:
+        if check is not None:
+            check(staged.path)
+    return staged.final
 
 
 def read_export_metadata(version_dir: str) -> dict:
@@ -385,13 +509,17 @@ def saved_model_cli_path() -> str:
 def saved_model_cli_show(version_dir: str, timeout: float = 180) -> str:
     """Output of ``saved_model_cli show --dir DIR --all``; raises if it fails or lacks a signature."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
-    proc = subprocess.run([saved_model_cli_path(), "show", "--dir", version_dir, "--all"],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        proc = subprocess.run([saved_model_cli_path(), "show", "--dir", version_dir, "--all"],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"saved_model_cli show did not finish within {timeout:.0f} s on {version_dir}") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"saved_model_cli failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"saved_model_cli show failed ({proc.returncode}) on {version_dir}: {last}")
     missing = [s for s in SIGNATURES if f"signature_def['{s}']" not in proc.stdout]
     if missing:
-        raise RuntimeError(f"saved_model_cli does not list signatures {missing}:\n{proc.stdout}")
+        raise UserError(f"saved_model_cli does not list signatures {missing} in {version_dir}")
     return proc.stdout
 
 
@@ -512,11 +640,13 @@ def tflite_saved_model(loaded, folder: str, fold_normalisation: bool = False) ->
     return folder
 
 
-def representative_images(source, input_size: int, count: int = 200, seed: int = 0) -> np.ndarray:
-    """uint8 [n, S, S, 3] for int8 calibration.
+def representative_images(source, input_size: int, count: int = 200, seed: int = 0,
+                          what: str = "--representative_images") -> np.ndarray:
+    """uint8 [n, S, S, 3] for int8 calibration (or for the checks).
 
     ``source``: an array [N,H,W,3], a folder of images, a .npz (key ``images``
-    or the first array), or a BGANConfig (its training data).
+    or the first array), or a BGANConfig (its training data). ``what`` names
+    the flag in errors.
     """
     from bgan_tf.config import BGANConfig
 
@@ -528,12 +658,14 @@ def representative_images(source, input_size: int, count: int = 200, seed: int =
         from bgan_tf.data import load_folder, load_npz
 
         path = os.fspath(source)
+        if not os.path.exists(path):
+            raise UserError(f"{what} {path!r} not found; pass a folder of images or a .npz file")
         if os.path.isdir(path):
             arr = load_folder(path, size=input_size, max_images=count * 4, seed=seed).images
         elif path.endswith(".npz") and os.path.isfile(path):
             arr = load_npz(path).images
         else:
-            raise UserError(f"--representative_images {path!r} is neither a folder of images nor a .npz file")
+            raise UserError(f"{what} {path!r} is neither a folder of images nor a .npz file")
     else:
         arr = np.asarray(source)
     if arr.ndim == 3:
@@ -543,36 +675,6 @@ def representative_images(source, input_size: int, count: int = 200, seed: int =
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.permutation(len(arr))[:count])
     return np.clip(np.round(resize_bilinear(arr[idx], input_size)), 0, 255).astype(np.uint8)
-
-
-def _umask_mode(mode: int) -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
-
-
-def _make_readable(folder: str) -> None:
-    """mkdtemp makes 0700 folders: open the export up as a normal mkdir/open would
-    (a model server often runs as another user)."""
-    for root, dirs, files in os.walk(folder):
-        os.chmod(root, _umask_mode(0o777))
-        for name in files:
-            os.chmod(os.path.join(root, name), _umask_mode(0o666))
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _umask_mode(0o666))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def tflite_converter(sm_dir: str, variant: str, representative: np.ndarray | None = None):
@@ -604,34 +706,96 @@ def tflite_converter(sm_dir: str, variant: str, representative: np.ndarray | Non
     return conv
 
 
-def convert_tflite(model, out_dir: str, variants: Iterable[str] = TFLITE_VARIANTS,
-                   representative: np.ndarray | None = None) -> dict[str, str]:
-    """Write ``<out_dir>/encoder_<variant>.tflite`` per variant (atomically); return paths.
-
-    ``representative``: uint8 images [n,S,S,3] for full int8 calibration.
-    """
-    import tensorflow as tf
-
-    loaded = _loaded(model)
-    variants = list(variants)
-    bad = [v for v in variants if v not in TFLITE_VARIANTS]
-    if bad or not variants:
+def check_variants(variants: Iterable[str]) -> list[str]:
+    """The TFLite variant names, or a UserError naming the unknown ones."""
+    names = [v.strip() for v in variants if v.strip()]
+    bad = [v for v in names if v not in TFLITE_VARIANTS]
+    if bad or not names:
         raise UserError(f"unknown TFLite variants {bad}; choose from {', '.join(TFLITE_VARIANTS)}")
+    return list(dict.fromkeys(names))
+
+
+def is_tflite_export(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a TFLite export of ours and nothing else.
+
+    Ours: ``bgan_tflite.json`` with our format plus ``encoder_<variant>.tflite`` files, or
+    (folders written before the marker existed) only ``encoder_<variant>.tflite`` files and
+    the per-file temps that exporter left when killed. Anything else in the folder makes
+    it not ours: replacing the set would delete that file.
+    """
+    p = Path(path)
+    try:
+        names = os.listdir(p)
+    except OSError:
+        return False
+    if TFLITE_METADATA_NAME in names:
+        try:
+            meta = json.loads((p / TFLITE_METADATA_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if not isinstance(meta, dict) or meta.get("format") != TFLITE_FORMAT:
+            return False
+        names = [n for n in names if n != TFLITE_METADATA_NAME]
+    elif not any(_TFLITE_FILE_RE.match(n) for n in names):
+        return False
+    return all((_TFLITE_FILE_RE.match(n) or _LEGACY_TFLITE_TMP_RE.match(n)) and (p / n).is_file()
+               for n in names)
+
+
+def check_tflite_out(out_dir: str | os.PathLike[str],
+                     inputs: Sequence[str | os.PathLike[str] | None] = ()) -> Path:
+    """Refuse a TFLite output folder (UserError, nothing touched) that this export must not write:
+    a file, an unwritable path, a folder holding anything but a TFLite export of ours, or a
+    folder that is, contains or lies inside one of ``inputs`` (the model folder)."""
+    out = atomic.claim_output(out_dir, TFLITE_WHAT, is_tflite_export)
+    atomic.check_disjoint(out, *inputs, what="TFLite output folder")
+    return out
+
+
+def tflite_metadata(loaded, files: dict[str, dict]) -> dict:
+    """The marker of a TFLite export folder: which model, which variants, which bytes."""
+    meta = export_metadata(loaded)
+    meta.pop("signatures")
+    meta.update(format=TFLITE_FORMAT, input_size=int(loaded.config.backbone_input_size), variants=files)
+    return meta
+
+
+def convert_tflite(model, out_dir: str | os.PathLike[str], variants: Iterable[str] = TFLITE_VARIANTS,
+                   representative: np.ndarray | None = None,
+                   check: Callable[[dict[str, str]], None] | None = None,
+                   inputs: Sequence[str | os.PathLike[str] | None] = ()) -> dict[str, str]:
+    """Write ``<out_dir>/encoder_<variant>.tflite`` per variant as one set; return the paths.
+
+    The folder is built in a hidden temp folder beside it, with ``bgan_tflite.json``,
+    then swapped in whole (``atomic.staged_dir``): a killed run leaves the previous
+    set or the new one, never a mix. ``check(paths)`` runs on the staged files; an
+    exception from it leaves the folder as it was. ``representative``: uint8 images
+    [n,S,S,3] for full int8 calibration.
+    """
+    loaded = _loaded(model)
+    variants = check_variants(variants)
     if "int8" in variants and (representative is None or len(representative) == 0):
         raise UserError("the int8 variant needs representative images (--representative_images, or the "
                         "training data named in the model's config)")
-    paths = {}
-    with tempfile.TemporaryDirectory(prefix="bgan_tflite_") as tmp:
+    out = check_tflite_out(out_dir, [getattr(loaded, "model_dir", None), *inputs])
+    with atomic.staged_dir(out, what=TFLITE_WHAT, is_ours=is_tflite_export) as staged, \
+            tempfile.TemporaryDirectory(prefix="bgan_tflite_") as work:
         sm_dirs = {}
+        files = {}
         for variant in variants:
             fold = folds_normalisation(variant)
             if fold not in sm_dirs:
-                sm_dirs[fold] = tflite_saved_model(loaded, os.path.join(tmp, f"sm_{int(fold)}"), fold)
+                sm_dirs[fold] = tflite_saved_model(loaded, os.path.join(work, f"sm_{int(fold)}"), fold)
             data = tflite_converter(sm_dirs[fold], variant, representative).convert()
-            path = os.path.join(out_dir, f"encoder_{variant}.tflite")
-            _atomic_write(path, data)
-            paths[variant] = path
-    return paths
+            name = f"encoder_{variant}.tflite"
+            atomic.write_bytes(staged / name, data)
+            digest = hashlib.sha256(data).hexdigest()
+            files[variant] = {"file": name, "bytes": len(data), "sha256": digest,
+                              "model_id": f"tflite:{digest[:16]}"}  # what TFLiteEncoder.model_id reports
+        atomic.write_json(staged / TFLITE_METADATA_NAME, tflite_metadata(loaded, files))
+        if check is not None:
+            check({v: str(staged / f["file"]) for v, f in files.items()})
+    return {v: str(out / f["file"]) for v, f in files.items()}
 
 
 class TFLiteEncoder:
@@ -651,13 +815,24 @@ class TFLiteEncoder:
         try:
             self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
             self.runner = self.interpreter.get_signature_runner("serving_default")
-            detail = self.runner.get_input_details()["images"]
-        except (ValueError, KeyError) as e:
+            inputs = self.runner.get_input_details()
+            outputs = self.runner.get_output_details()
+        except (ValueError, KeyError) as e:  # not a TFLite file, or no serving_default signature
             raise UserError(f"{path} is not an encoder exported by python -m export.tflite "
                             f"({str(e).splitlines()[0] if str(e) else e.__class__.__name__}); export it again") from None
-        self.input_size = int(detail["shape"][1])
+        missing = sorted({"images"} - set(inputs)) + sorted({"codes", "packed"} - set(outputs))
+        if missing:
+            raise UserError(f"{path} is not an encoder exported by python -m export.tflite (its signature "
+                            f"has no {', '.join(missing)} tensor); export it again")
+        detail = inputs["images"]
+        codes_shape = outputs["codes"]["shape"]
+        shape = list(detail["shape"])
+        if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or shape[1] < 1 or len(codes_shape) != 2:
+            raise UserError(f"{path} is not an encoder exported by python -m export.tflite (input shape "
+                            f"{shape}, codes shape {list(codes_shape)}); export it again")
+        self.input_size = int(shape[1])
         self.input_dtype = detail["dtype"]
-        self.num_bits = int(self.runner.get_output_details()["codes"]["shape"][-1])
+        self.num_bits = int(codes_shape[-1])
         with open(path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()[:16]
         # The index seam (bgan_tf.indexing.Encoder) keys an index by model_id:

@@ -28,11 +28,14 @@ def main(argv: list[str]) -> None:
     common.no_positional(argv)
     logging.set_verbosity(logging.WARNING)
     base = common.require("export_base")
-    out = FLAGS.out or os.path.normpath(base) + "_tflite"
+    out = FLAGS.out or common.default_tflite_out(base)
+    # Everything that can be refused is checked before anything is written.
+    common.check_outputs(export_base=base, tflite_out=out)
     loaded = common.load_model()
-    images = common.check_images(loaded) if FLAGS.check else None
-    common.run_saved_model(loaded, images)
-    common.run_tflite(loaded, out, images)
+    images = common.check_images(loaded)
+    reps = common.representative_images(loaded)
+    # The version is renamed into place only after the TFLite set passed its checks too.
+    common.run_saved_model(loaded, images, then=lambda: common.run_tflite(loaded, out, images, reps))
 
 
 def run() -> None:

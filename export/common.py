@@ -1,9 +1,17 @@
-"""What the export binaries share: argv check, image sets for checks, the two steps."""
+"""What the export binaries share: argv check, input checks, image sets, the two steps.
+
+Every binary checks all of its inputs (flags, output paths, the model, the check and
+calibration images) before it writes anything, then writes each output staged: the
+SavedModel version and the TFLite set appear only after their checks pass.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Callable
 
+import numpy as np
 from absl import flags
 
 from bgan_tf.errors import UserError
@@ -23,70 +31,116 @@ def require(name: str) -> str:
     return value
 
 
+def _image_inputs() -> list[str]:
+    return [p for p in (FLAGS.check_images, FLAGS.representative_images) if p]
+
+
+def check_outputs(export_base: str | None = None, tflite_out: str | None = None) -> None:
+    """Refuse bad output paths before the model is loaded (cheap, and nothing is written).
+
+    Each output must be new, empty or already ours, writable, and apart from the model
+    folder, the image inputs and the other output.
+    """
+    from bgan_tf import atomic, serving
+
+    model = require("model")
+    if export_base is not None:
+        serving.check_export_base(export_base, FLAGS.version, [model, *_image_inputs()])
+    if tflite_out is not None:
+        serving.check_tflite_out(tflite_out, [model, *_image_inputs()])
+    if export_base is not None and tflite_out is not None:
+        atomic.check_disjoint(tflite_out, export_base, what="TFLite output folder")
+
+
 def load_model():
     from bgan_tf.inference import load_encoder
 
     return load_encoder(require("model"))
 
 
-def check_images(loaded):
+def check_images(loaded) -> np.ndarray | None:
+    """The images the checks compare on (None with --nocheck)."""
     from bgan_tf import serving
 
+    if not FLAGS.check:
+        return None
     size = loaded.config.backbone_input_size
     if FLAGS.check_images:
-        return serving.representative_images(FLAGS.check_images, size, FLAGS.check_count, seed=1)
+        return serving.representative_images(FLAGS.check_images, size, FLAGS.check_count, seed=1,
+                                             what="--check_images")
     return serving.check_images(loaded, FLAGS.check_count)
 
 
-def run_saved_model(loaded, images=None) -> str:
-    """Export to --export_base, print the version path, run the checks."""
+def representative_images(loaded) -> np.ndarray | None:
+    """int8 calibration images when --variants asks for int8 (loaded before anything is written)."""
     from bgan_tf import serving
 
-    path = serving.export_saved_model(loaded, require("export_base"), FLAGS.version)
-    print(f"SavedModel version written: {os.path.abspath(path)}")
-    if FLAGS.check:
-        images = check_images(loaded) if images is None else images
-        result = serving.check_saved_model(path, loaded, images)
-        print(result.summary())
-        out = serving.saved_model_cli_show(path)
-        print(f"saved_model_cli show --all lists: {', '.join(s for s in serving.SIGNATURES if s in out)}")
-        if not result.ok:
-            raise UserError(f"the export at {path} does not match the Keras encoder: {result.summary()}")
-    return path
+    if "int8" not in serving.check_variants(FLAGS.variants):
+        return None
+    source = FLAGS.representative_images or loaded.config
+    return serving.representative_images(source, loaded.config.backbone_input_size, FLAGS.representative_count)
 
 
-def run_tflite(loaded, out_dir: str, images=None) -> dict[str, str]:
-    """Convert to each --variants, print paths, sizes and bit agreement."""
+def run_saved_model(loaded, images: np.ndarray | None, then: Callable[[], object] | None = None) -> str:
+    """Export to --export_base: stage the version, run the checks on it, then ``then()``
+    (export.all's TFLite step), and only then rename it into place and print its path."""
     from bgan_tf import serving
 
-    variants = [v.strip() for v in FLAGS.variants if v.strip()]
-    reps = None
-    if "int8" in variants:
-        source = FLAGS.representative_images or loaded.config
-        reps = serving.representative_images(source, loaded.config.backbone_input_size, FLAGS.representative_count)
-    paths = serving.convert_tflite(loaded, out_dir, variants, reps)
-    for variant, path in paths.items():
-        print(f"TFLite {variant}: {os.path.abspath(path)}")
-    if FLAGS.check:
-        images = check_images(loaded) if images is None else images
-        checks = serving.check_tflite(paths, loaded, images)
-        print(f"bit agreement with the Keras encoder on {len(images)} images:")
-        for c in checks.values():
-            print("  " + c.summary())
+    with serving.staged_saved_model(loaded, require("export_base"), FLAGS.version,
+                                    inputs=_image_inputs()) as staged:
+        if images is not None:
+            result = serving.check_saved_model(staged.path, loaded, images)
+            print(result.summary())
+            if not result.ok:
+                raise UserError(f"the SavedModel does not match the Keras encoder ({result.summary()}); "
+                                "no version was written")
+            out = serving.saved_model_cli_show(staged.path)
+            print(f"saved_model_cli show --all lists: {', '.join(s for s in serving.SIGNATURES if s in out)}")
+        if then is not None:
+            then()
+    print(f"SavedModel version written: {staged.final}")
+    return staged.final
+
+
+def run_tflite(loaded, out_dir: str, images: np.ndarray | None, reps: np.ndarray | None) -> dict[str, str]:
+    """Convert to each --variants as one set, check it before it replaces --out, print paths,
+    sizes and bit agreement."""
+    from bgan_tf import serving
+
+    checks: dict[str, serving.TFLiteCheck] = {}
+
+    def check(staged_paths: dict[str, str]) -> None:
+        checks.update(serving.check_tflite(staged_paths, loaded, images))
         if "float" in checks and checks["float"].bit_agreement != 1.0:
             raise UserError(f"float TFLite model disagrees with Keras (bit agreement "
-                            f"{checks['float'].bit_agreement:.4f}); do not deploy it")
-        low = [c for v, c in checks.items() if v != "float" and c.bit_agreement < serving.INT8_TARGET_AGREEMENT]
-        if low:
-            # Not an error: the files are valid models, but their codes will not
-            # match an index built with the Keras encoder or the SavedModel.
-            stability = serving.noise_stability(loaded, images)
-            names = ", ".join(f"{c.variant} {c.bit_agreement:.4f}" for c in low)
-            print(f"WARNING: below {serving.INT8_TARGET_AGREEMENT:.0%} bit agreement: {names}. Codes from "
-                  f"these files will not match an index built with the Keras encoder or the SavedModel; "
-                  f"build the index with the same .tflite file, or ship the float variant. A file that flips "
-                  f"many bits also retrieves worse with its own index (benchmarks/results/int8_retrieval.md "
-                  f"gives the mAP of full and dynamic int8 on CIFAR-10). This model's own codes keep "
-                  f"{stability:.4f} of their bits under N(0, 0.5) grey-level pixel noise, a guide to what "
-                  f"int8 activations can keep.")
+                            f"{checks['float'].bit_agreement:.4f}); nothing was written to {out_dir}")
+
+    paths = serving.convert_tflite(loaded, out_dir, FLAGS.variants, reps,
+                                   check=check if images is not None else None, inputs=_image_inputs())
+    for variant, path in paths.items():
+        print(f"TFLite {variant}: {path}")
+    if not checks:
+        return paths
+    checks = {v: dataclasses.replace(c, path=paths[v]) for v, c in checks.items()}
+    print(f"bit agreement with the Keras encoder on {len(images)} images:")
+    for c in checks.values():
+        print("  " + c.summary())
+    low = [c for v, c in checks.items() if v != "float" and c.bit_agreement < serving.INT8_TARGET_AGREEMENT]
+    if low:
+        # Not an error: the files are valid models, but their codes will not
+        # match an index built with the Keras encoder or the SavedModel.
+        stability = serving.noise_stability(loaded, images)
+        names = ", ".join(f"{c.variant} {c.bit_agreement:.4f}" for c in low)
+        print(f"WARNING: below {serving.INT8_TARGET_AGREEMENT:.0%} bit agreement: {names}. Codes from "
+              f"these files will not match an index built with the Keras encoder or the SavedModel; "
+              f"build the index with the same .tflite file, or ship the float variant. A file that flips "
+              f"many bits also retrieves worse with its own index (benchmarks/results/int8_retrieval.md "
+              f"gives the mAP of full and dynamic int8 on CIFAR-10). This model's own codes keep "
+              f"{stability:.4f} of their bits under N(0, 0.5) grey-level pixel noise, a guide to what "
+              f"int8 activations can keep.")
     return paths
+
+
+def default_tflite_out(export_base: str) -> str:
+    """export.all's --out default: beside the base, not inside it (TF Serving's folder holds only versions)."""
+    return os.path.normpath(export_base) + "_tflite"

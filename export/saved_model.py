@@ -2,9 +2,11 @@
 
     python -m export.saved_model --model runs/digits/model --export_base exports/bgan [--version N]
 
-Prints the version folder, then (unless --nocheck) reloads it with
-tf.saved_model.load, compares its codes with the Keras encoder and lists the
-signatures with saved_model_cli. See docs/serving.md.
+The version is written into a hidden folder of the base; unless --nocheck it is
+reloaded with tf.saved_model.load, its codes compared with the Keras encoder and
+its signatures listed with saved_model_cli, and only when all of that passes is
+it renamed to BASE/VERSION (a failed check leaves no version). The base must be
+new, empty or hold only integer version folders. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ define_export_flags()
 def main(argv: list[str]) -> None:
     common.no_positional(argv)
     logging.set_verbosity(logging.WARNING)
-    common.require("export_base")
-    common.run_saved_model(common.load_model())
+    # Everything that can be refused is checked before anything is written.
+    common.check_outputs(export_base=common.require("export_base"))
+    loaded = common.load_model()
+    common.run_saved_model(loaded, common.check_images(loaded))
 
 
 def run() -> None:

@@ -3,8 +3,11 @@
     python -m export.tflite --model runs/digits/model --out exports/tflite \
         [--variants float,dynamic_int8,int8] [--representative_images DIR_or_npz]
 
-Writes OUT/encoder_<variant>.tflite atomically and prints each variant's size
-and bit agreement with the Keras encoder. TFLite models take the backbone
+Writes OUT/encoder_<variant>.tflite and OUT/bgan_tflite.json (model id, variants,
+sha256 of each file) as one set: it replaces a previous export in OUT only after
+the checks passed, and a killed run leaves the old set or the new one, never a
+mix. OUT must be new, empty or an earlier TFLite export. Prints each variant's
+size and bit agreement with the Keras encoder. TFLite models take the backbone
 input size only; bgan_tf.serving.TFLiteEncoder resizes on the client side.
 """
 
@@ -28,7 +31,10 @@ def main(argv: list[str]) -> None:
     common.no_positional(argv)
     logging.set_verbosity(logging.WARNING)
     out = common.require("out")
-    common.run_tflite(common.load_model(), out)
+    # Everything that can be refused is checked before anything is written.
+    common.check_outputs(tflite_out=out)
+    loaded = common.load_model()
+    common.run_tflite(loaded, out, common.check_images(loaded), common.representative_images(loaded))
 
 
 def run() -> None:

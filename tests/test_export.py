@@ -82,7 +82,7 @@ def test_written_in_hidden_temp_then_renamed(loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(serving.os, "rename", spy)
     serving.export_saved_model(loaded, base)
     (src, dst, contents), = seen
-    assert src.startswith(".tmp-1-") and not src.isdigit() and dst == "1"
+    assert src.startswith(".bgan_export.tmp-") and not src.isdigit() and dst == "1"
     assert {"saved_model.pb", "variables", "assets.extra"} <= set(contents)
 
 
@@ -95,7 +95,7 @@ def test_failed_export_leaves_nothing(loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(serving, "_write_metadata", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         serving.export_saved_model(loaded, base)
-    assert os.listdir(base) == []
+    assert not os.path.exists(base)  # the base this export created is removed again
 
 
 def test_signatures_and_identical_codes(loaded, exported):
@@ -204,7 +204,7 @@ def test_export_all_binary_in_process(tiny_model_dir, tmp_path, capsys):  # noqa
     assert f"SavedModel version written: {base}/1" in text
     assert "codes identical to Keras: True" in text and "lists: serving_default, encode_bytes" in text
     assert "tflite float" in text and "bit agreement with Keras 1.0000" in text
-    assert os.listdir(out) == ["encoder_float.tflite"]
+    assert sorted(os.listdir(out)) == ["bgan_tflite.json", "encoder_float.tflite"]
 
 
 def test_binary_bad_input_prints_one_line_and_exits_2(tmp_path):

@@ -41,7 +41,8 @@ def check_set(loaded):
 
 def test_files_written_atomically(converted):
     out, paths = converted
-    assert sorted(os.listdir(out)) == ["encoder_dynamic_int8.tflite", "encoder_float.tflite", "encoder_int8.tflite"]
+    assert sorted(os.listdir(out)) == ["bgan_tflite.json", "encoder_dynamic_int8.tflite", "encoder_float.tflite",
+                                       "encoder_int8.tflite"]
     assert set(paths) == {"float", "dynamic_int8", "int8"}
     sizes = {v: os.path.getsize(p) for v, p in paths.items()}
     assert sizes["dynamic_int8"] < sizes["float"] / 2 and sizes["int8"] < sizes["float"] / 2
@@ -129,8 +130,11 @@ def test_bad_arguments(loaded, tmp_path):
         serving.convert_tflite(loaded, str(tmp_path), ["fp16"])
     with pytest.raises(UserError, match="representative"):
         serving.convert_tflite(loaded, str(tmp_path), ["int8"])
-    with pytest.raises(UserError, match="neither a folder"):
-        serving.representative_images(str(tmp_path / "nope.txt"), 32)
+    with pytest.raises(UserError, match="--representative_images '.*/missing' not found"):
+        serving.representative_images(str(tmp_path / "missing"), 32)
+    (tmp_path / "nope.txt").write_text("not images")
+    with pytest.raises(UserError, match="--check_images '.*nope.txt' is neither a folder"):
+        serving.representative_images(str(tmp_path / "nope.txt"), 32, what="--check_images")
     with pytest.raises(UserError, match="not found"):
         serving.TFLiteEncoder(str(tmp_path / "missing.tflite"))
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["nope.txt"]

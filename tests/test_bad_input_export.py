@@ -1,0 +1,417 @@
+"""Issue 11, export side: bad input and faults give one line and leave no half-written export.
+
+- load_encoder: every broken model folder (truncated or foreign weights, bad JSON, a
+  config that does not match the weights, unknown backbone, not a model folder) is a
+  UserError naming the folder, the file and what to do.
+- The export base and the TFLite folder are checked before anything is written; a
+  version appears only after its checks passed; a TFLite set replaces the old one
+  whole or not at all; killed runs' temps are cleaned by the next export.
+- The export binaries: numeric flags bounded at parse time, --helpshort, unknown flags,
+  one ``error:`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from absl import flags
+from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
+
+import export.all as export_all
+import export.saved_model as export_saved_model
+import export.tflite as export_tflite
+from bgan_tf import serving
+from bgan_tf.errors import UserError
+from bgan_tf.inference import load_encoder, load_generator
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):  # noqa: F811
+    return load_encoder(tiny_model_dir)
+
+
+def _copy_model(src: str, tmp_path: Path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_json(path: Path, **changes) -> None:
+    d = json.loads(path.read_text())
+    d.update(changes)
+    path.write_text(json.dumps(d))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (and every entry beside it) with its bytes."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        out[str(p.relative_to(folder))] = p.read_bytes() if p.is_file() else b"<dir>"
+    return out
+
+
+# --------------------------------------------------------------------------
+# item 11: model loading
+# --------------------------------------------------------------------------
+
+def _truncate(m: Path) -> None:
+    data = (m / "encoder.weights.h5").read_bytes()
+    (m / "encoder.weights.h5").write_bytes(data[:5000])
+
+
+def _garbage_weights(m: Path) -> None:
+    (m / "encoder.weights.h5").write_bytes(np.random.default_rng(0).bytes(200_000))
+
+
+def _foreign_weights(m: Path) -> None:
+    shutil.copy(m / "generator.weights.h5", m / "encoder.weights.h5")
+
+
+def _bits_differ_from_weights(m: Path) -> None:
+    # config and metadata agree with each other, not with the weights file.
+    _edit_json(m / "config.json", num_bits=32)
+    _edit_json(m / "metadata.json", num_bits=32)
+
+
+CORRUPTIONS = {
+    "truncated weights": (_truncate, "encoder.weights.h5 is truncated or not a Keras weights file"),
+    "random bytes as weights": (_garbage_weights, "encoder.weights.h5 is truncated or not a Keras weights file"),
+    "weights of another network": (_foreign_weights, "encoder.weights.h5 does not match the architecture in "
+                                                     "config.json (backbone small_cnn, 16 bits)"),
+    "num_bits does not match the weights": (_bits_differ_from_weights,
+                                            "encoder.weights.h5 does not match the architecture in config.json "
+                                            "(backbone small_cnn, 32 bits)"),
+    "config and metadata disagree": (lambda m: _edit_json(m / "config.json", num_bits=32),
+                                     "config.json says num_bits 32 but metadata.json says 16"),
+    "config not JSON": (lambda m: (m / "config.json").write_text('{"num_bits": '),
+                        "config.json is not valid JSON"),
+    "config a JSON list": (lambda m: (m / "config.json").write_text("[1, 2]"),
+                           "config.json holds a JSON list, not an object"),
+    "config with a bad value": (lambda m: _edit_json(m / "config.json", num_bits="sixteen"),
+                                "config.json has invalid values: num_bits 'sixteen'"),
+    "unknown backbone": (lambda m: _edit_json(m / "config.json", backbone="no_such_net"),
+                         "config.json names a backbone that cannot be built (unknown backbone 'no_such_net'"),
+    "metadata missing": (lambda m: (m / "metadata.json").unlink(),
+                         "is not a trained bgan_tf model (missing metadata.json)"),
+    "metadata not JSON": (lambda m: (m / "metadata.json").write_bytes(b"\xff\xfenot json"),
+                          "metadata.json is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_load_encoder_names_the_broken_file(tiny_model_dir, tmp_path, name):  # noqa: F811
+    corrupt, expected = CORRUPTIONS[name]
+    model = _copy_model(tiny_model_dir, tmp_path)
+    corrupt(model)
+    with pytest.raises(UserError) as info:
+        load_encoder(str(model))
+    msg = str(info.value)
+    assert expected in msg
+    assert str(model) in msg and "\n" not in msg
+    assert "retrain the model" in msg and "pass another model folder" in msg
+
+
+def test_a_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match=r"is not a trained bgan_tf model \(no config.json, metadata.json, "
+                                         r"encoder.weights.h5\); pass the 'model' folder that training wrote"):
+        load_encoder(str(tmp_path))
+    with pytest.raises(UserError, match="notes.txt is a file, not a model folder"):
+        load_encoder(str(tmp_path / "notes.txt"))
+
+
+def test_truncated_generator_is_named(tiny_model_dir, tmp_path):  # noqa: F811
+    model = _copy_model(tiny_model_dir, tmp_path)
+    (model / "generator.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(UserError, match=f"cannot load the model in {model}: generator.weights.h5 is truncated"):
+        load_generator(str(model))
+
+
+def test_tflite_file_that_is_not_our_encoder(tmp_path):
+    import tensorflow as tf
+
+    # A valid TFLite model whose signature has "images" but no "codes"/"packed".
+    class Other(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((None, 8, 8, 3), tf.float32, name="images")])
+        def serve(self, images):
+            return {"doubled": images * 2.0}
+
+    m = Other()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([m.serve.get_concrete_function()], m)
+    path = tmp_path / "other.tflite"
+    path.write_bytes(conv.convert())
+    with pytest.raises(UserError, match=r"other.tflite is not an encoder exported by python -m export.tflite "
+                                        r"\(its signature has no codes, packed tensor\); export it again"):
+        serving.TFLiteEncoder(str(path))
+
+
+# --------------------------------------------------------------------------
+# item 4 / 13: the export base
+# --------------------------------------------------------------------------
+
+def test_export_base_refusals_touch_nothing(loaded, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    with pytest.raises(UserError, match="a_file is a file, not a folder"):
+        serving.export_saved_model(loaded, a_file)
+    assert a_file.read_text() == "keep me"
+
+    strangers = tmp_path / "strangers"
+    (strangers / "1").mkdir(parents=True)
+    (strangers / "notes.txt").write_text("mine")
+    (strangers / ".tmp-not-ours").mkdir()
+    before = _snapshot(strangers)
+    with pytest.raises(UserError, match=r"holds entries that are not SavedModel versions \(.tmp-not-ours, "
+                                        r"notes.txt\); TF Serving loads every integer subfolder"):
+        serving.export_saved_model(loaded, strangers)
+    assert _snapshot(strangers) == before
+
+    with pytest.raises(UserError, match="overlaps the input"):
+        serving.export_saved_model(loaded, Path(loaded.model_dir) / "exports")
+    assert not (Path(loaded.model_dir) / "exports").exists()
+
+    versions = tmp_path / "versions"
+    (versions / "4").mkdir(parents=True)
+    with pytest.raises(UserError, match="version 4 already exists"):
+        serving.export_saved_model(loaded, versions, version=4)
+    for bad in (-1, True, 2**63):
+        with pytest.raises(UserError, match="--version must be an integer from 0"):
+            serving.export_saved_model(loaded, versions, version=bad)
+    assert os.listdir(versions) == ["4"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to read-only folders")
+def test_read_only_outputs_are_refused(loaded, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match="permission denied"):
+            serving.export_saved_model(loaded, ro / "base")
+        with pytest.raises(UserError, match="permission denied"):
+            serving.convert_tflite(loaded, ro / "tfl", ["float"])
+    finally:
+        ro.chmod(0o755)
+    assert os.listdir(ro) == []
+
+
+def test_failed_check_leaves_no_version_and_stale_temps_are_cleaned(loaded, tmp_path):
+    base = tmp_path / "base"
+    (base / "3").mkdir(parents=True)
+    (base / ".bgan_export.tmp-killed1").mkdir()  # a killed run of this exporter
+    (base / ".tmp-2-abcd_123").mkdir()  # a killed run of the exporter before it used atomic
+    seen = []
+
+    def failing_check(path: str) -> None:
+        seen.append(path)
+        assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+        assert not (base / "4").exists()  # checked while still hidden
+        raise UserError("codes differ")
+
+    with pytest.raises(UserError, match="codes differ"):
+        serving.export_saved_model(loaded, base, check=failing_check)
+    assert os.path.basename(seen[0]).startswith(".bgan_export.tmp-")
+    assert os.listdir(base) == ["3"]  # no version 4, no temp, the killed runs' temps gone
+
+    # A new base that a failed export created is removed again.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(UserError, match="codes differ"):
+        serving.export_saved_model(loaded, fresh, check=failing_check)
+    assert not fresh.exists()
+
+    # Passing checks: the version appears, under the umask's modes.
+    old = os.umask(0o002)
+    try:
+        path = serving.export_saved_model(loaded, base, check=lambda p: None)
+    finally:
+        os.umask(old)
+    assert path == str(base / "4") and sorted(os.listdir(base)) == ["3", "4"]
+    assert os.stat(path).st_mode & 0o777 == 0o775
+    assert os.stat(os.path.join(path, "bgan_metadata.json")).st_mode & 0o777 == 0o664
+
+
+# --------------------------------------------------------------------------
+# item 4: the TFLite folder is one set
+# --------------------------------------------------------------------------
+
+def _old_set(out: Path) -> None:
+    """A complete TFLite export of another model."""
+    out.mkdir()
+    (out / "encoder_float.tflite").write_bytes(b"old float")
+    (out / "encoder_int8.tflite").write_bytes(b"old int8")
+    (out / serving.TFLITE_METADATA_NAME).write_text(json.dumps(
+        {"format": serving.TFLITE_FORMAT, "model_id": "old-model", "variants": {"float": {}, "int8": {}}}))
+
+
+def test_tflite_set_is_replaced_whole_or_not_at_all(loaded, tmp_path, monkeypatch):
+    out = tmp_path / "tfl"
+    _old_set(out)
+    before = _snapshot(out)
+
+    def failing_check(paths: dict[str, str]) -> None:
+        assert set(paths) == {"float"} and all(".tfl.tmp-" in p for p in paths.values())
+        raise UserError("float disagrees")
+
+    with pytest.raises(UserError, match="float disagrees"):
+        serving.convert_tflite(loaded, out, ["float"], check=failing_check)
+    assert _snapshot(out) == before
+
+    # Killed half way (Ctrl-C during the second variant): the old set stays, whole.
+    real = serving.tflite_converter
+
+    def interrupt_second(sm_dir, variant, representative=None):
+        if variant == "dynamic_int8":
+            raise KeyboardInterrupt
+        return real(sm_dir, variant, representative)
+
+    monkeypatch.setattr(serving, "tflite_converter", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        serving.convert_tflite(loaded, out, ["float", "dynamic_int8"])
+    monkeypatch.undo()
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tfl.lock", "tfl"]
+
+    # A run killed outright leaves its temp beside the folder; the next export removes it
+    # and replaces the old set by the new one (the old int8 file does not survive).
+    (tmp_path / ".tfl.tmp-killed").mkdir()
+    old = os.umask(0o002)
+    try:
+        paths = serving.convert_tflite(loaded, out, ["float"])
+    finally:
+        os.umask(old)
+    assert sorted(os.listdir(out)) == [serving.TFLITE_METADATA_NAME, "encoder_float.tflite"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tfl.lock", "tfl"]
+    meta = json.loads((out / serving.TFLITE_METADATA_NAME).read_text())
+    assert meta["format"] == serving.TFLITE_FORMAT and meta["model_id"] == loaded.model_id
+    assert list(meta["variants"]) == ["float"]
+    enc = serving.TFLiteEncoder(paths["float"])
+    assert meta["variants"]["float"]["model_id"] == enc.model_id
+    assert os.stat(out).st_mode & 0o777 == 0o775
+    assert os.stat(paths["float"]).st_mode & 0o777 == 0o664
+
+
+def test_tflite_out_refusals_touch_nothing(loaded, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    with pytest.raises(UserError, match="a_file is a file, not a folder"):
+        serving.check_tflite_out(a_file)
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.jpg").write_bytes(b"jpeg")
+    with pytest.raises(UserError, match="already holds files that are not a TFLite export"):
+        serving.convert_tflite(loaded, photos, ["float"])
+    assert os.listdir(photos) == ["cat.jpg"]
+
+    # Our own export, but someone added a file to it: replacing the set would delete it.
+    ours = tmp_path / "ours"
+    _old_set(ours)
+    (ours / "README.md").write_text("notes")
+    with pytest.raises(UserError, match="already holds files that are not a TFLite export"):
+        serving.check_tflite_out(ours)
+
+    # Written by the exporter before it left a marker (two models' files after a kill, and
+    # a per-file temp): ours, so the next export may replace the whole set.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for name in ("encoder_float.tflite", "encoder_int8.tflite", ".encoder_int8.tflite.tmp-ab12_x9z"):
+        (legacy / name).write_bytes(b"old")
+    assert serving.check_tflite_out(legacy) == legacy
+
+    for inside in (Path(loaded.model_dir), Path(loaded.model_dir) / "tfl", Path(loaded.model_dir).parent):
+        with pytest.raises(UserError):
+            serving.convert_tflite(loaded, inside, ["float"])
+    assert not (Path(loaded.model_dir) / "tfl").exists()
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "legacy", "ours", "photos"]
+
+
+# --------------------------------------------------------------------------
+# the export binaries
+# --------------------------------------------------------------------------
+
+def _run_in_process(binary, *args: str) -> None:
+    """``python -m <binary> ARGS`` in this process (flags parsed, then reset)."""
+    argv = [binary.__name__, *args]
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(argv)
+        binary.main(argv[:1])
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def test_numeric_and_variant_flags_are_checked_at_parse_time(tmp_path):
+    for arg in ("--check_count=0", "--check_count=100000", "--representative_count=0", "--version=-1",
+                "--variants=float,bogus", "--variants="):
+        with pytest.raises(flags.Error):
+            _run_in_process(export_all, "--model=m", f"--export_base={tmp_path / 'b'}", arg)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_check_images_are_refused_before_a_version_is_written(tiny_model_dir, tmp_path):  # noqa: F811
+    base = tmp_path / "base"
+    with pytest.raises(UserError, match="--check_images '/nope' not found"):
+        _run_in_process(export_saved_model, f"--model={tiny_model_dir}", f"--export_base={base}",
+                        "--check_images=/nope")
+    with pytest.raises(UserError, match="overlaps the input"):
+        _run_in_process(export_tflite, f"--model={tiny_model_dir}", f"--out={tiny_model_dir}/tfl")
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_all_writes_no_version_when_the_tflite_check_fails(tiny_model_dir, tmp_path,  # noqa: F811
+                                                                  monkeypatch):
+    real = serving.check_tflite
+
+    def broken_float(paths, model, images):
+        checks = real(paths, model, images)
+        checks["float"].bit_agreement = 0.53
+        return checks
+
+    monkeypatch.setattr(serving, "check_tflite", broken_float)
+    base, out = tmp_path / "base", tmp_path / "tfl"
+    with pytest.raises(UserError, match=r"float TFLite model disagrees with Keras \(bit agreement 0.5300\); "
+                                        r"nothing was written"):
+        _run_in_process(export_all, f"--model={tiny_model_dir}", f"--export_base={base}", f"--out={out}",
+                        "--variants=float", "--check_count=16")
+    # Neither the SavedModel version nor the TFLite set: only the lock files remain.
+    assert sorted(os.listdir(tmp_path)) == [".base.lock", ".tfl.lock"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def test_cli_one_error_line_and_exit_2(tiny_model_dir, tmp_path):  # noqa: F811
+    model = _copy_model(tiny_model_dir, tmp_path)
+    _truncate(model)
+    base = tmp_path / "base"
+    proc = _cli("export.all", f"--model={model}", f"--export_base={base}")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"error: cannot load the model in {model}: encoder.weights.h5 is truncated "
+                                "or not a Keras weights file (")
+    assert errors[0].endswith("; retrain the model (python -m bgan_tf.train) or pass another model folder")
+    assert not base.exists() and not (tmp_path / "base_tflite").exists()
+
+    proc = _cli("export.all", "--no_such_flag=1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: Unknown command line flag 'no_such_flag' (see --helpshort)"]
+
+
+def test_helpshort_lists_the_export_flags():
+    proc = _cli("export.all", "--helpshort")  # absl exits 1 after printing help
+    assert "Traceback" not in proc.stderr
+    for flag in ("--export_base", "--out", "--variants", "--check_count", "--version"):
+        assert flag in proc.stdout, flag
