@@ -25,7 +25,8 @@ def main(argv: list[str]) -> None:
         from bgan_tf.errors import UserError
 
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
-    from bgan_tf.experiment import holdout_split, quick_evaluate, write_json
+    from bgan_tf.atomic import write_json
+    from bgan_tf.experiment import holdout_split, quick_evaluate
     from bgan_tf.training import load_training_data, train
 
     config = config_from_flags()
