@@ -34,7 +34,7 @@ import numpy as np
 from bgan_tf import atomic
 from bgan_tf.errors import UserError
 
-REPORT_WHAT = "evaluation report"
+REPORT_WHAT = "report folder"
 
 WRONG_COLOUR = (220, 20, 20)  # irrelevant retrieved item
 RIGHT_COLOUR = (190, 190, 190)  # relevant retrieved item

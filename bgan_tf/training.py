@@ -114,8 +114,16 @@ def check_run_dir(config: BGANConfig) -> Path:
     return out
 
 
-def _clean_legacy_temps(out_dir: str) -> None:
-    """Remove what killed runs of older versions left: .model_tmp_* and model.old."""
+def _clean_stale_temps(out_dir: str) -> None:
+    """Remove the model-folder temps killed runs left, even when this run then finds itself
+    finished and writes no model: staged_dir's ``.model.tmp-*`` (under the model's lock, so
+    no live writer owns them) and older versions' ``.model_tmp_*`` and ``model.old``."""
+    model_dir = os.path.join(out_dir, MODEL_SUBDIR)
+    if not os.path.isdir(out_dir):
+        return
+    with atomic.output_lock(model_dir, MODEL_WHAT):
+        atomic.recover_dir(model_dir, is_model_dir)
+        atomic.clean_stale(model_dir)
     for p in Path(out_dir).glob(".model_tmp_*"):
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
@@ -262,7 +270,7 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
     check_run_dir(config)  # before the lock file is made beside it
     with atomic.output_lock(config.output_dir, RUN_WHAT):
         check_run_dir(config)
-        _clean_legacy_temps(config.output_dir)
+        _clean_stale_temps(config.output_dir)
         return _train(config, data, verbose, strategy, True, t0)
 
 
