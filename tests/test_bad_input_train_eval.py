@@ -229,6 +229,16 @@ def test_library_refuses_what_the_flags_refuse(tmp_path, overrides, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_neighbourhood_graph_size_is_bounded_by_the_data():
+    """--k1/--k2 are bounded one by one; their product with the image count is bounded
+    once the data is known (the pair list of N * K2 * (K1 + 1) candidates)."""
+    from bgan_tf.training import check_data_fits
+
+    check_data_fits(BGANConfig(k1=20, k2=30, batch_size=64), 60_000)  # CIFAR-10 sized: fine
+    with pytest.raises(UserError, match="candidate pairs.*lower --k1/--k2 or --max_images"):
+        check_data_fits(BGANConfig(k1=1000, k2=1000, batch_size=64), 60_000)
+
+
 def test_train_binary_bad_number_is_one_line_and_writes_nothing(tmp_path):
     r = run_binary("bgan_tf.train", "--num_bits", "100000", "--output_dir", str(tmp_path / "run"), timeout=120)
     line = one_error_line(r)
