@@ -200,7 +200,7 @@ def main() -> int:
 
 def merge(out: str, others: list[str]) -> int:
     """Fold other runs' methods and stage times into ``out`` (.json/.md)."""
-    from bgan_tf.experiment import write_json
+    from bgan_tf.atomic import write_json
 
     results = json.load(open(out + ".json"))
     for path in others:
@@ -216,7 +216,7 @@ def merge(out: str, others: list[str]) -> int:
 
 
 def _write(results, secs_out, seconds, args, graph_agree, out):
-    from bgan_tf.experiment import write_json
+    from bgan_tf.atomic import write_json
 
     secs_out.update({k: round(v, 1) for k, v in seconds.items()})
     results["setup"] = {
@@ -279,7 +279,7 @@ def write_markdown(results: dict, path: str) -> None:
     lines += ["", "## Setup", ""] + [f"- {k}: {v}" for k, v in s.items()]
     lines += ["", "## Wall time of each stage (seconds)", ""]
     lines += [f"- {k}: {v}" for k, v in results.get("seconds", {}).items()]
-    from bgan_tf.experiment import write_text
+    from bgan_tf.atomic import write_text
 
     write_text(path, "\n".join(lines) + "\n")
 

@@ -158,7 +158,7 @@ def stability_line(res: dict) -> str:
 
 def model_section(res: dict, heading: str, json_name: str) -> list[str]:
     """Write one more model's rows to RESULTS/json_name; return its Markdown section."""
-    from bgan_tf.experiment import write_json
+    from bgan_tf.atomic import write_json
 
     write_json(os.path.join(RESULTS, json_name), res["results"])
     return [f"## {heading}", "", f"Model: `{res['info']['model_dir']}`; JSON: `{json_name}`", "",

@@ -50,7 +50,7 @@ def main() -> None:
     import tensorflow as tf
 
     from bgan_tf import serving
-    from bgan_tf.experiment import write_json, write_text
+    from bgan_tf.atomic import write_json, write_text
     from bgan_tf.inference import load_encoder
 
     loaded = load_encoder(args.model)

@@ -75,7 +75,7 @@ def main() -> int:
 
     from bgan_tf import serving
     from bgan_tf.backbones import BackboneSpec
-    from bgan_tf.experiment import write_json, write_text
+    from bgan_tf.atomic import write_json, write_text
     from bgan_tf.features import cached_features
     from bgan_tf.inference import load_encoder
     from bgan_tf.protocols import cifar10_pbgan

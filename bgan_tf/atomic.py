@@ -3,7 +3,8 @@
 Every file or folder a bgan_tf command writes goes through this module:
 
 - `write_bytes` / `write_text` / `write_json`: one file, through a temp file in the
-  same folder and a rename, so a reader never sees half a file.
+  same folder and a rename, so a reader never sees half a file; `writing(path)` is the
+  same as a file object, for writers that stream (``np.save``).
 - `staged_dir(target, what=..., is_ours=...)`: a whole folder (an index, a report, a
   model folder). The caller fills a hidden temp folder beside the target; on success it
   is swapped in atomically (`commit_dir`), on failure it is removed and the target is
@@ -40,7 +41,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from bgan_tf.errors import UserError
 
@@ -78,15 +79,20 @@ def open_up(folder: str | os.PathLike[str]) -> None:
 
 
 # ---------------------------------------------------------------- single files
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` through a temp file in the same folder, then rename."""
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file object whose contents replace ``path`` only if the block succeeds.
+
+    For writers that stream (``np.save``, ``Image.save``) rather than hold the bytes:
+    the file is a temp file in the same folder, renamed over ``path`` at the end.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + TMP_INFIX)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, umask_mode(0o666))
@@ -95,6 +101,12 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` through a temp file in the same folder, then rename."""
+    with writing(path) as f:
+        f.write(data)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

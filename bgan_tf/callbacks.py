@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from bgan_tf import atomic
+
 
 def beta_for_epoch(values: tuple[float, ...], every: int, epoch: int) -> float:
     """Continuation schedule: values[i] from epoch i * every on, last value after."""
@@ -176,13 +178,11 @@ class ReconstructionSamples(keras.callbacks.Callback):
         if (epoch + 1) % self.every:
             return
         grid = image_grid([self.images, self.reconstruct()])
-        os.makedirs(self.out_dir, exist_ok=True)
         from PIL import Image
 
         path = os.path.join(self.out_dir, f"epoch_{epoch + 1:03d}.png")
-        tmp = path + ".tmp"
-        Image.fromarray(grid).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic.writing(path) as f:  # a viewer never sees half a PNG
+            Image.fromarray(grid).save(f, format="PNG")
         if self.writer is not None:
             with self.writer.as_default():
                 tf.summary.image("reconstructions", grid[None], step=epoch + 1)

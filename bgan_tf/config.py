@@ -10,9 +10,96 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from typing import Any
 
 from bgan_tf.errors import UserError
+
+
+# Bounds of every numeric knob, inclusive. The flags (flags/train_flags.py) use the same
+# table, so the library refuses what the command line refuses. Upper bounds keep one
+# request from asking for unbounded memory or disk: 1024 bits (the paper uses 12-64)
+# keep G's first layer and the hash layer small; 4096 is the largest batch whose
+# B x B neighbourhood block stays tens of MB.
+INT_LIMITS: dict[str, tuple[int, int]] = {
+    "max_images": (1, 100_000_000),
+    "image_size": (32, 64),
+    "backbone_input_size": (32, 512),
+    "num_bits": (1, 1024),
+    "k1": (1, 1000),
+    "k2": (1, 1000),
+    "beta_every": (1, 100_000),
+    "disc_feature_dim": (1, 4096),
+    "noise_dim": (0, 1024),
+    "batch_size": (2, 4096),  # >= 2: the neighbourhood loss compares pairs
+    "epochs": (1, 100_000),
+    "seed": (0, 2**31 - 1),
+    "num_cpu_devices": (1, 64),
+    "sample_every": (1, 100_000),
+    "steps_per_epoch": (0, 10_000_000),  # 0 (or None): one pass over the data
+    "save_every_steps": (0, 10_000_000),
+}
+# name -> (fewest, most entries, smallest, largest value)
+LIST_INT_LIMITS: dict[str, tuple[int, int, int, int]] = {
+    "hash_hidden": (0, 8, 1, 8192),
+    "gen_channels": (2, 7, 1, 1024),
+    "disc_channels": (2, 8, 1, 1024),
+}
+# name -> (low, high, low allowed?); every float must also be finite.
+FLOAT_LIMITS: dict[str, tuple[float, float, bool]] = {
+    "w_nbr": (0.0, 1e6, True),
+    "w_quant": (0.0, 1e6, True),
+    "w_pixel": (0.0, 1e6, True),
+    "w_feature": (0.0, 1e6, True),
+    "w_adv": (0.0, 1e6, True),
+    "lr_e": (0.0, 10.0, False),
+    "lr_g": (0.0, 10.0, False),
+    "lr_d": (0.0, 10.0, False),
+    "adam_beta_1": (0.0, 0.999999, True),
+    "adam_epsilon": (0.0, 1e3, False),
+}
+BETA_LIMITS = (1, 100, 1e4)  # fewest, most values; largest slope (each > 0)
+# Pixels of one training batch at the backbone's input size (an unfrozen backbone sees them
+# all every step): 64 x 1024^2, or 4096 x 128^2.
+MAX_BATCH_PIXELS = 2**26
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_float(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def check_value(name: str, value: Any) -> None:
+    """UserError if ``value`` is out of bounds for the numeric knob ``name`` (others pass)."""
+    if name in INT_LIMITS:
+        lo, hi = INT_LIMITS[name]
+        if value is None and name in ("max_images", "steps_per_epoch"):
+            return
+        if not _is_int(value) or not lo <= value <= hi:
+            raise UserError(f"--{name} must be an integer from {lo} to {hi}, got {value!r}")
+    elif name in LIST_INT_LIMITS:
+        fewest, most, lo, hi = LIST_INT_LIMITS[name]
+        values = tuple(value) if isinstance(value, (list, tuple)) else None
+        if values is None or not fewest <= len(values) <= most or \
+                not all(_is_int(v) and lo <= v <= hi for v in values):
+            raise UserError(f"--{name} must be {fewest} to {most} comma-separated integers from {lo} to {hi}, "
+                            f"got {value!r}")
+    elif name in FLOAT_LIMITS:
+        lo, hi, lo_ok = FLOAT_LIMITS[name]
+        if not _is_float(value) or not (lo <= value if lo_ok else lo < value) or value > hi:
+            low = f">= {lo}" if lo_ok else f"> {lo}"
+            raise UserError(f"--{name} must be a number {low} and <= {hi}, got {value!r}")
+    elif name == "beta_values":
+        fewest, most, hi = BETA_LIMITS
+        values = tuple(value) if isinstance(value, (list, tuple)) else None
+        if values is None or not fewest <= len(values) <= most or \
+                not all(_is_float(v) and 0 < v <= hi for v in values):
+            raise UserError(f"--beta_values must be {fewest} to {most} comma-separated numbers > 0 and <= {hi}, "
+                            f"got {value!r}")
 
 
 @dataclasses.dataclass
@@ -73,15 +160,17 @@ class BGANConfig:
     strategy: str = "one_device"  # one_device | mirrored | multi_worker_mirrored
     num_cpu_devices: int = 1  # logical CPU devices to create (for mirrored on CPU)
     sample_every: int = 1  # epochs between reconstruction grids
-    steps_per_epoch: int | None = None  # None: one pass over the data
+    steps_per_epoch: int | None = None  # None or 0: one pass over the data
     save_every_steps: int = 0  # >0: also checkpoint every N steps inside an epoch (resume mid-epoch)
 
     def validate(self) -> "BGANConfig":
+        """Raise UserError naming the first bad knob (the flags refuse the same values)."""
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise UserError(msg)
 
-        need(self.num_bits >= 1, f"--num_bits must be >= 1, got {self.num_bits}")
+        for f in dataclasses.fields(self):
+            check_value(f.name, getattr(self, f.name))
         need(self.image_size in (32, 64), f"--image_size must be 32 or 64, got {self.image_size}")
         need(self.sign_mode in ("tanh", "app", "ste"), f"--sign_mode must be tanh, app or ste, got {self.sign_mode!r}")
         need(self.ste_surrogate in ("tanh", "app"), f"--ste_surrogate must be tanh or app, got {self.ste_surrogate!r}")
@@ -90,14 +179,17 @@ class BGANConfig:
         need(self.graph_features in ("backbone", "pixels"), f"--graph_features must be backbone or pixels, got {self.graph_features!r}")
         need(self.strategy in ("one_device", "mirrored", "multi_worker_mirrored"),
              f"--strategy must be one_device, mirrored or multi_worker_mirrored, got {self.strategy!r}")
-        need(self.batch_size >= 2, f"--batch_size must be >= 2 (the neighbourhood loss compares pairs), got {self.batch_size}")
-        need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
-        need(self.save_every_steps >= 0, f"--save_every_steps must be >= 0, got {self.save_every_steps}")
-        need(self.k1 >= 1 and self.k2 >= 1, "--k1 and --k2 must be >= 1")
-        need(len(self.beta_values) >= 1 and all(b > 0 for b in self.beta_values), "--beta_values must be positive numbers")
-        need(self.beta_every >= 1, "--beta_every must be >= 1")
-        need(len(self.gen_channels) >= 2, "--gen_channels needs at least two widths")
-        need(len(self.disc_channels) >= 2, "--disc_channels needs at least two widths")
+        ups = len(self.gen_channels) - 1  # each later width doubles the resolution from 4x4-ish up
+        need(self.image_size % 2 ** ups == 0 and self.image_size // 2 ** ups >= 1,
+             f"--gen_channels: {len(self.gen_channels)} widths cannot make {self.image_size}x{self.image_size} "
+             f"images (each width after the first doubles the size); give at most "
+             f"{self.image_size.bit_length()} widths")
+        if not self.freeze_backbone:
+            # The encoder sees every training batch at the backbone's input size.
+            pixels = self.batch_size * self.backbone_input_size ** 2
+            need(pixels <= MAX_BATCH_PIXELS,
+                 f"--batch_size {self.batch_size} at --backbone_input_size {self.backbone_input_size} is "
+                 f"{pixels:,} pixels per step (limit {MAX_BATCH_PIXELS:,}); lower one of them")
         return self
 
     def to_json(self) -> str:

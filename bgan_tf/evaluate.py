@@ -28,6 +28,8 @@ def main(argv: list[str]) -> None:
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
     from bgan_tf import evaluation as ev_lib
     from bgan_tf.inference import read_model_files
+    from bgan_tf.report import check_report_dir
+    from bgan_tf.training import dataset_paths
 
     if not FLAGS.model:
         raise UserError("pass --model, the 'model' folder training wrote (e.g. runs/digits/model)")
@@ -47,6 +49,8 @@ def main(argv: list[str]) -> None:
     same_data = dataset == config.dataset
     max_images = FLAGS.max_images if FLAGS["max_images"].present or not same_data else config.max_images
     report_dir = FLAGS.report_dir or os.path.join(os.path.dirname(os.path.abspath(FLAGS.model)), f"eval_{protocol}")
+    # Before the slow part: a report folder that would overwrite someone's files or the inputs.
+    check_report_dir(report_dir, FLAGS.model, *dataset_paths(dataset))
 
     logging.set_verbosity(logging.WARNING)
     data = ev_lib.load_eval_data(dataset, tfds_split=FLAGS.tfds_split or config.tfds_split,

@@ -50,6 +50,8 @@ DEFAULT_MAP_AT: dict[str, tuple[int, ...]] = {
     "nuswide_21": (5000,),
     "mirflickr25k": (5000,),
 }
+MAX_EXAMPLES = 100  # example-grid rows: 100 x (1 + top_k) images of >= 64 px is ~50 MB of RGB
+MAX_TOP_K = 100
 REPORT_KEYS = ("results", "example_grid", "reconstructions", "title", "notes")
 _FAST_PATH_CHECK = 16  # items encoded both ways before trusting encode_features
 
@@ -286,6 +288,10 @@ def evaluate_model(
 
     if not os.path.isdir(model_dir):
         raise UserError(f"model folder not found: {model_dir}")
+    if not 0 <= num_examples <= MAX_EXAMPLES or not 0 <= num_reconstructions <= MAX_EXAMPLES:
+        raise UserError(f"--num_examples must be from 0 to {MAX_EXAMPLES}, got {num_examples}")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise UserError(f"top_k must be from 1 to {MAX_TOP_K}, got {top_k}")
     config, metadata = read_model_files(model_dir)
     baselines = parse_baselines(baselines)
     if data.labels is None:
@@ -398,9 +404,11 @@ def _notes(info: dict[str, Any], metadata: dict, top_k: int) -> str:
 
 
 def write_evaluation_report(out_dir: str, evaluation: dict[str, Any]):
-    """Write the report folder of an `evaluate_model` result (atomic, see report.py)."""
-    from bgan_tf.report import write_report
+    """Write the report folder of an `evaluate_model` result (atomic, see report.py);
+    never inside or over the model folder it evaluated."""
+    from bgan_tf.report import check_report_dir, write_report
 
+    check_report_dir(out_dir, (evaluation.get("info") or {}).get("model_dir"))
     return write_report(out_dir, **{k: evaluation[k] for k in REPORT_KEYS})
 
 

@@ -8,9 +8,6 @@ next to ITQ fitted on the same features the neighbourhood graph used.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 
 import numpy as np
 
@@ -63,17 +60,3 @@ def quick_evaluate(model_dir: str, config: BGANConfig, query: ImageData, databas
     rows["ITQ"] = {"map_all": m["map_all"], f"map_at_{map_k}": m["map_at"][k]}
     return QuickEval(rows, len(query), len(database), map_k)
 
-
-def write_text(path: str, text: str) -> None:
-    """Write ``text`` through a temp file in the same folder, then rename: a reader never
-    sees half a file."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 
 import numpy as np
 from absl import logging
 
+from bgan_tf import atomic
 from bgan_tf.backbones import BackboneSpec, build_feature_extractor
 
 
@@ -59,10 +59,7 @@ def cached_features(images: np.ndarray, spec: BackboneSpec, data_fingerprint: st
             logging.info("features from cache %s", path)
             return feats
     feats = compute_features(images, spec, batch_size)
-    os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as f:
+    with atomic.writing(path) as f:  # never a half-written cache entry, umask mode
         np.save(f, feats)
-    os.replace(tmp, path)  # never a half-written cache entry
     logging.info("features cached at %s", path)
     return feats

@@ -2,8 +2,11 @@
 
 Why a folder written atomically: a report is read by people (index.md renders on
 GitHub and in most editors) and by scripts (metrics.json); a half-written folder
-after a crash would mix runs. The folder is built next to its destination and renamed
-into place, replacing an older report.
+after a crash would mix runs. The folder goes through `atomic.staged_dir`: built next
+to its destination and swapped into place, replacing an older report. A report is
+recognised by its metrics.json (with "results") and index.md (`is_report_dir`); any
+other non-empty folder, or a file, is refused untouched (`check_report_dir` says so
+before a slow evaluation starts).
 
 Layout of `out_dir`:
   metrics.json            the results dict as given (numpy converted, keys as strings)
@@ -22,16 +25,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bgan_tf import atomic
 from bgan_tf.errors import UserError
+
+REPORT_WHAT = "report folder"
 
 WRONG_COLOUR = (220, 20, 20)  # irrelevant retrieved item
 RIGHT_COLOUR = (190, 190, 190)  # relevant retrieved item
@@ -240,6 +243,26 @@ def _save_png(image: np.ndarray, path: Path) -> None:
     Image.fromarray(_rgb_uint8(image[None], "image")[0]).save(path)
 
 
+def is_report_dir(path: str | os.PathLike) -> bool:
+    """A report folder write_report made: index.md and a metrics.json holding "results"."""
+    p = Path(path)
+    if not (p / "index.md").is_file():
+        return False
+    try:
+        with open(p / "metrics.json", encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "results" in data
+
+
+def check_report_dir(out_dir: str | os.PathLike, *inputs: str | os.PathLike | None) -> Path:
+    """UserError (nothing touched) unless ``out_dir`` can take a report: absent, empty or an
+    earlier report, and outside every input (model folder, image folders)."""
+    atomic.check_disjoint(out_dir, *inputs, what="report folder")
+    return atomic.claim_output(out_dir, REPORT_WHAT, is_report_dir)
+
+
 def write_report(
     out_dir: str | os.PathLike,
     results: Mapping[str, Mapping[str, Any]],
@@ -249,7 +272,10 @@ def write_report(
     title: str = "Retrieval evaluation",
     notes: str | None = None,
 ) -> Path:
-    """Write (or replace) the report folder `out_dir`; returns its path.
+    """Write (or replace) the report folder `out_dir` whole; returns its path.
+
+    `out_dir` must be absent, an empty folder or an earlier report (UserError otherwise,
+    nothing touched); temp folders of killed writers beside it are removed.
 
     results: method name -> metrics dict from `evaluate_codes` / `evaluate_float`
     (extra keys are kept in metrics.json). example_grid: an image from
@@ -259,15 +285,7 @@ def write_report(
     """
     if not results:
         raise UserError("no results to report: pass at least one method's metrics")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"report path {out} exists and is not a folder; choose another path")
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    old: Path | None = None
-    try:
-        os.chmod(tmp, 0o755)
+    with atomic.staged_dir(out_dir, what=REPORT_WHAT, is_ours=is_report_dir) as tmp:
         with open(tmp / "metrics.json", "w", encoding="utf-8") as f:
             json.dump({"title": title, "results": _jsonable(results)}, f, indent=2, allow_nan=False)
             f.write("\n")
@@ -302,16 +320,4 @@ def write_report(
         for caption, name in images:
             lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
         (tmp / "index.md").write_text("\n".join(lines), encoding="utf-8")
-        # Swap into place: the old report is moved aside, then deleted.
-        if out.exists():
-            old = parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            os.rename(old, out)  # put the previous report back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return out
+    return Path(out_dir)

@@ -25,16 +25,19 @@ def main(argv: list[str]) -> None:
         from bgan_tf.errors import UserError
 
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
-    from bgan_tf.experiment import holdout_split, quick_evaluate, write_json
-    from bgan_tf.training import load_training_data, train
+    from bgan_tf.atomic import write_json
+    from bgan_tf.experiment import holdout_split, quick_evaluate
+    from bgan_tf.training import check_run_dir, load_training_data, train
 
     config = config_from_flags()
     logging.set_verbosity(logging.INFO)
     # The strategy comes before any other TensorFlow op (loading a tfds dataset
     # runs some): MultiWorkerMirrored must configure collectives first.
-    from bgan_tf.distribute import make_strategy
+    from bgan_tf.distribute import is_chief, make_strategy
 
-    make_strategy(config.strategy, config.num_cpu_devices)
+    strategy = make_strategy(config.strategy, config.num_cpu_devices)
+    if is_chief(strategy):
+        check_run_dir(config)  # a bad --output_dir fails before the data is loaded
     data = load_training_data(config)
     query = None
     if FLAGS.holdout_per_class and data.labels is not None and data.labels.ndim == 1:

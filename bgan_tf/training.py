@@ -3,6 +3,14 @@
 Rerunning the same command with the same ``output_dir`` resumes from the last
 epoch checkpoint; a finished run is not retrained (its saved model is
 returned). Only the chief writes files under a multi-worker strategy.
+
+The run folder (``output_dir``) is ours when it holds the ``config.json`` training
+writes before its first checkpoint (or, for runs of older versions, a TF checkpoint
+state file under ``checkpoints/``); any other non-empty folder is refused untouched
+(`check_run_dir`). Resuming needs the same network shapes (`ARCHITECTURE_FIELDS`);
+other settings, e.g. more ``--epochs``, may change. The ``model`` folder is written
+whole through `atomic.staged_dir`; its marker is metadata.json with format
+``bgan_tf.model/1``.
 """
 
 from __future__ import annotations
@@ -15,15 +23,125 @@ import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from absl import logging
 
+from bgan_tf import atomic
 from bgan_tf.config import BGANConfig
 from bgan_tf.data import ImageData, images_for_gan, load_images, training_dataset
 from bgan_tf.errors import UserError
 
 MODEL_SUBDIR = "model"
+MODEL_FORMAT = "bgan_tf.model/1"
+RUN_WHAT = "training run folder"
+MODEL_WHAT = "trained model folder"
+# Knobs that shape the networks or the optimizer state: a checkpoint written with other
+# values cannot be restored (or would restore into different networks).
+ARCHITECTURE_FIELDS = ("num_bits", "image_size", "backbone", "backbone_input_size", "freeze_backbone",
+                       "hash_hidden", "hash_norm", "use_gan", "gen_channels", "disc_channels",
+                       "disc_feature_dim", "noise_dim", "mixed_precision")
+# Upper bound on the neighbourhood graph's candidate pairs, N * K2 * (K1 + 1) (scipy's
+# product and the pair list hold ~20 bytes each: 2 GB).
+MAX_GRAPH_PAIRS = 100_000_000
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_model_dir(path: str | os.PathLike[str]) -> bool:
+    """A model folder training wrote: metadata.json of format bgan_tf.model/1."""
+    meta = _read_json(Path(path) / "metadata.json")
+    return isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
+
+
+def _stored_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run's config.json if it is one of ours (a BGANConfig dump), else None."""
+    d = _read_json(run_dir / "config.json")
+    return d if isinstance(d, dict) and {"num_bits", "backbone", "gen_channels", "output_dir"} <= d.keys() else None
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    """A run folder of ours: its config.json, or (runs killed before this version wrote
+    config.json first) the checkpoint state file tf.train.CheckpointManager keeps."""
+    p = Path(path)
+    return _stored_config(p) is not None or (p / "checkpoints" / "checkpoint").is_file() or \
+        is_model_dir(p / MODEL_SUBDIR)
+
+
+def dataset_paths(spec: str) -> list[str]:
+    """Files and folders a --dataset spec (comma-separated parts) reads from."""
+    out = []
+    for part in (s.strip() for s in spec.split(",")):
+        if part.startswith(("folder:", "npz:")):
+            out.append(part.split(":", 1)[1])
+        elif part and os.path.isdir(part):
+            out.append(part)
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    # config.json holds lists where BGANConfig holds tuples.
+    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
+def check_run_dir(config: BGANConfig) -> Path:
+    """Refuse, before any slow work and with nothing touched, an output_dir training
+    cannot use: a file, an unwritable path, a non-empty folder that is not a run folder
+    of ours, one that overlaps the dataset, or a run trained with other network shapes."""
+    out = atomic.claim_output(config.output_dir, RUN_WHAT, is_run_dir)
+    atomic.check_disjoint(out, *dataset_paths(config.dataset), what="--output_dir")
+    atomic.claim_output(out / MODEL_SUBDIR, MODEL_WHAT, is_model_dir)
+    stored = _stored_config(out)
+    if stored is not None:
+        diffs = [name for name in ARCHITECTURE_FIELDS
+                 if name in stored and not _same(stored[name], getattr(config, name))]
+        if diffs:
+            def show(v: Any) -> str:
+                return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+            was = ", ".join(f"--{n} {show(stored[n])} (now {show(getattr(config, n))})" for n in diffs)
+            raise UserError(f"{config.output_dir} holds a run trained with {was}; its checkpoints cannot "
+                            "resume with other network settings: choose a new --output_dir, or rerun "
+                            "with the run's settings (nothing was changed)")
+    return out
+
+
+def _clean_stale_temps(out_dir: str) -> None:
+    """Remove the model-folder temps killed runs left, even when this run then finds itself
+    finished and writes no model: staged_dir's ``.model.tmp-*`` (under the model's lock, so
+    no live writer owns them) and older versions' ``.model_tmp_*`` and ``model.old``."""
+    model_dir = os.path.join(out_dir, MODEL_SUBDIR)
+    if not os.path.isdir(out_dir):
+        return
+    with atomic.output_lock(model_dir, MODEL_WHAT):
+        atomic.recover_dir(model_dir, is_model_dir)
+        atomic.clean_stale(model_dir)
+    for p in Path(out_dir).glob(".model_tmp_*"):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+    old = Path(out_dir) / (MODEL_SUBDIR + ".old")
+    if old.is_dir() and not old.is_symlink() and is_model_dir(old):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_data_fits(config: BGANConfig, num_images: int) -> None:
+    """UserError when the training set cannot fill one batch or its graph would be too big."""
+    if num_images < config.batch_size:
+        raise UserError(f"{num_images} training images is fewer than --batch_size {config.batch_size}; "
+                        "lower --batch_size (or --holdout_per_class), or use more images")
+    pairs = num_images * min(config.k2, num_images) * (min(config.k1, num_images - 1) + 1)
+    if pairs > MAX_GRAPH_PAIRS:
+        raise UserError(f"the neighbourhood graph of {num_images:,} images with --k1 {config.k1} and --k2 "
+                        f"{config.k2} may hold {pairs:,} candidate pairs (limit {MAX_GRAPH_PAIRS:,}); "
+                        "lower --k1/--k2 or --max_images")
 
 
 @dataclasses.dataclass
@@ -66,22 +184,22 @@ def graph_features(config: BGANConfig, data: ImageData, backbone_feats: np.ndarr
 
 
 def _save_model_dir(final_dir: str, config: BGANConfig, model, data: ImageData) -> None:
-    """Write encoder/generator/discriminator weights + config + metadata, atomically."""
-    parent = os.path.dirname(os.path.abspath(final_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".model_tmp_")
-    try:
-        model.encoder.save_weights(os.path.join(tmp, "encoder.weights.h5"))
+    """Write encoder/generator/discriminator weights + config + metadata as one folder.
+
+    Through atomic.staged_dir: filled beside the target, swapped in whole (a crash leaves
+    the previous model), umask modes, temps of killed runs removed, and never over a
+    folder that is not a model folder of ours."""
+    with atomic.staged_dir(final_dir, what=MODEL_WHAT, is_ours=is_model_dir) as tmp:
+        model.encoder.save_weights(str(tmp / "encoder.weights.h5"))
         if model.generator is not None:
-            model.generator.save_weights(os.path.join(tmp, "generator.weights.h5"))
-            model.discriminator.save_weights(os.path.join(tmp, "discriminator.weights.h5"))
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            f.write(config.to_json())
+            model.generator.save_weights(str(tmp / "generator.weights.h5"))
+            model.discriminator.save_weights(str(tmp / "discriminator.weights.h5"))
+        (tmp / "config.json").write_text(config.to_json(), encoding="utf-8")
         h = hashlib.sha256()
         for v in model.encoder.weights:
             h.update(np.ascontiguousarray(np.asarray(v)).tobytes())
         meta = {
-            "format": "bgan_tf.model/1",
+            "format": MODEL_FORMAT,
             "model_id": h.hexdigest()[:16],
             "num_bits": config.num_bits,
             "backbone": {"name": config.backbone, "weights": config.backbone_weights,
@@ -94,19 +212,7 @@ def _save_model_dir(final_dir: str, config: BGANConfig, model, data: ImageData) 
             "git_commit": git_commit(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        with open(os.path.join(tmp, "metadata.json"), "w") as f:
-            json.dump(meta, f, indent=2)
-        if os.path.isdir(final_dir):
-            old = final_dir + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final_dir, old)
-            os.replace(tmp, final_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input: bool, image_example: np.ndarray,
@@ -143,25 +249,43 @@ def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input:
 
 
 def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -> TrainResult:
-    """Train BGAN as configured; resume if ``output_dir`` holds checkpoints."""
+    """Train BGAN as configured; resume if ``output_dir`` holds checkpoints.
+
+    The chief holds `atomic.output_lock` on the run folder throughout, so a second
+    training into the same folder is refused instead of interleaving checkpoints."""
     config.validate()
     import keras
     import tensorflow as tf
 
-    from bgan_tf.backbones import BackboneSpec
-    from bgan_tf.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples, fit_resumable
-    from bgan_tf.distribute import is_chief, make_strategy, shard_by_data
-    from bgan_tf.features import cached_features
-    from bgan_tf.graph import build_graph
+    from bgan_tf.distribute import is_chief, make_strategy
 
-    seconds: dict[str, float] = {}
     t0 = time.time()
     strategy = make_strategy(config.strategy, config.num_cpu_devices)
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    chief = is_chief(strategy)
+    if not is_chief(strategy):
+        return _train(config, data, verbose, strategy, False, t0)
+    check_run_dir(config)  # before the lock file is made beside it
+    with atomic.output_lock(config.output_dir, RUN_WHAT):
+        check_run_dir(config)
+        _clean_stale_temps(config.output_dir)
+        return _train(config, data, verbose, strategy, True, t0)
+
+
+def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, chief: bool,
+           t0: float) -> TrainResult:
+    import keras
+    import tensorflow as tf
+
+    from bgan_tf.backbones import BackboneSpec
+    from bgan_tf.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples, fit_resumable
+    from bgan_tf.distribute import shard_by_data
+    from bgan_tf.features import cached_features
+    from bgan_tf.graph import build_graph
+
+    seconds: dict[str, float] = {}
     out_dir = config.output_dir if chief else tempfile.mkdtemp(prefix="bgan_worker_")
     model_dir = os.path.join(out_dir, MODEL_SUBDIR)
 
@@ -169,6 +293,7 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
         data = load_training_data(config)
     seconds["load_data"] = time.time() - t0
     logging.info("training data: %d images %s", len(data), data.images.shape[1:])
+    check_data_fits(config, len(data))
 
     t = time.time()
     spec = BackboneSpec(config.backbone, config.backbone_weights, config.backbone_input_size)
@@ -201,12 +326,20 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
         EpochCheckpoint(os.path.join(out_dir, "checkpoints"), write=chief, save_every_steps=config.save_every_steps,
                         encoder=model.encoder,
                         e_optimizer=model.e_optimizer)
-    first_epoch = ckpt.restore(os.path.join(config.output_dir, "checkpoints"))  # workers resume from the chief's
+    try:
+        first_epoch = ckpt.restore(os.path.join(config.output_dir, "checkpoints"))  # workers resume from the chief's
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        # A run of an older version (no config.json to compare) with other network shapes.
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{config.output_dir} holds checkpoints that this configuration cannot resume ({first}); "
+                        "choose a new --output_dir, or rerun with that run's settings") from None
     history: dict[str, list[float]] = {}
     if first_epoch >= config.epochs and os.path.isdir(model_dir):
         logging.info("run already finished (%d epochs); model at %s", first_epoch, model_dir)
         return TrainResult(model_dir, history, 0, seconds, agreement)
 
+    if chief:  # first write into the run folder: marks it as ours (is_run_dir), says how it was trained
+        atomic.write_text(os.path.join(out_dir, "config.json"), config.to_json())
     steps = config.steps_per_epoch or len(data) // config.batch_size
     per_pass = len(data) // config.batch_size
 
@@ -231,8 +364,6 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
     history = fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks, verbose)
     seconds["train"] = time.time() - t
     if chief:
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            f.write(config.to_json())
         _save_model_dir(model_dir, config, model, data)
     else:
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -3,6 +3,10 @@
 Precedence: the named ``--config`` (a preset under bgan_tf/configs) gives the
 defaults, ``--preset`` then sets the loss knobs, and every flag given on the
 command line wins over both.
+
+Every numeric flag is bounded at parse time by the limits in bgan_tf/config.py
+(INT_LIMITS, FLOAT_LIMITS, ...), the same ones ``BGANConfig.validate`` applies, so
+``--num_bits 100000`` is one error line before TensorFlow starts.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import dataclasses
 
 from absl import flags
 
-from bgan_tf.config import BGANConfig, apply_preset
+from bgan_tf.config import INT_LIMITS, BGANConfig, apply_preset, check_value
+from bgan_tf.errors import UserError
 
 FLAGS = flags.FLAGS
 _D = BGANConfig()
@@ -65,25 +70,45 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "strategy": ("string", "tf.distribute strategy: one_device, mirrored or multi_worker_mirrored (TF_CONFIG)."),
     "num_cpu_devices": ("integer", "Split the CPU into this many logical devices (to run mirrored without GPUs)."),
     "sample_every": ("integer", "Epochs between reconstruction sample grids."),
-    "steps_per_epoch": ("integer", "Steps per epoch (default: one pass over the data)."),
+    "steps_per_epoch": ("integer", "Steps per epoch (0 or unset: one pass over the data)."),
     "save_every_steps": ("integer", "Also checkpoint every N steps inside an epoch, so a killed run resumes mid-epoch (0: epoch ends only)."),
 }
 
 
+def _validator(name: str, parse):
+    """An absl checker that gives BGANConfig's own message for a bad value."""
+
+    def check(value) -> bool:
+        if value is None:
+            return True
+        try:
+            check_value(name, parse(value))
+        except ValueError:
+            raise flags.ValidationError(f"--{name}: expected comma-separated numbers, got "
+                                        f"{','.join(map(str, value))!r}") from None
+        except UserError as e:
+            raise flags.ValidationError(str(e)) from None
+        return True
+
+    return check
+
+
 def _define(name: str, kind: str, help_text: str) -> None:
+    """One flag, bounded at parse time by the limits BGANConfig.validate applies."""
     default = getattr(_D, name)
     if kind == "string":
         flags.DEFINE_string(name, default, help_text)
     elif kind == "bool":
         flags.DEFINE_bool(name, default, help_text)
     elif kind == "integer":
-        flags.DEFINE_integer(name, default, help_text)
+        lo, hi = INT_LIMITS[name]
+        flags.DEFINE_integer(name, default, help_text, lower_bound=lo, upper_bound=hi)
     elif kind == "float":
         flags.DEFINE_float(name, default, help_text)
-    elif kind == "list_int":
+        flags.register_validator(name, _validator(name, float))
+    elif kind in ("list_int", "list_float"):
         flags.DEFINE_list(name, [str(v) for v in default], help_text)
-    elif kind == "list_float":
-        flags.DEFINE_list(name, [str(v) for v in default], help_text)
+        flags.register_validator(name, _validator(name, lambda v, k=kind: _parse(k, v)))
     else:
         raise ValueError(kind)
 
@@ -94,10 +119,12 @@ def define_train_flags() -> None:
         return  # already defined (tests import several binaries)
     flags.DEFINE_string("config", "digits", "Named config under bgan_tf/configs giving the defaults: digits or cifar10.")
     flags.DEFINE_string("preset", None, "Loss preset applied on top: released_code, paper or nbr_only.")
-    flags.DEFINE_integer("holdout_per_class", 20, "Queries per class held out of training for the closing mAP check (0: none).")
+    flags.DEFINE_integer("holdout_per_class", 20, "Queries per class held out of training for the closing mAP check (0: none).",
+                         lower_bound=0, upper_bound=1_000_000)
     flags.DEFINE_bool("evaluate", True, "After training, print mAP of BGAN and ITQ on the held-out queries.")
     for name, (kind, help_text) in _TRAIN_FLAGS.items():
         _define(name, kind, help_text)
+    flags.register_validator("image_size", lambda v: v in (32, 64), "--image_size must be 32 or 64")
 
 
 def _parse(kind: str, value):
@@ -111,7 +138,6 @@ def _parse(kind: str, value):
 def config_from_flags() -> BGANConfig:
     """Named config -> preset -> explicitly given flags."""
     from bgan_tf.configs import get_config
-    from bgan_tf.errors import UserError
 
     config = apply_preset(get_config(FLAGS.config), FLAGS.preset)
     changes = {}

@@ -137,3 +137,18 @@ def test_second_writer_gets_a_clear_error(tmp_path):
     assert "another process is writing the index" in proc.stdout
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_writing_streams_a_file_in_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "feats.npy"
+    path.write_bytes(b"previous")
+    with pytest.raises(RuntimeError):
+        with atomic.writing(path) as f:
+            f.write(b"half")
+            raise RuntimeError("killed half way")
+    assert path.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.npy"]  # no temp file left
+    with atomic.writing(path) as f:
+        f.write(b"new")
+    assert path.read_bytes() == b"new"
+    assert stat.S_IMODE(path.stat().st_mode) == atomic.umask_mode(0o666)
