@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
     from bgan_tf import evaluation as ev_lib
-    from bgan_tf.inference import read_model_files
+    from bgan_tf.inference import load_encoder, read_model_files
     from bgan_tf.report import check_report_dir
     from bgan_tf.training import dataset_paths
 
@@ -51,13 +51,15 @@ def main(argv: list[str]) -> None:
     report_dir = FLAGS.report_dir or os.path.join(os.path.dirname(os.path.abspath(FLAGS.model)), f"eval_{protocol}")
     # Before the slow part: a report folder that would overwrite someone's files or the inputs.
     check_report_dir(report_dir, FLAGS.model, *dataset_paths(dataset))
+    # A broken weights file fails here, in one line, before minutes of data loading.
+    encoder = load_encoder(FLAGS.model)
 
     logging.set_verbosity(logging.WARNING)
     data = ev_lib.load_eval_data(dataset, tfds_split=FLAGS.tfds_split or config.tfds_split,
                                  data_dir=FLAGS.data_dir or config.data_dir, max_images=max_images)
     split = ev_lib.build_split(protocol, data.labels, seed, holdout_per_class=FLAGS.holdout_per_class)
     result = ev_lib.evaluate_model(FLAGS.model, data, split, baselines=baselines, map_at=map_at,
-                                   num_examples=FLAGS.num_examples)
+                                   num_examples=FLAGS.num_examples, encoder=encoder)
     info = result["info"]
     sizes = info["sizes"]
     print(f"{info['protocol']} (seed {info['seed']}): {sizes['query']} queries, {sizes['database']} database, "

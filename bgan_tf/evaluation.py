@@ -267,6 +267,7 @@ def evaluate_model(
     num_reconstructions: int = 8,
     radius: int = 2,
     use_cached_features: bool = True,
+    encoder=None,
 ) -> dict[str, Any]:
     """Evaluate the model folder on `data` split by `split`.
 
@@ -280,6 +281,8 @@ def evaluate_model(
       title, notes: report title and Markdown notes (split, features, checks).
     and `info`: the same facts as a dict (model id, split sizes, paths taken).
     use_cached_features=False always encodes images (no frozen-backbone fast path).
+    encoder: the folder's LoadedEncoder when the caller already loaded it (the binary
+    does, so a broken weights file fails before the data is read).
     """
     from bgan_tf.baselines import make_baseline
     from bgan_tf.inference import load_encoder, load_generator, read_model_files
@@ -306,7 +309,7 @@ def evaluate_model(
     rel_labels = split.labels_for_relevance(data.labels)
     q_lab, db_lab = rel_labels[split.query], rel_labels[split.database]
 
-    enc = load_encoder(model_dir)
+    enc = encoder if encoder is not None else load_encoder(model_dir)
     needed = np.union1d(split.query, split.database)
     codes, backbone_feats, encode_path = _encode(enc, config, data, needed, use_cached_features)
     q_codes = codes[np.searchsorted(needed, split.query)]

@@ -148,6 +148,33 @@ def test_evaluate_checks_the_report_folder_before_evaluating(tiny_model_dir, tmp
     assert contents(tmp_path / "photos") == before
 
 
+def test_evaluate_finds_a_broken_weights_file_before_loading_data(tiny_model_dir, tmp_path, monkeypatch):
+    """Item 11 for evaluate: a truncated encoder.weights.h5 fails before the data is read."""
+    import shutil
+
+    from absl import flags
+
+    import bgan_tf.evaluate as evaluate_bin
+    from bgan_tf import evaluation as ev_lib
+
+    def slow_part(*args, **kwargs):
+        raise AssertionError("the data was loaded before the model was checked")
+
+    monkeypatch.setattr(ev_lib, "load_eval_data", slow_part)
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "encoder.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:200])
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["evaluate", "--model", str(broken), "--report_dir", str(tmp_path / "rep")])
+        with pytest.raises(UserError, match="encoder.weights.h5"):
+            evaluate_bin.main(["evaluate"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert not (tmp_path / "rep").exists()
+
+
 def test_evaluate_binary_refuses_existing_folder_with_one_line(tiny_model_dir, tmp_path):
     before = photos(tmp_path / "photos")
     r = run_binary("bgan_tf.evaluate", "--model", tiny_model_dir, "--report_dir", str(tmp_path / "photos"),
