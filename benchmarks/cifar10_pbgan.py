@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/cifar10_pbgan.py                # everything
     .venv/bin/python benchmarks/cifar10_pbgan.py --bits 32      # one code length
 
-Protocol (bgan_tf.protocols.cifar10_pbgan, seed fixed): the 60,000 images
+Protocol (bgan_tf.evaluation.protocols.cifar10_pbgan, seed fixed): the 60,000 images
 pooled; 1,000 queries (100 per class); the other 59,000 are the database;
 10,000 training images (1,000 per class) drawn from the database. Relevant =
 same class; Hamming ranking, ties scored by their expectation.
@@ -45,7 +45,7 @@ ALL_METHODS = ("bgan_released_code", "bgan_paper", "nbr_only")
 
 def load_cifar(root: str):
     """train/ and test/ class folders pooled into one labelled set of 60,000."""
-    from bgan_tf.data import ImageData, load_folder
+    from bgan_tf.data.images import ImageData, load_folder
 
     parts = [load_folder(os.path.join(root, s), size=32) for s in ("train", "test")]
     assert parts[0].class_names == parts[1].class_names
@@ -112,14 +112,14 @@ def main() -> int:
     bits_list = [int(b) for b in args.bits.split(",")]
     methods = [m for m in args.methods.split(",") if m]
 
-    from bgan_tf.backbones import BackboneSpec
-    from bgan_tf.baselines import make_baseline
-    from bgan_tf.features import cache_path, cached_features
-    from bgan_tf.graph import build_graph
-    from bgan_tf.inference import load_encoder
-    from bgan_tf.protocols import cifar10_pbgan
-    from bgan_tf.retrieval_metrics import evaluate_codes, evaluate_float
-    from bgan_tf.training import train
+    from bgan_tf.modeling.backbones import BackboneSpec
+    from bgan_tf.evaluation.baselines import make_baseline
+    from bgan_tf.data.features import cache_path, cached_features
+    from bgan_tf.training.graph import build_graph
+    from bgan_tf.inference.keras_model import load_encoder
+    from bgan_tf.evaluation.protocols import cifar10_pbgan
+    from bgan_tf.evaluation.retrieval_metrics import evaluate_codes, evaluate_float
+    from bgan_tf.training.trainer import train
 
     seconds: dict[str, float] = {}
     t0 = time.time()

@@ -31,9 +31,9 @@ def worker(args) -> None:
     sys.path.insert(0, ROOT)
     import keras
 
-    from bgan_tf import bgan as bgan_module
+    from bgan_tf.training import bgan as bgan_module
     from bgan_tf.config import BGANConfig
-    from bgan_tf.training import train
+    from bgan_tf.training.trainer import train
 
     times: list[float] = []
 

@@ -74,7 +74,7 @@ def dir_bytes(path: str) -> int:
 
 def train_model(out_dir: str, **overrides) -> str:
     from bgan_tf.configs import get_config
-    from bgan_tf.training import train
+    from bgan_tf.training.trainer import train
 
     config = get_config("digits").replace(output_dir=out_dir, **overrides)
     print(f"training {config.backbone} model into {out_dir} ...", flush=True)
@@ -85,8 +85,8 @@ def measure(model_dir: str, work: str, seconds: float, image_source: str | None 
     """``image_source``: folder/.npz for calibration and checks (default: the model's training data)."""
     import tensorflow as tf
 
-    from bgan_tf import serving
-    from bgan_tf.inference import load_encoder
+    from bgan_tf.serving import saved_model as serving
+    from bgan_tf.inference.keras_model import load_encoder
 
     loaded = load_encoder(model_dir)
     size = loaded.config.backbone_input_size

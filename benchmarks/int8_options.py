@@ -49,9 +49,9 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from bgan_tf import serving
+    from bgan_tf.serving import saved_model as serving
     from bgan_tf.atomic import write_json, write_text
-    from bgan_tf.inference import load_encoder
+    from bgan_tf.inference.keras_model import load_encoder
 
     loaded = load_encoder(args.model)
     size = loaded.config.backbone_input_size

@@ -59,7 +59,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", default=os.path.join(RESULTS, "int8_retrieval"))
     args = p.parse_args()
-    from bgan_tf.serving import TFLITE_VARIANTS
+    from bgan_tf.serving.saved_model import TFLITE_VARIANTS
 
     unknown = [v for v in args.variants.split(",") if v not in TFLITE_VARIANTS]
     if unknown:  # checked before a minute of loading, not after
@@ -73,13 +73,13 @@ def main() -> int:
             print(f"SKIP: {what} not found ({path}); {how}")
             return 0
 
-    from bgan_tf import serving
-    from bgan_tf.backbones import BackboneSpec
+    from bgan_tf.serving import saved_model as serving
+    from bgan_tf.modeling.backbones import BackboneSpec
     from bgan_tf.atomic import write_json, write_text
-    from bgan_tf.features import cached_features
-    from bgan_tf.inference import load_encoder
-    from bgan_tf.protocols import cifar10_pbgan
-    from bgan_tf.retrieval_metrics import evaluate_codes
+    from bgan_tf.data.features import cached_features
+    from bgan_tf.inference.keras_model import load_encoder
+    from bgan_tf.evaluation.protocols import cifar10_pbgan
+    from bgan_tf.evaluation.retrieval_metrics import evaluate_codes
 
     t0 = time.time()
     loaded = load_encoder(args.model)

@@ -1,4 +1,4 @@
-"""Hand-run speed check of bgan_tf.retrieval_metrics (not a test: timings vary by machine).
+"""Hand-run speed check of bgan_tf.evaluation.retrieval_metrics (not a test: timings vary by machine).
 
     .venv/bin/python benchmarks/metrics_speed.py [--queries 1000] [--database 59000] [--bits 32]
 
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from bgan_tf.retrieval_metrics import evaluate_codes
+from bgan_tf.evaluation.retrieval_metrics import evaluate_codes
 
 
 def main() -> None:

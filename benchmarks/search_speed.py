@@ -9,7 +9,7 @@ held-out rows; benchmarks/real_codes.py writes a trained model's codes of the 1,
 digits). --expand_to N tiles the real database codes to N rows, each copy with
 every bit flipped with probability --flip_prob (stated in the output): real codes
 at 1M do not exist here, this keeps their cluster structure at that size.
-Results go to results/<name>.json and .md. One thread (bgan_tf.search.set_num_threads(1)): CI cores are shared.
+Results go to results/<name>.json and .md. One thread (bgan_tf.search.binary_index.set_num_threads(1)): CI cores are shared.
 Recall@100 is tie-aware: items at the exact 100th distance count up to the number
 of slots left for them, so an approximate backend is not penalised for choosing a
 different member of a tie group.
@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bgan_tf import search  # noqa: E402
+from bgan_tf.search import binary_index as search  # noqa: E402
 from bgan_tf.codes import pack  # noqa: E402
 
 K = 100

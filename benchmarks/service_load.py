@@ -36,7 +36,7 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bgan_tf import indexing  # noqa: E402
+from bgan_tf.search import indexer as indexing  # noqa: E402
 
 
 def _free_port() -> int:

@@ -1,7 +1,7 @@
 """Evaluate a trained model: ``python -m bgan_tf.evaluate --model runs/digits/model``.
 
 Thin absl binary: flags (flags/eval_flags.py) -> data + seeded protocol split ->
-bgan_tf.evaluation.evaluate_model -> a table on stdout and a report folder
+bgan_tf.evaluation.evaluator.evaluate_model -> a table on stdout and a report folder
 (metrics.json, PR and P@K plots, retrieval examples, reconstructions, index.md).
 With no --dataset/--seed it uses the model's training dataset and seed, so the
 default holdout protocol scores exactly the queries the train binary held out.
@@ -26,10 +26,10 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
-    from bgan_tf import evaluation as ev_lib
-    from bgan_tf.inference import load_encoder, read_model_files
-    from bgan_tf.report import check_report_dir
-    from bgan_tf.training import dataset_paths
+    from bgan_tf.evaluation import evaluator as ev_lib
+    from bgan_tf.inference.keras_model import load_encoder, read_model_files
+    from bgan_tf.evaluation.report import check_report_dir
+    from bgan_tf.training.trainer import dataset_paths
 
     if not FLAGS.model:
         raise UserError("pass --model, the 'model' folder training wrote (e.g. runs/digits/model)")

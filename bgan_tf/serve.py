@@ -2,7 +2,7 @@
 
 Binds --host:--port first (a busy port is one error line, before the index is
 loaded), loads the index and its model (refusing a mismatch), builds the FastAPI
-app (bgan_tf.service.create_app) and runs it with uvicorn on that socket; the
+app (bgan_tf.search.service.create_app) and runs it with uvicorn on that socket; the
 "serving ..." line is printed only once the socket is listening.
 """
 
@@ -14,7 +14,8 @@ import socket
 
 from absl import flags
 
-from bgan_tf import indexing, search
+from bgan_tf.search import indexer as indexing
+from bgan_tf.search import binary_index as search
 from bgan_tf.errors import UserError, cli_run
 from flags import search_flags
 from flags.search_flags import define_service_flags
@@ -32,7 +33,7 @@ def main(argv: list[str]) -> None:
         raise UserError("missing --index")
     import uvicorn
 
-    from bgan_tf.service import create_app
+    from bgan_tf.search.service import create_app
 
     # Before the (possibly slow) model load: a busy port fails in a second, not after it.
     sock = bind_socket(FLAGS.host, FLAGS.port)

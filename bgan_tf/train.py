@@ -1,6 +1,6 @@
 """Train BGAN: ``python -m bgan_tf.train [--config digits] [--flags ...]``.
 
-Thin absl binary: flags (defined in flags/) -> BGANConfig -> bgan_tf.training.
+Thin absl binary: flags (defined in flags/) -> BGANConfig -> bgan_tf.training.trainer.
 With labels available it holds out class-balanced queries, trains on the
 rest and closes with mAP of BGAN next to ITQ on the same features.
 """
@@ -26,14 +26,14 @@ def main(argv: list[str]) -> None:
 
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
     from bgan_tf.atomic import write_json
-    from bgan_tf.experiment import holdout_split, quick_evaluate
-    from bgan_tf.training import check_run_dir, load_training_data, train
+    from bgan_tf.evaluation.quick import holdout_split, quick_evaluate
+    from bgan_tf.training.trainer import check_run_dir, load_training_data, train
 
     config = config_from_flags()
     logging.set_verbosity(logging.INFO)
     # The strategy comes before any other TensorFlow op (loading a tfds dataset
     # runs some): MultiWorkerMirrored must configure collectives first.
-    from bgan_tf.distribute import is_chief, make_strategy
+    from bgan_tf.training.distribute import is_chief, make_strategy
 
     strategy = make_strategy(config.strategy, config.num_cpu_devices)
     if is_chief(strategy):

@@ -41,7 +41,8 @@ def check_outputs(export_base: str | None = None, tflite_out: str | None = None)
     Each output must be new, empty or already ours, writable, and apart from the model
     folder, the image inputs and the other output.
     """
-    from bgan_tf import atomic, serving
+    from bgan_tf import atomic
+    from bgan_tf.serving import saved_model as serving
 
     model = require("model")
     if export_base is not None:
@@ -53,14 +54,14 @@ def check_outputs(export_base: str | None = None, tflite_out: str | None = None)
 
 
 def load_model():
-    from bgan_tf.inference import load_encoder
+    from bgan_tf.inference.keras_model import load_encoder
 
     return load_encoder(require("model"))
 
 
 def check_images(loaded) -> np.ndarray | None:
     """The images the checks compare on (None with --nocheck)."""
-    from bgan_tf import serving
+    from bgan_tf.serving import saved_model as serving
 
     if not FLAGS.check:
         return None
@@ -73,7 +74,7 @@ def check_images(loaded) -> np.ndarray | None:
 
 def representative_images(loaded) -> np.ndarray | None:
     """int8 calibration images when --variants asks for int8 (loaded before anything is written)."""
-    from bgan_tf import serving
+    from bgan_tf.serving import saved_model as serving
 
     if "int8" not in serving.check_variants(FLAGS.variants):
         return None
@@ -84,7 +85,7 @@ def representative_images(loaded) -> np.ndarray | None:
 def run_saved_model(loaded, images: np.ndarray | None, then: Callable[[], object] | None = None) -> str:
     """Export to --export_base: stage the version, run the checks on it, then ``then()``
     (export.all's TFLite step), and only then rename it into place and print its path."""
-    from bgan_tf import serving
+    from bgan_tf.serving import saved_model as serving
 
     with serving.staged_saved_model(loaded, require("export_base"), FLAGS.version,
                                     inputs=_image_inputs()) as staged:
@@ -105,7 +106,7 @@ def run_saved_model(loaded, images: np.ndarray | None, then: Callable[[], object
 def run_tflite(loaded, out_dir: str, images: np.ndarray | None, reps: np.ndarray | None) -> dict[str, str]:
     """Convert to each --variants as one set, check it before it replaces --out, print paths,
     sizes and bit agreement."""
-    from bgan_tf import serving
+    from bgan_tf.serving import saved_model as serving
 
     checks: dict[str, serving.TFLiteCheck] = {}
 

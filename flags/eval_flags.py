@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from bgan_tf.evaluation import MAX_EXAMPLES
+from bgan_tf.evaluation.evaluator import MAX_EXAMPLES
 
 FLAGS = flags.FLAGS
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from bgan_tf import data, search
+from bgan_tf.data import images as data
+from bgan_tf.search import binary_index as search
 
 # What one request may ask for: results of a query, images decoded at once in a build.
 MAX_QUERY_K = 10_000
@@ -59,7 +60,7 @@ def define_index_flags() -> None:
                              "files, query refuses a larger image.", lower_bound=1)
 
 
-# Bounds of the service knobs: the same as bgan_tf.service.LIMITS (kept here so that
+# Bounds of the service knobs: the same as bgan_tf.search.service.LIMITS (kept here so that
 # parsing flags does not import FastAPI; tests/test_bad_input_images.py checks they agree).
 SERVICE_LIMITS = {
     "max_upload_bytes": (1, 1 << 30),
@@ -68,7 +69,7 @@ SERVICE_LIMITS = {
     "max_batch": (1, 4096),
     "max_pixels": (1, 178_956_970),
 }
-SERVICE_MAX_PIXELS = 16_000_000  # = bgan_tf.service.DEFAULT_MAX_PIXELS
+SERVICE_MAX_PIXELS = 16_000_000  # = bgan_tf.search.service.DEFAULT_MAX_PIXELS
 
 
 def define_service_flags() -> None:

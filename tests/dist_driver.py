@@ -56,7 +56,7 @@ def tiny_config(**overrides):
 
 
 def _dump(model, path, extra=None):
-    from bgan_tf.data import load_digits
+    from bgan_tf.data.images import load_digits
 
     arrays = {}
     for net in (model.encoder, model.generator, model.discriminator):
@@ -80,8 +80,8 @@ def _first_batch(config):
     """Item indices this worker's replicas receive in the first global batch."""
     import tensorflow as tf
 
-    from bgan_tf.data import images_for_gan, load_images, training_dataset
-    from bgan_tf.distribute import make_strategy, shard_by_data
+    from bgan_tf.data.images import images_for_gan, load_images, training_dataset
+    from bgan_tf.training.distribute import make_strategy, shard_by_data
 
     strategy = make_strategy(config.strategy, config.num_cpu_devices)
     data = load_images(config.dataset, max_images=config.max_images)
@@ -102,12 +102,12 @@ def main() -> None:
     logging.set_verbosity(logging.INFO)
     mode = spec.get("mode", "train")
     if mode == "local_pair":
-        from bgan_tf.distribute import configure_cpu_devices
+        from bgan_tf.training.distribute import configure_cpu_devices
 
         configure_cpu_devices(int(spec["config"].get("num_cpu_devices", 2)))  # before TF starts
-    from bgan_tf import bgan as bgan_module
-    from bgan_tf import callbacks as cb_module
-    from bgan_tf.training import train
+    from bgan_tf.training import bgan as bgan_module
+    from bgan_tf.training import callbacks as cb_module
+    from bgan_tf.training.trainer import train
 
     captured = []
     original_fit = bgan_module.BGAN.fit
@@ -155,8 +155,8 @@ def main() -> None:
         if spec.get("first_batch"):
             extra.update(_first_batch(config))
         if spec.get("load_model"):
-            from bgan_tf.data import load_digits
-            from bgan_tf.inference import load_encoder
+            from bgan_tf.data.images import load_digits
+            from bgan_tf.inference.keras_model import load_encoder
 
             enc = load_encoder(result.model_dir)
             extra["loaded_codes"] = np.asarray(enc.encode(load_digits(32).images[:64]))

@@ -40,7 +40,7 @@ _CACHE: dict[str, str] = {}
 def build_tiny_model(root: str, **overrides) -> str:
     """Train the tiny model into ``root/run`` and return its ``model`` folder."""
     from bgan_tf.config import BGANConfig
-    from bgan_tf.training import train
+    from bgan_tf.training.trainer import train
 
     config = BGANConfig(**{**TINY_TRAIN, **overrides, "output_dir": os.path.join(root, "run")})
     return train(config, verbose=0).model_dir

@@ -27,9 +27,9 @@ from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 import export.all as export_all
 import export.saved_model as export_saved_model
 import export.tflite as export_tflite
-from bgan_tf import serving
+from bgan_tf.serving import saved_model as serving
 from bgan_tf.errors import UserError
-from bgan_tf.inference import load_encoder, load_generator
+from bgan_tf.inference.keras_model import load_encoder, load_generator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -26,10 +26,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from bgan_tf import data, indexing
-from bgan_tf.data import ImageTooLarge, decode_image_bytes, load_folder
+from bgan_tf.data import images as data
+from bgan_tf.search import indexer as indexing
+from bgan_tf.data.images import ImageTooLarge, decode_image_bytes, load_folder
 from bgan_tf.errors import UserError
-from bgan_tf.service import LIMITS, create_app, hide_paths
+from bgan_tf.search.service import LIMITS, create_app, hide_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -307,7 +308,7 @@ def _serve(*args: str) -> subprocess.CompletedProcess:
 
 def test_serve_flags_are_bounded_at_parse_time_and_match_the_service_limits():
     from flags.search_flags import SERVICE_LIMITS, SERVICE_MAX_PIXELS
-    from bgan_tf import service
+    from bgan_tf.search import service
 
     assert SERVICE_MAX_PIXELS == service.DEFAULT_MAX_PIXELS < data.DEFAULT_MAX_PIXELS
     assert {("search_threads" if k == "workers_threads" else k): v for k, v in SERVICE_LIMITS.items()} == LIMITS
@@ -334,7 +335,7 @@ def test_serve_on_a_busy_port_is_one_line_and_never_claims_to_be_serving(svc):
 
 def test_16bit_arrays_from_npz_are_scaled_not_clipped(tmp_path):
     """Item 9 for arrays: a uint16 npz image keeps its grey levels instead of turning white."""
-    from bgan_tf.data import load_npz
+    from bgan_tf.data.images import load_npz
 
     ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
     np.savez(tmp_path / "x.npz", images=np.stack([ramp, ramp]))

@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgan_tf import data, indexing, search
+from bgan_tf.data import images as data
+from bgan_tf.search import indexer as indexing
+from bgan_tf.search import binary_index as search
 from bgan_tf.codes import pack
 from bgan_tf.errors import UserError
-from bgan_tf.search import BinaryIndex, make_backend
-from bgan_tf.store import CodeStore, read_manifest
+from bgan_tf.search.binary_index import BinaryIndex, make_backend
+from bgan_tf.search.store import CodeStore, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENC = indexing.PixelLSHEncoder(16)

@@ -73,7 +73,7 @@ def copy_run(model_dir: str, dest: Path) -> Path:
 
 @pytest.fixture
 def eval_results():
-    from bgan_tf.retrieval_metrics import evaluate_codes
+    from bgan_tf.evaluation.retrieval_metrics import evaluate_codes
 
     rng = np.random.default_rng(0)
     codes = np.where(rng.normal(size=(60, 8)) >= 0, 1.0, -1.0)
@@ -83,7 +83,7 @@ def eval_results():
 
 # ------------------------------------------------------------------ item 2: report folder
 def test_report_refuses_a_foreign_folder_or_file_untouched(tmp_path, eval_results):
-    from bgan_tf.report import write_report
+    from bgan_tf.evaluation.report import write_report
 
     before = photos(tmp_path / "photos")
     with pytest.raises(UserError, match="already holds files that are not a report folder"):
@@ -97,7 +97,7 @@ def test_report_refuses_a_foreign_folder_or_file_untouched(tmp_path, eval_result
 
 
 def test_report_follows_umask_and_cleans_killed_writers_temps(tmp_path, eval_results):
-    from bgan_tf.report import write_report
+    from bgan_tf.evaluation.report import write_report
 
     dead = tmp_path / ".rep.tmp-killed"  # what a writer killed mid-report leaves
     dead.mkdir()
@@ -112,8 +112,8 @@ def test_report_follows_umask_and_cleans_killed_writers_temps(tmp_path, eval_res
 
 
 def test_report_never_inside_the_model_or_dataset(tiny_model_dir, tmp_path, eval_results):
-    from bgan_tf import evaluation as ev_lib
-    from bgan_tf.report import check_report_dir
+    from bgan_tf.evaluation import evaluator as ev_lib
+    from bgan_tf.evaluation.report import check_report_dir
 
     evaluation = {"results": eval_results, "example_grid": None, "reconstructions": None, "title": "t",
                   "notes": None, "info": {"model_dir": tiny_model_dir}}
@@ -130,7 +130,7 @@ def test_evaluate_checks_the_report_folder_before_evaluating(tiny_model_dir, tmp
     from absl import flags
 
     import bgan_tf.evaluate as evaluate_bin
-    from bgan_tf import evaluation as ev_lib
+    from bgan_tf.evaluation import evaluator as ev_lib
 
     def slow_part(*args, **kwargs):
         raise AssertionError("the evaluation ran before the report folder was checked")
@@ -155,7 +155,7 @@ def test_evaluate_finds_a_broken_weights_file_before_loading_data(tiny_model_dir
     from absl import flags
 
     import bgan_tf.evaluate as evaluate_bin
-    from bgan_tf import evaluation as ev_lib
+    from bgan_tf.evaluation import evaluator as ev_lib
 
     def slow_part(*args, **kwargs):
         raise AssertionError("the data was loaded before the model was checked")
@@ -246,7 +246,7 @@ def test_eval_flags_are_bounded_at_parse_time(args, message):
     (dict(backbone_input_size=512, batch_size=4096), "pixels per step"),
 ])
 def test_library_refuses_what_the_flags_refuse(tmp_path, overrides, message):
-    from bgan_tf.training import train
+    from bgan_tf.training.trainer import train
 
     config = tiny_config(tmp_path / "run", **overrides)
     with pytest.raises(UserError, match=message):
@@ -259,7 +259,7 @@ def test_library_refuses_what_the_flags_refuse(tmp_path, overrides, message):
 def test_neighbourhood_graph_size_is_bounded_by_the_data():
     """--k1/--k2 are bounded one by one; their product with the image count is bounded
     once the data is known (the pair list of N * K2 * (K1 + 1) candidates)."""
-    from bgan_tf.training import check_data_fits
+    from bgan_tf.training.trainer import check_data_fits
 
     check_data_fits(BGANConfig(k1=20, k2=30, batch_size=64), 60_000)  # CIFAR-10 sized: fine
     with pytest.raises(UserError, match="candidate pairs.*lower --k1/--k2 or --max_images"):
@@ -283,7 +283,7 @@ def test_train_binary_output_dir_that_is_a_file_is_one_line(tmp_path):
 
 
 def test_train_refuses_a_folder_that_is_not_a_run_folder(tmp_path):
-    from bgan_tf.training import train
+    from bgan_tf.training.trainer import train
 
     before = photos(tmp_path / "photos")
     with pytest.raises(UserError, match="not a training run folder"):
@@ -293,7 +293,7 @@ def test_train_refuses_a_folder_that_is_not_a_run_folder(tmp_path):
 
 
 def test_train_refuses_an_output_inside_the_image_folder(tmp_path):
-    from bgan_tf.training import check_run_dir
+    from bgan_tf.training.trainer import check_run_dir
 
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     config = tiny_config(tmp_path / "imgs" / "run", dataset=f"folder:{tmp_path / 'imgs'}")
@@ -304,8 +304,8 @@ def test_train_refuses_an_output_inside_the_image_folder(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
 def test_train_and_report_refuse_a_read_only_folder(tmp_path, eval_results):
-    from bgan_tf.report import check_report_dir
-    from bgan_tf.training import check_run_dir
+    from bgan_tf.evaluation.report import check_report_dir
+    from bgan_tf.training.trainer import check_run_dir
 
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -320,7 +320,7 @@ def test_train_and_report_refuse_a_read_only_folder(tmp_path, eval_results):
 
 
 def test_resume_with_other_num_bits_says_choose_a_new_output_dir(tiny_model_dir, tmp_path):
-    from bgan_tf.training import train
+    from bgan_tf.training.trainer import train
 
     run = copy_run(tiny_model_dir, tmp_path / "run")
     def files() -> dict[Path, bytes]:  # lock files aside (atomic.output_lock keeps them)
@@ -339,8 +339,8 @@ def test_resume_with_other_num_bits_says_choose_a_new_output_dir(tiny_model_dir,
 
 
 def test_batch_larger_than_the_data_is_one_line(tmp_path):
-    from bgan_tf.data import load_digits
-    from bgan_tf.training import train
+    from bgan_tf.data.images import load_digits
+    from bgan_tf.training.trainer import train
 
     data = load_digits().subset(np.arange(20))
     with pytest.raises(UserError, match="20 training images is fewer than --batch_size 32"):
@@ -359,7 +359,7 @@ def test_model_folder_follows_the_umask(tiny_model_dir):
 
 
 def test_rerun_cleans_temps_of_killed_runs_and_keeps_the_model(tiny_model_dir, tmp_path):
-    from bgan_tf.training import train
+    from bgan_tf.training.trainer import train
 
     run = copy_run(tiny_model_dir, tmp_path / "run")
     for dead in (".model.tmp-killed", ".model_tmp_older_version"):  # staged_dir's, the old writer's
@@ -378,7 +378,8 @@ def test_eval_json_follows_the_umask(tiny_model_dir, tmp_path, monkeypatch):
     from absl import flags
 
     import bgan_tf.train as train_bin
-    from bgan_tf import experiment, training
+    from bgan_tf.evaluation import quick as experiment
+    from bgan_tf.training import trainer as training
 
     run = tmp_path / "run"
 

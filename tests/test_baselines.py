@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bgan_tf.baselines import ITQ, LSH, PCAH, make_baseline, quantization_error
+from bgan_tf.evaluation.baselines import ITQ, LSH, PCAH, make_baseline, quantization_error
 from bgan_tf.errors import UserError
-from bgan_tf.retrieval_metrics import evaluate_codes
+from bgan_tf.evaluation.retrieval_metrics import evaluate_codes
 
 
 def clustered(seed: int, n: int = 1200, dim: int = 32, classes: int = 8):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgan_tf.data import (ImageData, decode_image_bytes, load_digits, load_folder, load_image_file, load_images,
+from bgan_tf.data.images import (ImageData, decode_image_bytes, load_digits, load_folder, load_image_file, load_images,
                           load_npz, training_dataset)
 from bgan_tf.errors import UserError
 

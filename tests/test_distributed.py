@@ -72,7 +72,7 @@ def local_pair(tmp_path_factory):
 
 
 def test_chief_detection():
-    from bgan_tf.distribute import chief_from_tf_config
+    from bgan_tf.training.distribute import chief_from_tf_config
 
     workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
     assert chief_from_tf_config(None) and chief_from_tf_config("")

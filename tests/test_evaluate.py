@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from model_fixtures import build_tiny_model, tiny_model_dir  # noqa: F401  (pytest fixture)
 
-from bgan_tf import evaluation as ev_lib
-from bgan_tf.data import load_images
+from bgan_tf.evaluation import evaluator as ev_lib
+from bgan_tf.data.images import load_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT_FILES = ("metrics.json", "pr_curve.png", "precision_at_k.png", "retrieval_examples.png",
@@ -57,7 +57,7 @@ def test_library_reports_model_and_baselines(tiny_model_dir, digits_subset, tmp_
 
 
 def test_holdout_split_is_what_train_held_out(digits_subset):
-    from bgan_tf.experiment import holdout_split
+    from bgan_tf.evaluation.quick import holdout_split
 
     ours = ev_lib.build_split("holdout", digits_subset.labels, 7, holdout_per_class=5)
     theirs = holdout_split(digits_subset.labels, 5, 7)
@@ -69,10 +69,10 @@ def test_holdout_split_is_what_train_held_out(digits_subset):
 def test_frozen_backbone_fast_path_gives_identical_codes(tmp_path, digits_subset):
     import keras
 
-    from bgan_tf.backbones import BackboneSpec
-    from bgan_tf.features import cached_features
-    from bgan_tf.inference import load_encoder
-    from bgan_tf.retrieval_metrics import evaluate_codes
+    from bgan_tf.modeling.backbones import BackboneSpec
+    from bgan_tf.data.features import cached_features
+    from bgan_tf.inference.keras_model import load_encoder
+    from bgan_tf.evaluation.retrieval_metrics import evaluate_codes
 
     weights = str(tmp_path / "mnv3.weights.h5")
     keras.utils.set_random_seed(1)

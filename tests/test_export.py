@@ -14,9 +14,9 @@ import tensorflow as tf
 from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 
 from bgan_tf import codes as codes_lib
-from bgan_tf import serving
+from bgan_tf.serving import saved_model as serving
 from bgan_tf.errors import UserError
-from bgan_tf.inference import load_encoder
+from bgan_tf.inference.keras_model import load_encoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

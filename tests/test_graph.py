@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from bgan_tf.graph import NeighbourGraph, block_lookup, build_graph
+from bgan_tf.training.graph import NeighbourGraph, block_lookup, build_graph
 
 
 def brute_force_positive_sets(features, k1, k2):

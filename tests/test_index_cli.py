@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgan_tf import indexing
-from bgan_tf.store import CodeStore
+from bgan_tf.search import indexer as indexing
+from bgan_tf.search.store import CodeStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bgan_tf import losses
+from bgan_tf.training import losses
 
 
 def _full_block(z, s, form):

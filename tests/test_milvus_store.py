@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from bgan_tf.codes import hamming_distances, pack
-from bgan_tf.search import BinaryIndex, make_backend
+from bgan_tf.search.binary_index import BinaryIndex, make_backend
 
-milvus_store = pytest.importorskip("bgan_tf.milvus_store")
+milvus_store = pytest.importorskip("bgan_tf.search.milvus")
 
 
 @pytest.fixture(scope="module")

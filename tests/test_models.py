@@ -3,8 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
-from bgan_tf.backbones import BackboneSpec
-from bgan_tf.models import Discriminator, Encoder, Generator
+from bgan_tf.modeling.backbones import BackboneSpec
+from bgan_tf.modeling.networks import Discriminator, Encoder, Generator
 
 
 def _head_grad(hash_norm: bool, scale: float) -> float:

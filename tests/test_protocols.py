@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bgan_tf.errors import UserError
-from bgan_tf.protocols import (
+from bgan_tf.evaluation.protocols import (
     Split,
     class_balanced_split,
     cifar10_10k_50k,

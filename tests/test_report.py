@@ -9,14 +9,14 @@ import pytest
 from PIL import Image
 
 from bgan_tf.errors import UserError
-from bgan_tf.report import (
+from bgan_tf.evaluation.report import (
     RIGHT_COLOUR,
     WRONG_COLOUR,
     reconstruction_grid,
     retrieval_grid,
     write_report,
 )
-from bgan_tf.retrieval_metrics import evaluate_codes, evaluate_float
+from bgan_tf.evaluation.retrieval_metrics import evaluate_codes, evaluate_float
 
 
 def _beside(folder) -> list[str]:

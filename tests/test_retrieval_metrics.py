@@ -15,7 +15,7 @@ import pytest
 
 from bgan_tf import codes as codes_lib
 from bgan_tf.errors import UserError
-from bgan_tf.retrieval_metrics import evaluate_codes, evaluate_float, top_k_hamming
+from bgan_tf.evaluation.retrieval_metrics import evaluate_codes, evaluate_float, top_k_hamming
 
 
 # ---------------------------------------------------------------------------

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bgan_tf import search
+from bgan_tf.search import binary_index as search
 from bgan_tf.codes import hamming_distances, pack
 from bgan_tf.errors import UserError
-from bgan_tf.search import BinaryIndex, make_backend
+from bgan_tf.search.binary_index import BinaryIndex, make_backend
 
 APPROX = {
     "ivf": {"nlist": 16, "nprobe": 4},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bgan_tf import search
+from bgan_tf.search import binary_index as search
 from bgan_tf.codes import pack
 
 

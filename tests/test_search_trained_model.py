@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient
 from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 from PIL import Image
 
-from bgan_tf import indexing
-from bgan_tf.service import create_app
-from bgan_tf.store import read_manifest
+from bgan_tf.search import indexer as indexing
+from bgan_tf.search.service import create_app
+from bgan_tf.search.store import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_CLASS = 4  # 40 images: a few dozen, as a user's folder would be
@@ -109,8 +109,8 @@ def test_service_with_trained_model(tiny_model_dir, digit_folder, built_index): 
 
 def test_index_with_a_tflite_export(tiny_model_dir, digit_folder, tmp_path):  # noqa: F811
     """Devices that run an int8 file can index with that same file: codes then agree exactly."""
-    from bgan_tf import serving
-    from bgan_tf.inference import load_encoder
+    from bgan_tf.serving import saved_model as serving
+    from bgan_tf.inference.keras_model import load_encoder
 
     loaded = load_encoder(tiny_model_dir)
     reps = serving.representative_images(str(digit_folder), loaded.config.backbone_input_size, 40)

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from bgan_tf import indexing
+from bgan_tf.search import indexer as indexing
 from bgan_tf.errors import UserError
-from bgan_tf.service import create_app
+from bgan_tf.search.service import create_app
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -110,7 +110,7 @@ def test_refuses_mismatched_encoder(setup):
 def test_batcher_groups_waiting_queries_and_isolates_failures(setup):
     import threading
 
-    from bgan_tf.service import _Batcher
+    from bgan_tf.search.service import _Batcher
 
     _, arrays, index, _ = setup
     enc = indexing.PixelLSHEncoder(32)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgan_tf import indexing
+from bgan_tf.search import indexer as indexing
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"

@@ -20,9 +20,9 @@ import tensorflow as tf
 from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 
 from bgan_tf import codes as codes_lib
-from bgan_tf import serving
-from bgan_tf.inference import load_encoder
-from bgan_tf.serving_client import (GrpcClient, RestClient, ServingError, build_predict_request,
+from bgan_tf.serving import saved_model as serving
+from bgan_tf.inference.keras_model import load_encoder
+from bgan_tf.serving.client import (GrpcClient, RestClient, ServingError, build_predict_request,
                                     parse_predict_proto, parse_predict_response)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bgan_tf.sign import SignActivation, sign_activation, surrogate
+from bgan_tf.modeling.sign import SignActivation, sign_activation, surrogate
 
 
 def _grad(fn, x):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from bgan_tf import atomic
-from bgan_tf import store as store_lib
+from bgan_tf.search import store as store_lib
 from bgan_tf.codes import pack
 from bgan_tf.errors import UserError
-from bgan_tf.store import CodeStore
+from bgan_tf.search.store import CodeStore
 
 
 def _codes(n: int, bits: int = 24, seed: int = 0) -> np.ndarray:
@@ -93,7 +93,7 @@ def test_hard_kill_mid_save_keeps_previous_index(tmp_path):
     s.save(tmp_path / "idx")
     code = f"""
 import os, numpy as np
-from bgan_tf import store as st
+from bgan_tf.search import store as st
 s = st.CodeStore.load({str(tmp_path / 'idx')!r})
 s.add(np.zeros((5, 3), np.uint8))
 real = st._save_npy

@@ -10,9 +10,9 @@ import tensorflow as tf
 from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 
 from bgan_tf import codes as codes_lib
-from bgan_tf import serving
+from bgan_tf.serving import saved_model as serving
 from bgan_tf.errors import UserError
-from bgan_tf.inference import load_encoder
+from bgan_tf.inference.keras_model import load_encoder
 
 # The tiny test model is trained for 4 steps only: many pre-sign values sit
 # near zero, where int8 rounding flips bits. Measured here: dynamic_int8
@@ -96,7 +96,7 @@ def test_input_rounding_agreement(loaded, check_set):
 
 
 def test_affine_normalisation_recovers_the_preprocessing():
-    from bgan_tf.backbones import TORCH_MEAN, TORCH_STD, Preprocess
+    from bgan_tf.modeling.backbones import TORCH_MEAN, TORCH_STD, Preprocess
 
     m, c = serving.affine_normalisation(Preprocess(8, "torch"), 8)
     std, mean = np.array(TORCH_STD), np.array(TORCH_MEAN)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bgan_tf.config import BGANConfig, apply_preset
-from bgan_tf.data import load_digits
+from bgan_tf.data.images import load_digits
 
 TINY = dict(gen_channels=(16, 8, 8), disc_channels=(8, 8, 8, 8), disc_feature_dim=16, num_bits=16,
             graph_features="pixels", batch_size=32, k1=10, k2=10)
@@ -22,7 +22,7 @@ def digits_subset():
 
 @pytest.mark.parametrize("preset", ["released_code", "paper"])
 def test_losses_fall_and_model_folder_is_complete(tmp_path, digits_subset, preset):
-    from bgan_tf.training import train
+    from bgan_tf.training.trainer import train
 
     cfg = apply_preset(BGANConfig(**TINY), preset).replace(epochs=4, output_dir=str(tmp_path / "run"),
                                                            beta_values=(1.0, 2.0), beta_every=2)
@@ -47,8 +47,8 @@ def test_losses_fall_and_model_folder_is_complete(tmp_path, digits_subset, prese
 def test_saved_encoder_reproduces_codes_and_rerun_does_not_retrain(tmp_path, digits_subset):
     import tensorflow as tf
 
-    from bgan_tf.inference import load_encoder, load_generator
-    from bgan_tf.training import train
+    from bgan_tf.inference.keras_model import load_encoder, load_generator
+    from bgan_tf.training.trainer import train
 
     cfg = BGANConfig(**TINY).replace(epochs=1, output_dir=str(tmp_path / "run"), steps_per_epoch=3)
     train(cfg, digits_subset, verbose=0)
@@ -66,7 +66,7 @@ def test_saved_encoder_reproduces_codes_and_rerun_does_not_retrain(tmp_path, dig
 
 
 def test_nbr_only_ablation_has_no_gan(tmp_path, digits_subset):
-    from bgan_tf.training import train
+    from bgan_tf.training.trainer import train
 
     cfg = apply_preset(BGANConfig(**TINY), "nbr_only").replace(epochs=1, output_dir=str(tmp_path / "r"),
                                                                steps_per_epoch=2)

@@ -30,10 +30,10 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import numpy as np
 
 from bgan_tf import codes as codes_lib
-from bgan_tf._hamming_c import load_kernel, pad_codes, padded_width
+from bgan_tf.search.hamming_c import load_kernel, pad_codes, padded_width
 from bgan_tf.errors import UserError
-from bgan_tf.store import CodeStore
-from bgan_tf.store import code_bytes as codes_lib_code_bytes
+from bgan_tf.search.store import CodeStore
+from bgan_tf.search.store import code_bytes as codes_lib_code_bytes
 
 NO_DISTANCE = np.iinfo(np.int32).max
 
@@ -264,7 +264,7 @@ class FlatBackend(_SortedCodes):
 
 
 class OursExactBackend(_SortedCodes):
-    """Exact scan in C (AVX-512 VPOPCNTDQ when the CPU has it), see bgan_tf/_hamming_c.py.
+    """Exact scan in C (AVX-512 VPOPCNTDQ when the CPU has it), see bgan_tf/search/hamming_c.py.
 
     Raises UserError at construction when no C compiler is available; use
     `make_backend("ours_exact", ..., fallback=True)` to get `flat` instead.
@@ -487,7 +487,7 @@ class MultiHashBackend(_RebuildOnRemove):
 
 def _milvus(num_bits: int, **knobs: Any) -> SearchBackend:
     # Imported on use: pymilvus is heavy and only this backend needs it.
-    from bgan_tf.milvus_store import MilvusBackend
+    from bgan_tf.search.milvus import MilvusBackend
 
     return MilvusBackend(num_bits, **knobs)
 

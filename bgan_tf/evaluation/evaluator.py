@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from bgan_tf.data import ImageData, images_for_gan, load_images, resize_uint8
+from bgan_tf.data.images import ImageData, images_for_gan, load_images, resize_uint8
 from bgan_tf.errors import UserError
-from bgan_tf.protocols import Split
+from bgan_tf.evaluation.protocols import Split
 
 PROTOCOL_NAMES = ("holdout", "cifar10_pbgan", "cifar10_10k_50k", "nuswide_21", "mirflickr25k")
 BASELINE_CHOICES = ("LSH", "PCAH", "ITQ", "float_cosine")
@@ -117,8 +117,8 @@ def build_split(protocol: str, labels: np.ndarray | None, seed: int, *, holdout_
     """The protocol's seeded split. `holdout`: `holdout_per_class` class-balanced
     queries (exactly what the train binary held out with the same seed); the rest is
     both the database and the training set."""
-    from bgan_tf.experiment import holdout_split
-    from bgan_tf.protocols import make_split
+    from bgan_tf.evaluation.quick import holdout_split
+    from bgan_tf.evaluation.protocols import make_split
 
     if labels is None:
         raise UserError("evaluation needs labels (class subfolders, TFDS labels or an npz 'labels' array)")
@@ -176,7 +176,7 @@ def _fingerprint(images: np.ndarray) -> str:
 
 
 def _backbone_spec(config):
-    from bgan_tf.backbones import BackboneSpec
+    from bgan_tf.modeling.backbones import BackboneSpec
 
     w = config.backbone_weights
     if w and w != "imagenet" and not os.path.isfile(w):
@@ -186,7 +186,7 @@ def _backbone_spec(config):
 
 
 def _backbone_features(config, data: ImageData) -> np.ndarray:
-    from bgan_tf.features import cached_features
+    from bgan_tf.data.features import cached_features
 
     return cached_features(data.images, _backbone_spec(config), data.fingerprint(), config.feature_cache_dir)
 
@@ -284,10 +284,10 @@ def evaluate_model(
     encoder: the folder's LoadedEncoder when the caller already loaded it (the binary
     does, so a broken weights file fails before the data is read).
     """
-    from bgan_tf.baselines import make_baseline
-    from bgan_tf.inference import load_encoder, load_generator, read_model_files
-    from bgan_tf.retrieval_metrics import evaluate_codes, evaluate_float, top_k_hamming
-    from bgan_tf.report import retrieval_grid
+    from bgan_tf.evaluation.baselines import make_baseline
+    from bgan_tf.inference.keras_model import load_encoder, load_generator, read_model_files
+    from bgan_tf.evaluation.retrieval_metrics import evaluate_codes, evaluate_float, top_k_hamming
+    from bgan_tf.evaluation.report import retrieval_grid
 
     if not os.path.isdir(model_dir):
         raise UserError(f"model folder not found: {model_dir}")
@@ -409,7 +409,7 @@ def _notes(info: dict[str, Any], metadata: dict, top_k: int) -> str:
 def write_evaluation_report(out_dir: str, evaluation: dict[str, Any]):
     """Write the report folder of an `evaluate_model` result (atomic, see report.py);
     never inside or over the model folder it evaluated."""
-    from bgan_tf.report import check_report_dir, write_report
+    from bgan_tf.evaluation.report import check_report_dir, write_report
 
     check_report_dir(out_dir, (evaluation.get("info") or {}).get("model_dir"))
     return write_report(out_dir, **{k: evaluation[k] for k in REPORT_KEYS})

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 
 from bgan_tf.config import BGANConfig
-from bgan_tf.data import ImageData
+from bgan_tf.data.images import ImageData
 from bgan_tf.errors import UserError
 
 
@@ -31,7 +31,7 @@ class QuickEval:
 
 
 def holdout_split(labels: np.ndarray, per_class: int, seed: int):
-    from bgan_tf.protocols import class_balanced_split
+    from bgan_tf.evaluation.protocols import class_balanced_split
 
     return class_balanced_split(labels, per_class, 0, seed, name="holdout")
 
@@ -39,10 +39,10 @@ def holdout_split(labels: np.ndarray, per_class: int, seed: int):
 def quick_evaluate(model_dir: str, config: BGANConfig, query: ImageData, database: ImageData,
                    map_k: int = 100) -> QuickEval:
     """BGAN codes vs ITQ on the graph features, query vs database."""
-    from bgan_tf.baselines import make_baseline
-    from bgan_tf.inference import load_encoder
-    from bgan_tf.retrieval_metrics import evaluate_codes
-    from bgan_tf.training import graph_features
+    from bgan_tf.evaluation.baselines import make_baseline
+    from bgan_tf.inference.keras_model import load_encoder
+    from bgan_tf.evaluation.retrieval_metrics import evaluate_codes
+    from bgan_tf.training.trainer import graph_features
 
     if query.labels is None or database.labels is None:
         raise UserError("evaluation needs labels (class subfolders, TFDS labels or an npz 'labels' array)")

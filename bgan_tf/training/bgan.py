@@ -17,10 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bgan_tf import losses
+from bgan_tf.training import losses
 from bgan_tf.config import BGANConfig
-from bgan_tf.graph import NeighbourGraph, block_lookup
-from bgan_tf.models import Discriminator, Encoder, Generator
+from bgan_tf.training.graph import NeighbourGraph, block_lookup
+from bgan_tf.modeling.networks import Discriminator, Encoder, Generator
 
 LOSS_NAMES = ("loss_e", "nbr", "quant", "pixel", "feature", "adv_g", "loss_d")
 

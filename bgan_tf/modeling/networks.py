@@ -15,8 +15,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from bgan_tf.backbones import BackboneSpec, Preprocess, build_backbone
-from bgan_tf.sign import SignActivation
+from bgan_tf.modeling.backbones import BackboneSpec, Preprocess, build_backbone
+from bgan_tf.modeling.sign import SignActivation
 
 
 def _batch_norm(sync: bool, name: str) -> keras.layers.BatchNormalization:

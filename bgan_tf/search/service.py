@@ -45,11 +45,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bgan_tf.data import ImageTooLarge, decode_image_bytes
+from bgan_tf.data.images import ImageTooLarge, decode_image_bytes
 from bgan_tf.errors import UserError
-from bgan_tf.indexing import Encoder
-from bgan_tf import search as search_lib
-from bgan_tf.search import BinaryIndex
+from bgan_tf.search.indexer import Encoder
+from bgan_tf.search import binary_index as search_lib
+from bgan_tf.search.binary_index import BinaryIndex
 
 DEFAULT_TYPES = ("image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp")
 # The service's pixel budget per upload: 16 megapixels (a 48 MB decoded image) takes

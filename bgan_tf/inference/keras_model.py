@@ -147,8 +147,8 @@ def build_encoder(config: BGANConfig):
     """An unweighted encoder with the architecture of ``config`` (weights random)."""
     import tensorflow as tf
 
-    from bgan_tf.backbones import BackboneSpec
-    from bgan_tf.models import Encoder
+    from bgan_tf.modeling.backbones import BackboneSpec
+    from bgan_tf.modeling.networks import Encoder
 
     # Architecture only: the trained weights (backbone included) come from the file.
     spec = BackboneSpec(config.backbone, None, config.backbone_input_size)
@@ -204,7 +204,7 @@ def load_generator(model_dir: str):
     """The trained generator (codes -> images in [0,1]), or None if the run had no GAN."""
     import tensorflow as tf
 
-    from bgan_tf.models import Generator
+    from bgan_tf.modeling.networks import Generator
 
     config, _ = read_model_files(model_dir)
     path = os.path.join(model_dir, "generator.weights.h5")

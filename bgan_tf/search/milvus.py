@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bgan_tf.errors import UserError
-from bgan_tf.store import code_bytes
+from bgan_tf.search.store import code_bytes
 
 NO_DISTANCE = np.iinfo(np.int32).max
 _MAX_TOPK = 16384  # Milvus's limit on k per search

@@ -209,7 +209,7 @@ def next_version(base: str | os.PathLike[str]) -> int:
 def _loaded(model):
     """A LoadedEncoder from a model folder path or a LoadedEncoder."""
     if isinstance(model, (str, os.PathLike)):
-        from bgan_tf.inference import load_encoder
+        from bgan_tf.inference.keras_model import load_encoder
 
         return load_encoder(os.fspath(model))
     return model
@@ -651,11 +651,11 @@ def representative_images(source, input_size: int, count: int = 200, seed: int =
     from bgan_tf.config import BGANConfig
 
     if isinstance(source, BGANConfig):
-        from bgan_tf.training import load_training_data
+        from bgan_tf.training.trainer import load_training_data
 
         arr = load_training_data(source).images
     elif isinstance(source, (str, os.PathLike)):
-        from bgan_tf.data import load_folder, load_npz
+        from bgan_tf.data.images import load_folder, load_npz
 
         path = os.fspath(source)
         if not os.path.exists(path):
@@ -835,7 +835,7 @@ class TFLiteEncoder:
         self.num_bits = int(codes_shape[-1])
         with open(path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()[:16]
-        # The index seam (bgan_tf.indexing.Encoder) keys an index by model_id:
+        # The index seam (bgan_tf.search.indexer.Encoder) keys an index by model_id:
         # an int8 file's codes differ from its Keras model's in some bits, so an
         # index built with one must refuse queries encoded by the other.
         self.model_id = f"tflite:{digest}"

@@ -31,7 +31,7 @@ from absl import logging
 
 from bgan_tf import atomic
 from bgan_tf.config import BGANConfig
-from bgan_tf.data import ImageData, images_for_gan, load_images, training_dataset
+from bgan_tf.data.images import ImageData, images_for_gan, load_images, training_dataset
 from bgan_tf.errors import UserError
 
 MODEL_SUBDIR = "model"
@@ -173,8 +173,8 @@ def graph_features(config: BGANConfig, data: ImageData, backbone_feats: np.ndarr
         return images_for_gan(data.images, config.image_size).reshape(len(data), -1)
     if backbone_feats is not None:
         return backbone_feats
-    from bgan_tf.backbones import BackboneSpec
-    from bgan_tf.features import cached_features
+    from bgan_tf.modeling.backbones import BackboneSpec
+    from bgan_tf.data.features import cached_features
 
     spec = BackboneSpec(config.backbone, config.backbone_weights, config.backbone_input_size)
     if config.backbone == "small_cnn":
@@ -222,16 +222,16 @@ def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input:
     Call inside ``strategy.scope()`` when distributing."""
     import keras
 
-    from bgan_tf.backbones import BackboneSpec
-    from bgan_tf.bgan import BGAN
-    from bgan_tf.models import Encoder
+    from bgan_tf.modeling.backbones import BackboneSpec
+    from bgan_tf.training.bgan import BGAN
+    from bgan_tf.modeling.networks import Encoder
 
     spec = BackboneSpec(config.backbone, config.backbone_weights, config.backbone_input_size)
     encoder = Encoder(spec, config.num_bits, config.hash_hidden, config.sign_mode, config.ste_surrogate,
                       config.beta_values[0], freeze_backbone=config.freeze_backbone,
                       hash_norm=config.hash_norm)
     if config.sync_batch_norm:  # the backbone's BN layers too, not only G's and D's
-        from bgan_tf.distribute import synchronize_batch_norm
+        from bgan_tf.training.distribute import synchronize_batch_norm
 
         synchronize_batch_norm(encoder)
     model = BGAN(config, encoder, graph, features_input=features_input, rank1_logs=rank1_logs)
@@ -257,7 +257,7 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
     import keras
     import tensorflow as tf
 
-    from bgan_tf.distribute import is_chief, make_strategy
+    from bgan_tf.training.distribute import is_chief, make_strategy
 
     t0 = time.time()
     strategy = make_strategy(config.strategy, config.num_cpu_devices)
@@ -279,11 +279,11 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     import keras
     import tensorflow as tf
 
-    from bgan_tf.backbones import BackboneSpec
-    from bgan_tf.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples, fit_resumable
-    from bgan_tf.distribute import shard_by_data
-    from bgan_tf.features import cached_features
-    from bgan_tf.graph import build_graph
+    from bgan_tf.modeling.backbones import BackboneSpec
+    from bgan_tf.training.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples, fit_resumable
+    from bgan_tf.training.distribute import shard_by_data
+    from bgan_tf.data.features import cached_features
+    from bgan_tf.training.graph import build_graph
 
     seconds: dict[str, float] = {}
     out_dir = config.output_dir if chief else tempfile.mkdtemp(prefix="bgan_worker_")

@@ -2,11 +2,11 @@
 
 Also holds the small seams the search side needs from the rest of the project,
 so each can be swapped in one place:
-- `read_image` / `decode_image`: bgan_tf.data's readers (load_image_file,
+- `read_image` / `decode_image`: bgan_tf.data.images's readers (load_image_file,
   decode_image_bytes, with their pixel budget), so indexed, queried and trained
-  images decode alike; folders are listed by bgan_tf.data.list_image_files;
-- `load_model`: bgan_tf.inference.load_encoder(model_dir), an exported
-  `.tflite` encoder (bgan_tf.serving.TFLiteEncoder), or the training-free
+  images decode alike; folders are listed by bgan_tf.data.images.list_image_files;
+- `load_model`: bgan_tf.inference.keras_model.load_encoder(model_dir), an exported
+  `.tflite` encoder (bgan_tf.serving.saved_model.TFLiteEncoder), or the training-free
   `pixel-lsh:BITS[:SEED]` baseline (random hyperplanes over 16x16 pixels), which
   the tests, the demo and the load benchmark use instead of a trained model.
 """
@@ -23,11 +23,11 @@ import numpy as np
 from absl import logging
 
 from bgan_tf import atomic
-from bgan_tf.data import IMAGE_EXTENSIONS, ImageListing, ImageTooLarge, decode_image_bytes, \
+from bgan_tf.data.images import IMAGE_EXTENSIONS, ImageListing, ImageTooLarge, decode_image_bytes, \
     list_image_files, load_image_file
 from bgan_tf.errors import UserError
-from bgan_tf.search import BinaryIndex, SearchResult
-from bgan_tf.store import INDEX_WHAT, is_index, read_manifest
+from bgan_tf.search.binary_index import BinaryIndex, SearchResult
+from bgan_tf.search.store import INDEX_WHAT, is_index, read_manifest
 
 # pixel-lsh:BITS: a projection matrix of 768 x BITS floats; 4096 bits is 12 MB.
 MAX_PIXEL_LSH_BITS = 4096
@@ -45,7 +45,7 @@ class Encoder(Protocol):
 def decode_image(data: bytes, what: str = "image", max_pixels: int | None = None) -> np.ndarray:
     """Image bytes -> uint8 [H, W, 3]; UserError when empty, undecodable or over max_pixels.
 
-    The project's one decoder (bgan_tf.data.decode_image_bytes): grayscale is
+    The project's one decoder (bgan_tf.data.images.decode_image_bytes): grayscale is
     replicated, alpha composited on white, exactly as training reads images.
     """
     return decode_image_bytes(data, what=what, max_pixels=max_pixels)
@@ -99,7 +99,7 @@ class PixelLSHEncoder:
 
 
 def load_model(model: str) -> Encoder:
-    """A model folder (bgan_tf.inference.load_encoder), a `.tflite` export or `pixel-lsh:BITS[:SEED]`."""
+    """A model folder (bgan_tf.inference.keras_model.load_encoder), a `.tflite` export or `pixel-lsh:BITS[:SEED]`."""
     if model.startswith("pixel-lsh"):
         parts = model.split(":")
         try:
@@ -114,13 +114,13 @@ def load_model(model: str) -> Encoder:
         # An exported TFLite encoder (python -m export.tflite): lets a deployment
         # whose devices run the int8 file index with that same file, so device
         # and index codes agree bit for bit.
-        from bgan_tf.serving import TFLiteEncoder
+        from bgan_tf.serving.saved_model import TFLiteEncoder
 
         return TFLiteEncoder(model)
     if not os.path.isdir(model):
         raise UserError(f"model folder not found: {model}; train one with python -m bgan_tf.train")
     try:
-        from bgan_tf.inference import load_encoder
+        from bgan_tf.inference.keras_model import load_encoder
     except ImportError as e:
         raise UserError(f"cannot load trained models in this build ({e})") from None
     return load_encoder(model)

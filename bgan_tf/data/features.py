@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from bgan_tf import atomic
-from bgan_tf.backbones import BackboneSpec, build_feature_extractor
+from bgan_tf.modeling.backbones import BackboneSpec, build_feature_extractor
 
 
 def default_cache_dir() -> str:

@@ -1,0 +1,1 @@
+"""bgan_tf.inference.keras_model."""

@@ -1,0 +1,1 @@
+"""bgan_tf.modeling."""

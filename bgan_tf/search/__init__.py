@@ -1,0 +1,1 @@
+"""bgan_tf.search.binary_index."""
