@@ -4,26 +4,30 @@ BUILD (and the .bzl files it loads) is Starlark, whose syntax is a subset of
 Python's: it is executed here with fake rule functions that record each
 target. The rules enforced (also written at the top of BUILD):
 
-1. Every .py file under bgan_tf/, flags/ and export/ is in the srcs of exactly
-   one py_library, the one of its package: //:bgan_tf, //:flags, //:export_lib.
-2. A py_binary names its `main` explicitly and has exactly that one file in
-   srcs; the file is a module of a library the binary lists in deps (so a
-   binary's main file ALSO appears in one library's srcs; that is the only
-   file allowed in two targets). Every module with a top-level
-   `if __name__ == "__main__":` has a py_binary.
+1. One py_library per wing. The wing of a file comes from its path alone:
+   bgan_tf/<sub>/... -> //:<sub> (a new subpackage gets its own library),
+   except bgan_tf/configs/ and the modules directly in bgan_tf/ -> //:core;
+   flags/ -> //:flags; export/ -> //:export_lib. Every .py file there that is
+   not a binary's main is in the srcs of exactly one py_library, its wing's.
+2. Every module with a top-level `if __name__ == "__main__":` (or named
+   __main__.py) is a binary's main: it has a py_binary that names it as `main`
+   and has exactly that one file in srcs, and it is in the srcs of no other
+   target (no py_library, no second binary).
 3. Every tests/test_*.py has exactly one py_test whose srcs include it; other
    tests/*.py files (conftest.py, helpers) are in a py_library, and the one
    holding conftest.py is a dependency of every py_test.
 4. Every file named in srcs, data or main exists; every label in deps (and in
    test_suite tests) is a target defined in BUILD.
-5. Every first-party import (bgan_tf, flags, export, test helpers) of a
-   target's files is provided by the target itself or its transitive deps.
-   A binary's main file is checked against the binary's deps only (not those
-   of the library that also lists it), which keeps bgan_tf -> flags cycles out.
+5. Every first-party module (bgan_tf, flags, export, test helpers) that a
+   target's files import, anywhere in the file, is in the srcs of the target
+   itself or of one of its transitive deps. This is checked per module, with
+   the parent packages' __init__.py files, and for every target alike,
+   binaries included: a file importing bgan_tf.search.store needs //:search
+   (and //:core for bgan_tf/__init__.py).
 
-When this fails after adding a module, add the file to the right target in
-BUILD (the message says which); scripts/bazel_check.sh then checks it with a
-real Bazel.
+When this fails after adding a module, run tools/bazel/sync_build.py (or edit
+BUILD as the message says); scripts/bazel_check.sh then checks it with a real
+Bazel.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import pytest
 # declared inputs: resolve it to reach the real source tree.
 ROOT = Path(__file__).resolve().parent.parent
 
-PACKAGE_LIBRARY = {"bgan_tf": "bgan_tf", "flags": "flags", "export": "export_lib"}
+FIRST_PARTY = ("bgan_tf", "flags", "export")  # top-level packages with one library per wing
 RULE_KINDS = ("py_library", "py_binary", "py_test", "test_suite", "filegroup")
 
 
@@ -169,7 +173,20 @@ def _py_files(top: str) -> list[str]:
 
 
 def _module_files() -> list[str]:
-    return [f for top in PACKAGE_LIBRARY for f in _py_files(top)]
+    return [f for top in FIRST_PARTY for f in _py_files(top)]
+
+
+def _wing_library(path: str) -> str:
+    """The py_library a first-party file belongs in, from its path alone."""
+    top, *rest = path.split("/")
+    if top == "flags":
+        return "flags"
+    if top == "export":
+        return "export_lib"
+    assert top == "bgan_tf", path
+    if len(rest) == 1 or rest[0] == "configs":
+        return "core"
+    return rest[0]
 
 
 def _has_main_block(path: str) -> bool:
@@ -187,19 +204,31 @@ def _has_main_block(path: str) -> bool:
     return False
 
 
+def _mains() -> set[str]:
+    return {path for path in _module_files() if _has_main_block(path)}
+
+
 def test_build_parses(targets):
     assert targets, "BUILD defines no targets"
-    for name in PACKAGE_LIBRARY.values():
+    for name in sorted({_wing_library(p) for p in _module_files()}):
         if name in targets:
             assert targets[name].kind == "py_library", f"//:{name} must be a py_library"
 
 
 def test_every_module_is_in_exactly_one_library(targets):
     libraries = _of_kind(targets, "py_library")
+    mains = _mains()
     problems = []
     for path in _module_files():
         owners = [t.name for t in libraries if path in t.files("srcs")]
-        want = PACKAGE_LIBRARY[path.split("/", 1)[0]]
+        if path in mains:
+            if owners:
+                problems.append(
+                    f"{path}: is a binary's main (it has `if __name__ == \"__main__\"`) but is "
+                    f"in py_library srcs of {owners}; a main belongs to its py_binary only"
+                )
+            continue
+        want = _wing_library(path)
         if owners != [want]:
             problems.append(
                 f"{path}: in py_library srcs of {owners or 'none'}; "
@@ -209,7 +238,6 @@ def test_every_module_is_in_exactly_one_library(targets):
 
 
 def test_binaries_are_thin_and_complete(targets):
-    libraries = {t.name: t for t in _of_kind(targets, "py_library")}
     binaries = _of_kind(targets, "py_binary")
     problems = []
     for binary in binaries:
@@ -220,17 +248,20 @@ def test_binaries_are_thin_and_complete(targets):
         main_path = _label_to_path(main)
         if binary.files("srcs") != [main_path]:
             problems.append(f"py_binary {binary.name}: srcs must be exactly [{main!r}]")
-        deps = {_target_name(d) for d in _as_list(binary.attrs.get("deps"))}
-        homes = [n for n, lib in libraries.items() if main_path in lib.files("srcs")]
-        if not homes or not set(homes) & deps:
+        others = [
+            f"{t.kind} {t.name}"
+            for t in targets.values()
+            if t is not binary and main_path in t.files("srcs")
+        ]
+        if others:
             problems.append(
-                f"py_binary {binary.name}: {main_path} must be in a py_library that "
-                f"the binary lists in deps (libraries holding it: {homes or 'none'})"
+                f"py_binary {binary.name}: its main {main_path} is also in the srcs of "
+                f"{', '.join(others)}; a main belongs to its py_binary only"
             )
     mains = {_label_to_path(b.attrs["main"]) for b in binaries if b.attrs.get("main")}
-    for path in _module_files():
-        if _has_main_block(path) and path not in mains:
-            problems.append(f"{path} has `if __name__ == \"__main__\"` but no py_binary")
+    for path in sorted(_mains() - mains):
+        problems.append(f"{path} has `if __name__ == \"__main__\"` but no py_binary with main = "
+                        f"{path!r}")
     assert not problems, "\n".join(problems)
 
 
@@ -294,25 +325,45 @@ def _closure(targets, name: str) -> set[str]:
     return seen
 
 
-def _top_level_name(path: str) -> str:
-    """The name under which a file is imported: its package, or (for tests/
-    helpers, which pytest puts on sys.path) its own stem."""
-    if path.startswith("tests/"):
-        return Path(path).stem
-    return path.split("/", 1)[0].removesuffix(".py")
+def _module_file(dotted: str) -> str | None:
+    """The first-party file that `import dotted` loads, or None (third-party,
+    or an attribute rather than a module). Test helpers are importable by their
+    stem because pytest puts tests/ on sys.path."""
+    parts = dotted.split(".")
+    if parts[0] in FIRST_PARTY:
+        base = "/".join(parts)
+        for candidate in (f"{base}.py", f"{base}/__init__.py"):
+            if (ROOT / candidate).is_file():
+                return candidate
+        return None
+    if len(parts) == 1 and (ROOT / "tests" / f"{dotted}.py").is_file():
+        return f"tests/{dotted}.py"
+    return None
 
 
-def _imported_top_names(path: str) -> set[str]:
+def _imported_modules(path: str) -> dict[str, str]:
+    """First-party files the file at `path` imports (anywhere in it), each
+    mapped to the dotted name by which it is reached. Importing a.b.c loads
+    a/__init__.py and a/b/__init__.py too, and `from a.b import c` may import
+    the module a/b/c.py."""
     tree = ast.parse((ROOT / path).read_text(), filename=path)
-    names = set()
+    if path.startswith("tests/"):
+        package: list[str] = []
+    else:
+        package = path.removesuffix(".py").split("/")[:-1]  # the file's own package
+    dotted = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            dotted.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative import: the file's own package
-                names.add(_top_level_name(path))
-            elif node.module:
-                names.add(node.module.split(".")[0])
+            if node.level:  # relative: from the file's package, up level - 1
+                base = package[: len(package) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if module:
+                dotted.add(module)
+                dotted.update(f"{module}.{alias.name}" for alias in node.names)
         elif (  # pytest.importorskip("bgan_tf.x") imports too
             isinstance(node, ast.Call)
             and getattr(node.func, "attr", getattr(node.func, "id", None)) == "importorskip"
@@ -320,23 +371,24 @@ def _imported_top_names(path: str) -> set[str]:
             and isinstance(node.args[0], ast.Constant)
             and isinstance(node.args[0].value, str)
         ):
-            names.add(node.args[0].value.split(".")[0])
-    return names
+            dotted.add(node.args[0].value)
+    found: dict[str, str] = {}
+    for name in sorted(dotted):
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            file = _module_file(prefix)
+            if file and file != path:
+                found.setdefault(file, prefix)
+    return found
 
 
 def test_first_party_imports_are_in_deps(targets):
-    providers: dict[str, set[str]] = {}
-    for lib in _of_kind(targets, "py_library"):
-        for path in lib.files("srcs"):
-            providers.setdefault(_top_level_name(path), set()).add(lib.name)
-    # A binary's main file also sits in its package's library, but its imports
-    # (typically flags/, which itself imports bgan_tf) are the binary's to
-    # provide: checking them against the library would force a dependency cycle.
-    mains = {
-        _label_to_path(t.attrs["main"])
-        for t in _of_kind(targets, "py_binary")
-        if t.attrs.get("main")
-    }
+    providers: dict[str, set[str]] = {}  # file -> targets with it in srcs
+    for target in targets.values():
+        if target.kind.startswith("py_"):
+            for path in target.files("srcs"):
+                providers.setdefault(path, set()).add(target.name)
     problems = []
     for target in targets.values():
         if not target.kind.startswith("py_"):
@@ -345,13 +397,16 @@ def test_first_party_imports_are_in_deps(targets):
         for path in target.files("srcs"):
             if not path.endswith(".py") or not (ROOT / path).is_file():
                 continue
-            if target.kind == "py_library" and path in mains:
-                continue
-            for name in sorted(_imported_top_names(path)):
-                libs = providers.get(name)
-                if libs and not libs & closure:
+            for file, name in sorted(_imported_modules(path).items()):
+                libs = providers.get(file, set())
+                if not libs:
                     problems.append(
-                        f"{target.kind} {target.name}: {path} imports {name}; "
+                        f"{target.kind} {target.name}: {path} imports {name} ({file}), "
+                        "which no target in BUILD has in its srcs"
+                    )
+                elif not libs & closure:
+                    problems.append(
+                        f"{target.kind} {target.name}: {path} imports {name} ({file}); "
                         f"add {' or '.join(':' + lib for lib in sorted(libs))} to its deps"
                     )
     assert not problems, "\n".join(problems)

@@ -5,15 +5,23 @@
 
 Use it when tests/test_build_file.py says BUILD is out of step, then review the
 diff and run scripts/bazel_check.sh. What it derives:
-- one py_library per package (//:bgan_tf, //:flags, //:export_lib) with every
-  .py file of the package; deps from the first-party imports of its modules
-  (a binary's main is left to the binary, see tests/test_build_file.py);
-- a py_binary for every module with `if __name__ == "__main__":`;
+- one py_library per wing, named after it (see wing_of): //:core (the modules
+  directly in bgan_tf/ and bgan_tf/configs/), one per subpackage bgan_tf/<sub>/
+  (//:modeling, //:data, ..., a new subpackage gets its own), //:flags and
+  //:export_lib. A library holds every .py file of its wing except binaries'
+  mains; its deps are the targets holding the first-party modules its files
+  import (module granularity, parent packages' __init__.py included);
+- a py_binary for every module with `if __name__ == "__main__":`, whose srcs is
+  just that main (it is in no library) and whose deps are the targets its main
+  imports. Names: the path without bgan_tf/ and .py, "/" -> "_" (train,
+  export_all, ...), with "_bin" appended if that clashes with another target;
 - //:test_support for tests/*.py that are not test files (conftest, helpers);
 - a pytest_test per tests/test_*.py with deps from its imports. A test is heavy
   (size "large", tags ["manual"]: `bazel test //...` skips it) when it can reach
   one of HEAVY_IMPORTS through its imports (any depth, lazy imports included,
   pytest.importorskip too), or imports subprocess itself.
+A dependency cycle between targets (Bazel rejects those) is reported with the
+imports that make it, and BUILD is left unchanged: break the cycle in the code.
 """
 
 from __future__ import annotations
@@ -24,7 +32,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = {"bgan_tf": "bgan_tf", "flags": "flags", "export": "export_lib"}
+TOPS = ("bgan_tf", "flags", "export")  # first-party packages, in BUILD order
+CORE = "core"
+CORE_SUBPACKAGES = {"configs"}  # subpackages of bgan_tf/ that belong to //:core
+TOP_LIBRARY = {"flags": "flags", "export": "export_lib"}
+TEST_SUPPORT = "test_support"
 HEAVY_IMPORTS = {
     "tensorflow", "keras", "tf_keras", "torch", "torchvision", "tensorflow_datasets",
     "tensorflow_serving", "ai_edge_litert", "tflite_runtime", "playwright",
@@ -38,15 +50,21 @@ HEADER = '''\
 # test, run `.venv/bin/python tools/bazel/sync_build.py` and review the diff.
 #
 # Rule (enforced by tests/test_build_file.py):
-# - every .py file under bgan_tf/, flags/ and export/ is in the srcs of exactly
-#   one py_library, its package's: //:bgan_tf, //:flags or //:export_lib;
-# - a py_binary has exactly one src, its `main`; that file is a module of a
-#   library the binary lists in deps (so a binary's main also appears in a
-#   library's srcs), and every module with `if __name__ == "__main__"` has one;
+# - one py_library per wing: //:core holds bgan_tf/*.py and bgan_tf/configs/;
+#   each other subpackage bgan_tf/<sub>/ has //:<sub> (//:modeling, //:data,
+#   //:inference, //:training, //:evaluation, //:serving, //:search, ...);
+#   flags/ is //:flags and export/ is //:export_lib. Every .py file there that
+#   is not a binary's main is in the srcs of exactly one py_library, its wing's;
+# - every module with `if __name__ == "__main__"` has a py_binary whose srcs is
+#   exactly [its main]; a main is in no py_library (nor in any other target);
 # - every tests/test_*.py has a pytest_test (a py_test) named after the file;
 #   other tests/*.py (conftest, helpers) belong to //:test_support;
 # - every file named in srcs/data exists, every ":label" in deps is defined, and
-#   every first-party import of a target's files is within its transitive deps.
+#   every first-party module a target's files import (at any depth in the
+#   file, with its parent packages) is in the srcs of the target itself or of
+#   one of its transitive deps. No exceptions: binaries, libraries and tests
+#   alike (deps are computed per module: importing bgan_tf.search.store needs
+#   //:search, bgan_tf.errors needs //:core).
 # Heavy tests (TensorFlow, browsers, subprocesses) are size = "large" with
 # tags = ["manual"], so `bazel test //...` runs only the light ones.
 
@@ -58,6 +76,10 @@ exports_files(["pyproject.toml"])
 '''
 
 
+class CycleError(Exception):
+    """The targets' deps would form a cycle."""
+
+
 def py_files(top: str) -> list[str]:
     base = ROOT / top
     if not base.is_dir():
@@ -67,11 +89,37 @@ def py_files(top: str) -> list[str]:
     )
 
 
-def has_data_files(top: str) -> bool:
-    """Whether the package ships non-Python files (templates, configs...)."""
+def wing_of(path: str) -> str:
+    """The library a first-party file belongs to, from its path alone:
+    bgan_tf/<sub>/... -> <sub> (configs -> core), bgan_tf/x.py -> core,
+    flags/ -> flags, export/ -> export_lib, tests/ helpers -> test_support."""
+    parts = path.split("/")
+    if parts[0] == "bgan_tf":
+        if len(parts) == 2 or parts[1] in CORE_SUBPACKAGES:
+            return CORE
+        return parts[1]
+    if parts[0] in TOP_LIBRARY:
+        return TOP_LIBRARY[parts[0]]
+    if parts[0] == "tests":
+        return TEST_SUPPORT
+    raise ValueError(f"{path} is not first-party code")
+
+
+def wing_dirs(wing: str) -> list[str]:
+    """Glob patterns of the folders a wing owns (for its data files)."""
+    if wing == CORE:
+        return ["bgan_tf/*"] + [f"bgan_tf/{sub}/**" for sub in sorted(CORE_SUBPACKAGES)]
+    top = {lib: top for top, lib in TOP_LIBRARY.items()}.get(wing)
+    return [f"{top}/**"] if top else [f"bgan_tf/{wing}/**"]
+
+
+def data_files_of(wing: str) -> bool:
+    """Whether the wing ships non-Python files (templates, configs...)."""
     return any(
         p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+        for top in TOPS
         for p in (ROOT / top).rglob("*")
+        if wing_of(p.relative_to(ROOT).as_posix()) == wing
     )
 
 
@@ -127,6 +175,22 @@ def has_main_block(path: str) -> bool:
     return False
 
 
+def binary_name(path: str, used: set[str]) -> str:
+    """bgan_tf/train.py -> train, export/all.py -> export_all,
+    bgan_tf/search/__main__.py -> search_bin (//:search is the library)."""
+    parts = path.removesuffix(".py").split("/")
+    if parts[-1] == "__main__":
+        parts = parts[:-1]
+    if parts[0] == "bgan_tf" and len(parts) > 1:
+        parts = parts[1:]
+    name = "_".join(parts)
+    if name in used:
+        name += "_bin"
+    if name in used:
+        raise ValueError(f"{path}: no free target name for its py_binary ({name} is taken)")
+    return name
+
+
 def fmt_list(items, indent=8) -> str:
     if not items:
         return "[]"
@@ -136,20 +200,60 @@ def fmt_list(items, indent=8) -> str:
     return "[\n" + "".join(f'{pad}"{i}",\n' for i in items) + " " * (indent - 4) + "]"
 
 
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A list [a, b, ..., a] of targets that depend on each other, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
 def generate() -> str:
     modules = {}  # dotted module name -> path
-    library_of = {}  # path -> library name
-    for top, lib in PACKAGES.items():
+    for top in TOPS:
         for path in py_files(top):
             modules[module_name(path)] = path
-            library_of[path] = lib
     tests = [p for p in py_files("tests") if Path(p).name.startswith("test_")]
     support = [p for p in py_files("tests") if p not in tests]
     for path in support:
         modules[module_name(path)] = path
-        library_of[path] = "test_support"
-    mains = [p for p in library_of if p in modules.values() and has_main_block(p)
-             and not p.startswith("tests/")]
+    mains = [p for top in TOPS for p in py_files(top) if has_main_block(p)]
+
+    # Which target holds each first-party file: its wing's library, or for a
+    # binary's main, the binary.
+    target_of = {path: wing_of(path) for path in modules.values()}
+    libraries: dict[str, list[str]] = {}
+    for path in sorted(modules.values()):
+        if path not in mains:
+            libraries.setdefault(target_of[path], []).append(path)
+    lib_order = (
+        [CORE]
+        + sorted(w for w in libraries if w not in (CORE, TEST_SUPPORT, *TOP_LIBRARY.values()))
+        + [lib for lib in TOP_LIBRARY.values() if lib in libraries]
+    )
+    used = set(libraries) | {Path(t).stem for t in tests}
+    for path in mains:
+        target_of[path] = name = binary_name(path, used)
+        used.add(name)
 
     def first_party(path):
         """Paths of first-party modules imported by `path` (with parent packages)."""
@@ -163,10 +267,8 @@ def generate() -> str:
         out.discard(path)
         return out
 
-    def dep_libs(paths, own=None):
-        libs = {library_of[d] for p in paths for d in first_party(p)}
-        libs.discard(own)
-        return sorted(f":{lib}" for lib in libs)
+    def dep_targets(paths, own=None):
+        return {target_of[d] for p in paths for d in first_party(p)} - {own}
 
     def heavy(path, seen=None):
         """Whether `path` may load a heavy package: any import, even inside a
@@ -179,46 +281,62 @@ def generate() -> str:
             return True
         return any(heavy(d, seen) for d in first_party(path))
 
+    srcs_of = dict(libraries)
+    srcs_of.update({target_of[m]: [m] for m in mains})
+    graph = {name: dep_targets(srcs, own=name) for name, srcs in srcs_of.items()}
+    cycle = find_cycle(graph)
+    if cycle:
+        lines = []
+        for a, b in zip(cycle, cycle[1:]):
+            why = sorted(
+                f"{p} imports {d}" for p in srcs_of[a] for d in first_party(p) if target_of[d] == b
+            )
+            # Parent packages' __init__.py come with every import: name the modules.
+            why = [w for w in why if not w.endswith("__init__.py")] or why
+            lines.append(f"  :{a} -> :{b} because " + "; ".join(why))
+        raise CycleError("dependency cycle " + " -> ".join(f":{t}" for t in cycle)
+                         + ":\n" + "\n".join(lines))
+
+    def labels(names):
+        return sorted(f":{n}" for n in names)
+
     out = [HEADER]
-    for top, lib in PACKAGES.items():
-        srcs = py_files(top)
-        if not srcs:
-            continue
-        deps = dep_libs([p for p in srcs if p not in mains], own=lib)
-        out.append(f'\npy_library(\n    name = "{lib}",\n    srcs = {fmt_list(srcs)},\n')
-        if has_data_files(top):
-            out.append(f'    data = glob(\n        ["{top}/**"],\n'
+    for lib in lib_order:
+        deps = labels(graph[lib])
+        out.append(f'\npy_library(\n    name = "{lib}",\n    srcs = {fmt_list(libraries[lib])},\n')
+        if data_files_of(lib):
+            patterns = ", ".join(f'"{p}"' for p in wing_dirs(lib))
+            out.append(f'    data = glob(\n        [{patterns}],\n'
                        '        exclude = ["**/*.py", "**/*.pyc", "**/__pycache__/**"],\n    ),\n')
         if deps:
             out.append(f"    deps = {fmt_list(deps)},\n")
         out.append('    srcs_version = "PY3",\n)\n')
     if support:
-        deps = dep_libs(support, own="test_support")
-        out.append(f'\npy_library(\n    name = "test_support",\n    testonly = True,\n'
+        deps = labels(graph[TEST_SUPPORT])
+        out.append(f'\npy_library(\n    name = "{TEST_SUPPORT}",\n    testonly = True,\n'
                    f"    srcs = {fmt_list(support)},\n")
         if deps:
             out.append(f"    deps = {fmt_list(deps)},\n")
         out.append('    srcs_version = "PY3",\n)\n')
 
-    used = set(PACKAGES.values()) | {"test_support"} | {Path(t).stem for t in tests}
     for path in mains:
-        stem = Path(path).stem if not path.endswith("__main__.py") else Path(path).parent.name
-        name = stem if stem not in used else f"{path.split('/')[0]}_{stem}"
-        used.add(name)
-        deps = sorted(set(dep_libs([path])) | {f":{library_of[path]}"})
+        name = target_of[path]
+        deps = labels(graph[name])
         out.append(f'\npy_binary(\n    name = "{name}",\n    srcs = ["{path}"],\n'
-                   f'    main = "{path}",\n    deps = {fmt_list(deps)},\n'
-                   '    python_version = "PY3",\n    srcs_version = "PY3",\n)\n')
+                   f'    main = "{path}",\n')
+        if deps:
+            out.append(f"    deps = {fmt_list(deps)},\n")
+        out.append('    python_version = "PY3",\n    srcs_version = "PY3",\n)\n')
 
     conftest = "tests/conftest.py" in support
     for path in tests:
         name = Path(path).stem
-        deps = set(dep_libs([path]))
+        deps = dep_targets([path])
         if conftest:
-            deps.add(":test_support")
+            deps.add(TEST_SUPPORT)
         lines = [f'    name = "{name}",\n']
         if deps:
-            lines.append(f"    deps = {fmt_list(sorted(deps))},\n")
+            lines.append(f"    deps = {fmt_list(labels(deps))},\n")
         if name == "test_build_file":
             out.append("\n# Pure-Python check of this file against the source tree. It reads the tree\n"
                        "# outside its declared inputs, so it is never cached (\"external\").")
@@ -233,7 +351,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report whether BUILD is current")
     args = parser.parse_args(argv)
-    text = generate()
+    try:
+        text = generate()
+    except (CycleError, ValueError) as e:
+        print(f"error: {e}\nBUILD left unchanged.", file=sys.stderr)
+        return 1
     build = ROOT / "BUILD"
     if args.check:
         current = build.read_text() if build.exists() else ""
