@@ -43,6 +43,12 @@ HEAVY_IMPORTS = {
     "milvus_lite", "pymilvus",
 }
 HEAVY_IN_TEST = {"subprocess"}  # only when the test file itself imports it
+# Pure-Python checks that read the whole source tree (through their resolved
+# path) rather than their declared inputs: tagged "external", never cached.
+TREE_CHECKS = {
+    "test_build_file": "BUILD against the source tree",
+    "test_architecture": "the wing import order and module sizes",
+}
 
 HEADER = '''\
 # Bazel targets for bgan_tf, checked offline by scripts/bazel_check.sh and kept
@@ -337,8 +343,8 @@ def generate() -> str:
         lines = [f'    name = "{name}",\n']
         if deps:
             lines.append(f"    deps = {fmt_list(labels(deps))},\n")
-        if name == "test_build_file":
-            out.append("\n# Pure-Python check of this file against the source tree. It reads the tree\n"
+        if name in TREE_CHECKS:
+            out.append(f"\n# Pure-Python check of {TREE_CHECKS[name]}. It reads the tree\n"
                        "# outside its declared inputs, so it is never cached (\"external\").")
             lines.append('    tags = ["external"],\n')
         elif heavy(path) or {n.split(".")[0] for n in imports_of(path)} & HEAVY_IN_TEST:
