@@ -1,4 +1,4 @@
-"""Frozen-backbone features, computed once and cached on disk.
+"""Frozen-backbone features, computed once and cached on disk; the graph's features.
 
 With a frozen backbone, training only needs its pooled features, so they are
 computed once and stored as ``.npy`` keyed by (backbone, weights content
@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 from absl import logging
 
 from bgan_tf import atomic
+from bgan_tf.errors import UserError
 from bgan_tf.modeling.backbones import BackboneSpec, build_feature_extractor
+
+if TYPE_CHECKING:
+    from bgan_tf.config import BGANConfig
+    from bgan_tf.data.images import ImageData
 
 
 def default_cache_dir() -> str:
@@ -63,3 +69,19 @@ def cached_features(images: np.ndarray, spec: BackboneSpec, data_fingerprint: st
         np.save(f, feats)
     logging.info("features cached at %s", path)
     return feats
+
+
+def graph_features(config: "BGANConfig", data: "ImageData", backbone_feats: np.ndarray | None) -> np.ndarray:
+    """The features the neighbourhood graph and the baselines use: pixels at the GAN's
+    resolution, or the frozen backbone's (cached) features. The one definition of both."""
+    if config.graph_features == "pixels":
+        from bgan_tf.data.images import images_for_gan
+
+        return images_for_gan(data.images, config.image_size).reshape(len(data), -1)
+    if backbone_feats is not None:
+        return backbone_feats
+    spec = BackboneSpec(config.backbone, config.backbone_weights, config.backbone_input_size)
+    if config.backbone == "small_cnn":
+        raise UserError("--graph_features backbone needs a pretrained backbone; small_cnn is untrained: "
+                        "use --graph_features pixels or a pretrained --backbone")
+    return cached_features(data.images, spec, data.fingerprint(), config.feature_cache_dir)

@@ -24,11 +24,15 @@ import io
 import os
 import re
 import struct
+from typing import TYPE_CHECKING
 
 import numpy as np
 from absl import logging
 
 from bgan_tf.errors import UserError
+
+if TYPE_CHECKING:
+    from bgan_tf.config import BGANConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # The pixel budget of one decoded image, checked from the header before any pixel is
@@ -457,3 +461,21 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
     ds = ds.map(lambda idx: {"image": tf.gather(images_t, idx), "x": tf.gather(x_t, idx), "index": idx},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_training_data(config: "BGANConfig") -> ImageData:
+    """The images a training config names (--dataset, --tfds_split, --data_dir, --max_images)."""
+    size = None if config.dataset.startswith(("folder:", "npz:")) or os.path.isdir(config.dataset) else None
+    return load_images(config.dataset, tfds_split=config.tfds_split, data_dir=config.data_dir,
+                       download=config.download, max_images=config.max_images, size=size)
+
+
+def dataset_paths(spec: str) -> list[str]:
+    """Files and folders a --dataset spec (comma-separated parts) reads from."""
+    out = []
+    for part in (s.strip() for s in spec.split(",")):
+        if part.startswith(("folder:", "npz:")):
+            out.append(part.split(":", 1)[1])
+        elif part and os.path.isdir(part):
+            out.append(part)
+    return out

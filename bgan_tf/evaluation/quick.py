@@ -42,7 +42,7 @@ def quick_evaluate(model_dir: str, config: BGANConfig, query: ImageData, databas
     from bgan_tf.evaluation.baselines import make_baseline
     from bgan_tf.inference.keras_model import load_encoder
     from bgan_tf.evaluation.retrieval_metrics import evaluate_codes
-    from bgan_tf.training.trainer import graph_features
+    from bgan_tf.data.features import graph_features
 
     if query.labels is None or database.labels is None:
         raise UserError("evaluation needs labels (class subfolders, TFDS labels or an npz 'labels' array)")

@@ -31,7 +31,7 @@ from absl import logging
 
 from bgan_tf import atomic
 from bgan_tf.config import BGANConfig
-from bgan_tf.data.images import ImageData, images_for_gan, load_images, training_dataset
+from bgan_tf.data.images import ImageData, dataset_paths, images_for_gan, load_training_data, training_dataset
 from bgan_tf.errors import UserError
 
 MODEL_SUBDIR = "model"
@@ -74,17 +74,6 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     return _stored_config(p) is not None or (p / "checkpoints" / "checkpoint").is_file() or \
         is_model_dir(p / MODEL_SUBDIR)
-
-
-def dataset_paths(spec: str) -> list[str]:
-    """Files and folders a --dataset spec (comma-separated parts) reads from."""
-    out = []
-    for part in (s.strip() for s in spec.split(",")):
-        if part.startswith(("folder:", "npz:")):
-            out.append(part.split(":", 1)[1])
-        elif part and os.path.isdir(part):
-            out.append(part)
-    return out
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -160,27 +149,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def load_training_data(config: BGANConfig) -> ImageData:
-    size = None if config.dataset.startswith(("folder:", "npz:")) or os.path.isdir(config.dataset) else None
-    return load_images(config.dataset, tfds_split=config.tfds_split, data_dir=config.data_dir,
-                       download=config.download, max_images=config.max_images, size=size)
-
-
-def graph_features(config: BGANConfig, data: ImageData, backbone_feats: np.ndarray | None) -> np.ndarray:
-    if config.graph_features == "pixels":
-        return images_for_gan(data.images, config.image_size).reshape(len(data), -1)
-    if backbone_feats is not None:
-        return backbone_feats
-    from bgan_tf.modeling.backbones import BackboneSpec
-    from bgan_tf.data.features import cached_features
-
-    spec = BackboneSpec(config.backbone, config.backbone_weights, config.backbone_input_size)
-    if config.backbone == "small_cnn":
-        raise UserError("--graph_features backbone needs a pretrained backbone; small_cnn is untrained: "
-                        "use --graph_features pixels or a pretrained --backbone")
-    return cached_features(data.images, spec, data.fingerprint(), config.feature_cache_dir)
 
 
 def _save_model_dir(final_dir: str, config: BGANConfig, model, data: ImageData) -> None:
@@ -303,6 +271,8 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     seconds["features"] = time.time() - t
 
     t = time.time()
+    from bgan_tf.data.features import graph_features  # imports TensorFlow: not at module import
+
     graph = build_graph(graph_features(config, data, backbone_feats), config.k1, config.k2)
     seconds["graph"] = time.time() - t
     agreement = graph.label_agreement(data.labels) if data.labels is not None and data.labels.ndim == 1 else None
