@@ -80,8 +80,9 @@ def graph_features(config: "BGANConfig", data: "ImageData", backbone_feats: np.n
         return images_for_gan(data.images, config.image_size).reshape(len(data), -1)
     if backbone_feats is not None:
         return backbone_feats
-    spec = BackboneSpec(config.backbone, config.backbone_weights, config.backbone_input_size)
     if config.backbone == "small_cnn":
         raise UserError("--graph_features backbone needs a pretrained backbone; small_cnn is untrained: "
                         "use --graph_features pixels or a pretrained --backbone")
-    return cached_features(data.images, spec, data.fingerprint(), config.feature_cache_dir)
+    from bgan_tf.modeling.factory import backbone_spec
+
+    return cached_features(data.images, backbone_spec(config), data.fingerprint(), config.feature_cache_dir)

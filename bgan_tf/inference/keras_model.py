@@ -147,14 +147,10 @@ def build_encoder(config: BGANConfig):
     """An unweighted encoder with the architecture of ``config`` (weights random)."""
     import tensorflow as tf
 
-    from bgan_tf.modeling.backbones import BackboneSpec
-    from bgan_tf.modeling.networks import Encoder
+    from bgan_tf.modeling.factory import build_encoder
 
     # Architecture only: the trained weights (backbone included) come from the file.
-    spec = BackboneSpec(config.backbone, None, config.backbone_input_size)
-    enc = Encoder(spec, config.num_bits, config.hash_hidden, config.sign_mode, config.ste_surrogate,
-                  config.beta_values[0], freeze_backbone=config.freeze_backbone,
-                  hash_norm=config.hash_norm)
+    enc = build_encoder(config, weights=None)
     enc(tf.zeros((1, config.backbone_input_size, config.backbone_input_size, 3)))
     return enc
 
@@ -204,13 +200,13 @@ def load_generator(model_dir: str):
     """The trained generator (codes -> images in [0,1]), or None if the run had no GAN."""
     import tensorflow as tf
 
-    from bgan_tf.modeling.networks import Generator
+    from bgan_tf.modeling.factory import build_generator
 
     config, _ = read_model_files(model_dir)
     path = os.path.join(model_dir, "generator.weights.h5")
     if not config.use_gan or not os.path.isfile(path):
         return None
-    gen = Generator(config.image_size, config.gen_channels, config.sync_batch_norm)
+    gen = build_generator(config)
     gen(tf.zeros((1, config.num_bits)))
     _load_weights(gen, model_dir, "generator.weights.h5", f"generator for {config.num_bits} bits")
     return gen

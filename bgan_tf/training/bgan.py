@@ -20,7 +20,8 @@ import tensorflow as tf
 from bgan_tf.training import losses
 from bgan_tf.config import BGANConfig
 from bgan_tf.training.graph import NeighbourGraph, block_lookup
-from bgan_tf.modeling.networks import Discriminator, Encoder, Generator
+from bgan_tf.modeling.factory import build_discriminator, build_generator
+from bgan_tf.modeling.networks import Encoder
 
 LOSS_NAMES = ("loss_e", "nbr", "quant", "pixel", "feature", "adv_g", "loss_d")
 
@@ -57,8 +58,8 @@ class BGAN(keras.Model):
         self.num_items = graph.num_items
         self.graph_keys = tf.constant(graph.keys, tf.int64)
         if config.use_gan:
-            self.generator = Generator(config.image_size, config.gen_channels, config.sync_batch_norm)
-            self.discriminator = Discriminator(config.disc_channels, config.disc_feature_dim, config.sync_batch_norm)
+            self.generator = build_generator(config)
+            self.discriminator = build_discriminator(config)
         else:
             self.generator = None
             self.discriminator = None

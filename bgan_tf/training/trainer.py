@@ -190,14 +190,10 @@ def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input:
     Call inside ``strategy.scope()`` when distributing."""
     import keras
 
-    from bgan_tf.modeling.backbones import BackboneSpec
+    from bgan_tf.modeling.factory import build_encoder
     from bgan_tf.training.bgan import BGAN
-    from bgan_tf.modeling.networks import Encoder
 
-    spec = BackboneSpec(config.backbone, config.backbone_weights, config.backbone_input_size)
-    encoder = Encoder(spec, config.num_bits, config.hash_hidden, config.sign_mode, config.ste_surrogate,
-                      config.beta_values[0], freeze_backbone=config.freeze_backbone,
-                      hash_norm=config.hash_norm)
+    encoder = build_encoder(config)
     if config.sync_batch_norm:  # the backbone's BN layers too, not only G's and D's
         from bgan_tf.training.distribute import synchronize_batch_norm
 
@@ -247,7 +243,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     import keras
     import tensorflow as tf
 
-    from bgan_tf.modeling.backbones import BackboneSpec
+    from bgan_tf.modeling.factory import backbone_spec
     from bgan_tf.training.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples, fit_resumable
     from bgan_tf.training.distribute import shard_by_data
     from bgan_tf.data.features import cached_features
@@ -264,7 +260,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     check_data_fits(config, len(data))
 
     t = time.time()
-    spec = BackboneSpec(config.backbone, config.backbone_weights, config.backbone_input_size)
+    spec = backbone_spec(config)
     backbone_feats = None
     if config.freeze_backbone:
         backbone_feats = cached_features(data.images, spec, data.fingerprint(), config.feature_cache_dir)
