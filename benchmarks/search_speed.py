@@ -9,7 +9,7 @@ held-out rows; benchmarks/real_codes.py writes a trained model's codes of the 1,
 digits). --expand_to N tiles the real database codes to N rows, each copy with
 every bit flipped with probability --flip_prob (stated in the output): real codes
 at 1M do not exist here, this keeps their cluster structure at that size.
-Results go to results/<name>.json and .md. One thread (bgan_tf.search.binary_index.set_num_threads(1)): CI cores are shared.
+Results go to results/<name>.json and .md. One thread (bgan_tf.search.backends.set_num_threads(1)): CI cores are shared.
 Recall@100 is tie-aware: items at the exact 100th distance count up to the number
 of slots left for them, so an approximate backend is not penalised for choosing a
 different member of a tie group.
@@ -29,14 +29,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bgan_tf.search import binary_index as search  # noqa: E402
+from bgan_tf.search import backends as search  # noqa: E402
 from bgan_tf.codes import pack  # noqa: E402
 
 K = 100
 APPROX = {
     "ivf": {"nlist": 1024, "nprobe": 32},
     "hnsw": {"M": 16, "ef_search": 256, "ef_construction": 40},
-    "multihash": {},  # per-code-length defaults: search.multihash_defaults(bits)
+    "multihash": {},  # per-code-length defaults: bgan_tf.search.approximate.multihash_defaults(bits)
 }
 
 

@@ -21,7 +21,7 @@ from absl import flags
 
 from bgan_tf import atomic
 from bgan_tf.search import indexer as indexing
-from bgan_tf.search import binary_index as search
+from bgan_tf.search import backends as search
 from bgan_tf.search import store
 from bgan_tf.errors import UserError, cli_run
 from flags import search_flags

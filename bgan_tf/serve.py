@@ -15,7 +15,7 @@ import socket
 from absl import flags
 
 from bgan_tf.search import indexer as indexing
-from bgan_tf.search import binary_index as search
+from bgan_tf.search import backends as search
 from bgan_tf.errors import UserError, cli_run
 from flags import search_flags
 from flags.search_flags import define_service_flags

@@ -5,13 +5,13 @@ from __future__ import annotations
 from absl import flags
 
 from bgan_tf.data import images as data
-from bgan_tf.search import binary_index as search
+from bgan_tf.search import backends as search
 
 # What one request may ask for: results of a query, images decoded at once in a build.
 MAX_QUERY_K = 10_000
 MAX_BATCH_SIZE = 1024
 
-_BACKENDS = ["flat", "ours_exact", "numpy", "ivf", "hnsw", "multihash"]
+_BACKENDS = list(search.BACKEND_NAMES)
 
 
 def _define_common() -> None:

@@ -23,7 +23,8 @@ from bgan_tf.search import indexer as indexing
 from bgan_tf.search import binary_index as search
 from bgan_tf.codes import pack
 from bgan_tf.errors import UserError
-from bgan_tf.search.binary_index import BinaryIndex, make_backend
+from bgan_tf.search.backends import make_backend
+from bgan_tf.search.binary_index import BinaryIndex
 from bgan_tf.search.store import CodeStore, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bgan_tf.codes import hamming_distances, pack
-from bgan_tf.search.binary_index import BinaryIndex, make_backend
+from bgan_tf.search.backends import make_backend
+from bgan_tf.search.binary_index import BinaryIndex
 
 milvus_store = pytest.importorskip("bgan_tf.search.milvus")
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bgan_tf.search import binary_index as search
+from bgan_tf.search import backends as search
 from bgan_tf.codes import hamming_distances, pack
 from bgan_tf.errors import UserError
-from bgan_tf.search.binary_index import BinaryIndex, make_backend
+from bgan_tf.search.backends import make_backend
+from bgan_tf.search.binary_index import BinaryIndex
 
 APPROX = {
     "ivf": {"nlist": 16, "nprobe": 4},
@@ -126,6 +127,12 @@ def test_ours_exact_falls_back_without_compiler(monkeypatch):
     with pytest.raises(UserError, match="C compiler"):
         make_backend("ours_exact", 64)
     assert make_backend("ours_exact", 64, fallback=True).name == "flat"
+
+
+def test_backend_names_are_the_backends_make_backend_builds():
+    # BACKEND_NAMES is what the --backend flag offers: every name must build, none be missing.
+    assert sorted(search._constructors()) == sorted(search.BACKEND_NAMES)
+    assert set(search.EXACT_BACKENDS) < set(search.BACKEND_NAMES)
 
 
 def test_ours_exact_threads_match_single_thread():

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from bgan_tf.errors import UserError
+from bgan_tf.search.backends import NO_DISTANCE
 from bgan_tf.search.store import code_bytes
 
-NO_DISTANCE = np.iinfo(np.int32).max
 _MAX_TOPK = 16384  # Milvus's limit on k per search
 _INSERT_BATCH = 10000
 

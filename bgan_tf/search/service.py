@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bgan_tf.data.images import ImageTooLarge, decode_image_bytes
 from bgan_tf.errors import UserError
 from bgan_tf.search.indexer import Encoder
-from bgan_tf.search import binary_index as search_lib
+from bgan_tf.search import backends as search_lib
 from bgan_tf.search.binary_index import BinaryIndex
 
 DEFAULT_TYPES = ("image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp")
