@@ -3,7 +3,8 @@
     app = create_app(index, encoder, max_upload_bytes=..., allowed_types=..., max_pixels=...)
 
 Routes: POST /search (multipart field `image`, query `k`), GET /health, GET /stats,
-GET /images/{id} (the indexed file, only for ids in the index), GET / (web page).
+GET /images/{id} (the indexed file, only for ids in the index), GET / (the web page,
+bgan_tf/search/static/index.html, read when the app is built).
 Errors are JSON `{"error": "..."}` with 400 (bad/undecodable input), 404, 413
 (upload too large, or an image whose header claims more than `max_pixels` pixels:
 refused before any pixel is decoded), 415 (content type), 422 (missing field), and
@@ -68,6 +69,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "max_pixels": (1, 178_956_970),
 }
 _MULTIPART_SLACK = 64 * 1024  # boundary + headers around the file in a multipart body
+_PAGE_FILE = Path(__file__).with_name("static") / "index.html"  # the web page served at GET /
 _log = logging.getLogger(__name__)
 
 
@@ -289,6 +291,7 @@ def create_app(
             f"not {encoder.model_id!r} ({encoder.num_bits} bits); rebuild it or pass its model"
         )
     root = image_root(index)
+    page_html = _PAGE_FILE.read_text(encoding="utf-8").replace("__MAXK__", str(max_k))
     app = FastAPI(title="bgan_tf search", docs_url="/docs", redoc_url=None)
     # A plain executor rather than an anyio CapacityLimiter: it is not tied to one
     # event loop, so the app also works when driven from several loops (TestClient).
@@ -404,91 +407,8 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse(_PAGE.replace("__MAXK__", str(max_k)))
+        return HTMLResponse(page_html)
 
     app.state.search_pool = pool  # owners may shut it down; idle threads cost nothing
     app.state.batcher = batcher  # daemon thread, started on the first search
     return app
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>bgan_tf image search</title>
-<style>
- body{font-family:system-ui,sans-serif;margin:1.5rem;max-width:1100px;color:#222}
- h1{font-size:1.4rem} .row{display:flex;gap:1rem;align-items:center;flex-wrap:wrap}
- #drop{border:2px dashed #999;border-radius:8px;padding:1rem;min-width:260px;text-align:center}
- #drop.over{background:#eef}
- .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(120px,1fr));gap:.6rem;margin-top:1rem}
- .card{border:1px solid #ddd;border-radius:6px;padding:.3rem;text-align:center;font-size:.8rem;background:#fafafa}
- .card img{width:100%;height:110px;object-fit:contain;image-rendering:pixelated;background:#fff}
- .samples .card{cursor:pointer} #status{color:#555} #error{color:#b00}
- #query img{max-height:120px}
-</style></head>
-<body>
-<h1>Binary-code image search</h1>
-<p id="info">loading…</p>
-<div class="row">
- <div id="drop">Drop an image here or
-  <input type="file" id="file" accept="image/*" data-testid="file-input"></div>
- <label>k <input type="number" id="k" value="10" min="1" max="__MAXK__" style="width:4rem"></label>
- <div id="query"></div>
-</div>
-<p id="status"></p><p id="error" role="alert"></p>
-<h2 style="font-size:1.1rem">Neighbours</h2>
-<div id="results" class="grid" data-testid="results"></div>
-<h2 style="font-size:1.1rem">…or pick an indexed image</h2>
-<div id="samples" class="grid samples"></div>
-<script>
-const $ = (id) => document.getElementById(id);
-function esc(s){return String(s).replace(/[&<>"']/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));}
-function base(p){return String(p||'').split('/').pop();}
-async function info(){
-  const h = await (await fetch('/health')).json();
-  $('info').textContent = `${h.count} images indexed, ${h.num_bits}-bit codes, model ${h.model_id}`;
-  const s = await (await fetch('/samples?n=12')).json();
-  $('samples').innerHTML = s.items.map(it =>
-    `<div class="card" data-id="${it.id}"><img src="${it.image_url}" alt=""><div>#${it.id} ${esc(it.metadata.label ?? '')}</div></div>`).join('');
-  for (const el of $('samples').querySelectorAll('.card')) {
-    el.onclick = async () => {
-      const r = await fetch(`/images/${el.dataset.id}`);
-      const b = await r.blob();
-      search(new File([b], `item-${el.dataset.id}`, {type: b.type || 'image/png'}));
-    };
-  }
-}
-let searchSeq = 0;  // only the latest search may change the page
-function fail(msg){ $('results').innerHTML = ''; $('status').textContent = ''; $('error').textContent = msg; }
-async function search(file){
-  const seq = ++searchSeq;
-  // Old neighbours belong to the previous query: never leave them under a new one.
-  $('error').textContent = ''; $('results').innerHTML = ''; $('status').textContent = 'searching…';
-  $('query').innerHTML = `<img alt="query" src="${URL.createObjectURL(file)}">`;
-  const fd = new FormData(); fd.append('image', file);
-  const k = Math.max(1, parseInt($('k').value || '10', 10));
-  try {
-    const r = await fetch(`/search?k=${k}`, {method: 'POST', body: fd});
-    const text = await r.text();
-    let j = null;
-    try { j = JSON.parse(text); } catch (_) { j = null; }  // e.g. a proxy's HTML error page
-    if (seq !== searchSeq) return;
-    if (!r.ok || !j || !Array.isArray(j.results)) {
-      fail((j && j.error) || `search failed: HTTP ${r.status} ${r.statusText || ''}`.trim()); return;
-    }
-    $('results').innerHTML = j.results.map((x, i) =>
-      `<div class="card result" data-testid="result"><img src="${x.image_url}" alt="neighbour ${i+1}">
-       <div>#${i+1} · d=<b class="dist">${x.distance}</b></div>
-       <div title="${esc(x.metadata.path ?? '')}">${esc(x.metadata.label ?? base(x.metadata.path))}</div></div>`).join('');
-    $('status').textContent = `${j.count} results in ${j.took_ms} ms`;
-  } catch (e) { if (seq === searchSeq) fail(`search failed: ${e}`); }
-}
-$('file').onchange = (e) => { if (e.target.files[0]) search(e.target.files[0]); };
-const drop = $('drop');
-drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
-drop.ondragleave = () => drop.classList.remove('over');
-drop.ondrop = (e) => { e.preventDefault(); drop.classList.remove('over'); if (e.dataTransfer.files[0]) search(e.dataTransfer.files[0]); };
-info().catch((e) => { $('info').textContent = `cannot reach the service: ${e}`; });
-</script>
-</body></html>
-"""
