@@ -6,6 +6,7 @@ from absl import flags
 
 from bgan_tf.data import images as data
 from bgan_tf.search import backends as search
+from bgan_tf.search import limits
 
 # What one request may ask for: results of a query, images decoded at once in a build.
 MAX_QUERY_K = 10_000
@@ -60,22 +61,10 @@ def define_index_flags() -> None:
                              "files, query refuses a larger image.", lower_bound=1)
 
 
-# Bounds of the service knobs: the same as bgan_tf.search.service.LIMITS (kept here so that
-# parsing flags does not import FastAPI; tests/test_bad_input_images.py checks they agree).
-SERVICE_LIMITS = {
-    "max_upload_bytes": (1, 1 << 30),
-    "max_k": (1, 10_000),
-    "workers_threads": (1, 64),
-    "max_batch": (1, 4096),
-    "max_pixels": (1, 178_956_970),
-}
-SERVICE_MAX_PIXELS = 16_000_000  # = bgan_tf.search.service.DEFAULT_MAX_PIXELS
-
-
 def define_service_flags() -> None:
     """Flags of `python -m bgan_tf.serve`."""
     _define_common()
-    b = SERVICE_LIMITS
+    b = limits.LIMITS  # the bounds create_app checks
     flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (loopback by default; 0.0.0.0 exposes it).")
     flags.DEFINE_integer("port", 8000, "TCP port to listen on (0 picks a free one and prints it).",
                          lower_bound=0, upper_bound=65535)
@@ -84,9 +73,9 @@ def define_service_flags() -> None:
     if "max_pixels" in flags.FLAGS:
         # Also a flag of the index binary (with the CLI's larger default): the service
         # shares the flag but keeps its own default.
-        flags.FLAGS.set_default("max_pixels", SERVICE_MAX_PIXELS)
+        flags.FLAGS.set_default("max_pixels", limits.DEFAULT_MAX_PIXELS)
     else:
-        flags.DEFINE_integer("max_pixels", SERVICE_MAX_PIXELS,
+        flags.DEFINE_integer("max_pixels", limits.DEFAULT_MAX_PIXELS,
                              "Largest image an upload may be, in pixels, read from its header before decoding; "
                              "bigger ones get HTTP 413 (smaller than the CLI's default: many clients share "
                              "the server).", lower_bound=b["max_pixels"][0], upper_bound=b["max_pixels"][1])
@@ -95,7 +84,7 @@ def define_service_flags() -> None:
     flags.DEFINE_integer("max_k", 100, "Largest k a client may ask for.",
                          lower_bound=b["max_k"][0], upper_bound=b["max_k"][1])
     flags.DEFINE_integer("workers_threads", 2, "Threads that decode uploads off the event loop.",
-                         lower_bound=b["workers_threads"][0], upper_bound=b["workers_threads"][1])
+                         lower_bound=b["search_threads"][0], upper_bound=b["search_threads"][1])
     flags.DEFINE_integer("max_batch", 64, "Most waiting queries encoded and searched together in one model/index call.",
                          lower_bound=b["max_batch"][0], upper_bound=b["max_batch"][1])
     flags.register_validator(

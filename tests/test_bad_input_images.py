@@ -30,7 +30,8 @@ from bgan_tf.data import images as data
 from bgan_tf.search import indexer as indexing
 from bgan_tf.data.images import ImageTooLarge, decode_image_bytes, load_folder
 from bgan_tf.errors import UserError
-from bgan_tf.search.service import LIMITS, create_app, hide_paths
+from bgan_tf.search.limits import LIMITS
+from bgan_tf.search.service import create_app, hide_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -307,11 +308,21 @@ def _serve(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_serve_flags_are_bounded_at_parse_time_and_match_the_service_limits():
-    from flags.search_flags import SERVICE_LIMITS, SERVICE_MAX_PIXELS
-    from bgan_tf.search import service
+    from bgan_tf.search.limits import DEFAULT_MAX_PIXELS
 
-    assert SERVICE_MAX_PIXELS == service.DEFAULT_MAX_PIXELS < data.DEFAULT_MAX_PIXELS
-    assert {("search_threads" if k == "workers_threads" else k): v for k, v in SERVICE_LIMITS.items()} == LIMITS
+    # The flags of the real binary (its own process: another test may have defined
+    # --max_pixels as the index binary's flag in this one), bounded by LIMITS.
+    knob_of = {"max_upload_bytes": "max_upload_bytes", "max_k": "max_k", "workers_threads": "search_threads",
+               "max_batch": "max_batch", "max_pixels": "max_pixels"}
+    probe = ("import json, bgan_tf.serve; from absl import flags; F = flags.FLAGS; "
+             f"print(json.dumps({{n: [F[n].parser.lower_bound, F[n].parser.upper_bound, F[n].default] "
+             f"for n in {sorted(knob_of)!r}}}))")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert {knob_of[n]: tuple(v[:2]) for n, v in got.items()} == LIMITS
+    assert got["max_pixels"][2] == DEFAULT_MAX_PIXELS < data.DEFAULT_MAX_PIXELS
     for flag, value in [("port", "-1"), ("port", "65536"), ("max_k", "0"), ("max_k", "10001"),
                         ("max_upload_bytes", "0"), ("allowed_types", ""), ("allowed_types", "text/html"),
                         ("workers_threads", "0"), ("max_batch", "0"), ("max_pixels", "0")]:

@@ -51,23 +51,8 @@ from bgan_tf.errors import UserError
 from bgan_tf.search.indexer import Encoder
 from bgan_tf.search import backends as search_lib
 from bgan_tf.search.binary_index import BinaryIndex
+from bgan_tf.search.limits import DEFAULT_MAX_PIXELS, DEFAULT_TYPES, check_settings
 
-DEFAULT_TYPES = ("image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp")
-# The service's pixel budget per upload: 16 megapixels (a 48 MB decoded image) takes
-# any phone photo, while the CLI's larger default (data.DEFAULT_MAX_PIXELS) is for
-# files the operator chose. A few concurrent 100-megapixel uploads would otherwise
-# take gigabytes and stall every other client for seconds.
-DEFAULT_MAX_PIXELS = 16_000_000
-# (lowest, highest) value of each create_app knob; `python -m bgan_tf.serve` checks its
-# flags against the same bounds at parse time (flags/search_flags.py).
-LIMITS: dict[str, tuple[int, int]] = {
-    "max_upload_bytes": (1, 1 << 30),
-    "max_k": (1, 10_000),
-    "search_threads": (1, 64),
-    "max_batch": (1, 4096),
-    # Pillow refuses anything above twice Image.MAX_IMAGE_PIXELS (178,956,970) itself.
-    "max_pixels": (1, 178_956_970),
-}
 _MULTIPART_SLACK = 64 * 1024  # boundary + headers around the file in a multipart body
 _PAGE_FILE = Path(__file__).with_name("static") / "index.html"  # the web page served at GET /
 _log = logging.getLogger(__name__)
@@ -77,31 +62,6 @@ class _ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
-
-
-def check_settings(*, max_upload_bytes: int, allowed_types: Sequence[str], max_k: int, search_threads: int,
-                   max_batch: int, max_pixels: int) -> list[str]:
-    """The content types to accept (lowercased); UserError naming the first bad setting.
-
-    A service started with max_k 0 or no content types would refuse every request.
-    """
-    values = {"max_upload_bytes": max_upload_bytes, "max_k": max_k, "search_threads": search_threads,
-              "max_batch": max_batch, "max_pixels": max_pixels}
-    for name, value in values.items():
-        lo, hi = LIMITS[name]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-            raise UserError(f"{name} must be an integer from {lo:,} to {hi:,}, got {value!r}")
-    if isinstance(allowed_types, str):
-        allowed_types = [allowed_types]
-    types = [str(t).strip().lower() for t in allowed_types]
-    types = [t for t in types if t]
-    if not types:
-        raise UserError("allowed_types is empty: the service would refuse every upload; "
-                        f"pass image types such as {','.join(DEFAULT_TYPES)}")
-    bad = [t for t in types if not re.fullmatch(r"image/[a-z0-9][a-z0-9.+-]*", t)]
-    if bad:
-        raise UserError(f"allowed_types must be image/* content types, not {', '.join(map(repr, bad))}")
-    return types
 
 
 _SPEC_PATH = re.compile(r"^([A-Za-z][A-Za-z0-9_+.-]*:)(/(?!/).*)$")  # e.g. folder:/data/imgs
@@ -281,7 +241,7 @@ def create_app(
     search_threads: threads that decode uploads; max_batch: most queries the
     batching thread encodes and searches in one go; max_pixels: largest image (by
     its header) an upload may be, checked before decoding. Every knob is bounded
-    (LIMITS); a bad one raises UserError.
+    (bgan_tf/search/limits.py); a bad one raises UserError.
     """
     allowed = set(check_settings(max_upload_bytes=max_upload_bytes, allowed_types=allowed_types, max_k=max_k,
                                  search_threads=search_threads, max_batch=max_batch, max_pixels=max_pixels))
