@@ -57,7 +57,7 @@ def test_library_reports_model_and_baselines(tiny_model_dir, digits_subset, tmp_
 
 
 def test_holdout_split_is_what_train_held_out(digits_subset):
-    from bgan_tf.evaluation.quick import holdout_split
+    from bgan_tf.evaluation.protocols import holdout_split
 
     ours = ev_lib.build_split("holdout", digits_subset.labels, 7, holdout_per_class=5)
     theirs = holdout_split(digits_subset.labels, 5, 7)
