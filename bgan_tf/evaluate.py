@@ -27,6 +27,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
     from bgan_tf.evaluation import evaluator as ev_lib
+    from bgan_tf.evaluation import inputs as eval_inputs
     from bgan_tf.inference.keras_model import load_encoder, read_model_files
     from bgan_tf.evaluation.report import check_report_dir
     from bgan_tf.data.images import dataset_paths
@@ -38,10 +39,10 @@ def main(argv: list[str]) -> None:
     config, _ = read_model_files(FLAGS.model)
     # Check every option before any heavy work.
     protocol = FLAGS.protocol
-    if protocol not in ev_lib.PROTOCOL_NAMES:
-        raise UserError(f"unknown --protocol {protocol!r}; choose one of {', '.join(ev_lib.PROTOCOL_NAMES)}")
-    map_at = ev_lib.parse_map_at(FLAGS.map_at, protocol)
-    baselines = ev_lib.parse_baselines(FLAGS.baselines)
+    if protocol not in eval_inputs.PROTOCOL_NAMES:
+        raise UserError(f"unknown --protocol {protocol!r}; choose one of {', '.join(eval_inputs.PROTOCOL_NAMES)}")
+    map_at = eval_inputs.parse_map_at(FLAGS.map_at, protocol)
+    baselines = eval_inputs.parse_baselines(FLAGS.baselines)
     if FLAGS.num_examples < 0:
         raise UserError(f"--num_examples must be >= 0, got {FLAGS.num_examples}")
     seed = config.seed if FLAGS.seed is None else FLAGS.seed
@@ -55,9 +56,9 @@ def main(argv: list[str]) -> None:
     encoder = load_encoder(FLAGS.model)
 
     logging.set_verbosity(logging.WARNING)
-    data = ev_lib.load_eval_data(dataset, tfds_split=FLAGS.tfds_split or config.tfds_split,
-                                 data_dir=FLAGS.data_dir or config.data_dir, max_images=max_images)
-    split = ev_lib.build_split(protocol, data.labels, seed, holdout_per_class=FLAGS.holdout_per_class)
+    data = eval_inputs.load_eval_data(dataset, tfds_split=FLAGS.tfds_split or config.tfds_split,
+                                      data_dir=FLAGS.data_dir or config.data_dir, max_images=max_images)
+    split = eval_inputs.build_split(protocol, data.labels, seed, holdout_per_class=FLAGS.holdout_per_class)
     result = ev_lib.evaluate_model(FLAGS.model, data, split, baselines=baselines, map_at=map_at,
                                    num_examples=FLAGS.num_examples, encoder=encoder)
     info = result["info"]

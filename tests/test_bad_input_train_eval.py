@@ -131,11 +131,12 @@ def test_evaluate_checks_the_report_folder_before_evaluating(tiny_model_dir, tmp
 
     import bgan_tf.evaluate as evaluate_bin
     from bgan_tf.evaluation import evaluator as ev_lib
+    from bgan_tf.evaluation import inputs as eval_inputs
 
     def slow_part(*args, **kwargs):
         raise AssertionError("the evaluation ran before the report folder was checked")
 
-    monkeypatch.setattr(ev_lib, "load_eval_data", slow_part)
+    monkeypatch.setattr(eval_inputs, "load_eval_data", slow_part)
     monkeypatch.setattr(ev_lib, "evaluate_model", slow_part)
     before = photos(tmp_path / "photos")
     flags.FLAGS.unparse_flags()
@@ -155,12 +156,12 @@ def test_evaluate_finds_a_broken_weights_file_before_loading_data(tiny_model_dir
     from absl import flags
 
     import bgan_tf.evaluate as evaluate_bin
-    from bgan_tf.evaluation import evaluator as ev_lib
+    from bgan_tf.evaluation import inputs as eval_inputs
 
     def slow_part(*args, **kwargs):
         raise AssertionError("the data was loaded before the model was checked")
 
-    monkeypatch.setattr(ev_lib, "load_eval_data", slow_part)
+    monkeypatch.setattr(eval_inputs, "load_eval_data", slow_part)
     broken = tmp_path / "model"
     shutil.copytree(tiny_model_dir, broken)
     weights = broken / "encoder.weights.h5"

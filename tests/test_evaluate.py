@@ -11,6 +11,7 @@ import pytest
 from model_fixtures import build_tiny_model, tiny_model_dir  # noqa: F401  (pytest fixture)
 
 from bgan_tf.evaluation import evaluator as ev_lib
+from bgan_tf.evaluation import inputs as eval_inputs
 from bgan_tf.data.images import load_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ def digits_subset():
 
 
 def test_library_reports_model_and_baselines(tiny_model_dir, digits_subset, tmp_path):
-    split = ev_lib.build_split("holdout", digits_subset.labels, 0, holdout_per_class=3)
+    split = eval_inputs.build_split("holdout", digits_subset.labels, 0, holdout_per_class=3)
     assert split.sizes() == {"query": 30, "database": 270, "train": 270}
     # PCAH/ITQ are exercised on 1280-d backbone features below: a PCA of the tiny
     # model's 3072-d pixels costs ~25 s per baseline on the shared 2 cores.
@@ -57,9 +58,9 @@ def test_library_reports_model_and_baselines(tiny_model_dir, digits_subset, tmp_
 
 
 def test_holdout_split_is_what_train_held_out(digits_subset):
-    from bgan_tf.evaluation.quick import holdout_split
+    from bgan_tf.evaluation.protocols import holdout_split
 
-    ours = ev_lib.build_split("holdout", digits_subset.labels, 7, holdout_per_class=5)
+    ours = eval_inputs.build_split("holdout", digits_subset.labels, 7, holdout_per_class=5)
     theirs = holdout_split(digits_subset.labels, 5, 7)
     np.testing.assert_array_equal(ours.query, theirs.query)
     np.testing.assert_array_equal(ours.database, theirs.database)
@@ -87,7 +88,7 @@ def test_frozen_backbone_fast_path_gives_identical_codes(tmp_path, digits_subset
     feats = cached_features(data.images, spec, data.fingerprint(), str(tmp_path / "cache"))
     np.testing.assert_array_equal(enc.encode(data.images), enc.encode_features(feats))
 
-    split = ev_lib.build_split("holdout", data.labels, 0, holdout_per_class=2)
+    split = eval_inputs.build_split("holdout", data.labels, 0, holdout_per_class=2)
     fast = ev_lib.evaluate_model(model_dir, data, split, baselines=("PCAH", "ITQ"), map_at=(10,), num_examples=0)
     assert fast["info"]["encode"].startswith("encode_features")
     # The same metrics as from codes of the images (the slow path).

@@ -11,11 +11,12 @@ reference the codes compress). It also draws the top-10 retrieved images of a fe
 queries (wrong ones framed red) and, when the model has a generator, originals next
 to G(code).
 
-Why the split comes from the protocol and the seed: numbers are comparable only on
-the same split, and the holdout protocol with the training seed reproduces exactly
-the queries `python -m bgan_tf.train` held out, so the model never saw them. The
-model folder's metadata keeps a fingerprint of its training images; the evaluation
-compares it with the split's training set and says in the report whether they match.
+Why the split comes from the protocol and the seed (`inputs.build_split`): numbers
+are comparable only on the same split, and the holdout protocol with the training
+seed reproduces exactly the queries `python -m bgan_tf.train` held out, so the model
+never saw them. The model folder's metadata keeps a fingerprint of its training
+images; the evaluation compares it with the split's training set and says in the
+report whether they match.
 
 Encoding: images go through `LoadedEncoder.encode`. With a frozen pretrained
 backbone the codes come from `encode_features` on the cached backbone features
@@ -26,7 +27,6 @@ codes are identical.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -34,22 +34,13 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from bgan_tf.data.images import ImageData, images_for_gan, load_images, resize_uint8
+from bgan_tf.data.images import ImageData, images_for_gan, resize_uint8
 from bgan_tf.errors import UserError
+from bgan_tf.evaluation.inputs import BASELINE_CHOICES, DEFAULT_MAP_AT, parse_baselines
 from bgan_tf.evaluation.protocols import Split
 
-PROTOCOL_NAMES = ("holdout", "cifar10_pbgan", "cifar10_10k_50k", "nuswide_21", "mirflickr25k")
-BASELINE_CHOICES = ("LSH", "PCAH", "ITQ", "float_cosine")
 MODEL_NAME = "BGAN"
 FLOAT_NAME = "float cosine"
-#: mAP@K reported by default per protocol (mAP@all is always reported too).
-DEFAULT_MAP_AT: dict[str, tuple[int, ...]] = {
-    "holdout": (100,),
-    "cifar10_pbgan": (1000,),
-    "cifar10_10k_50k": (1000,),
-    "nuswide_21": (5000,),
-    "mirflickr25k": (5000,),
-}
 MAX_EXAMPLES = 100  # example-grid rows: 100 x (1 + top_k) images of >= 64 px is ~50 MB of RGB
 MAX_TOP_K = 100
 REPORT_KEYS = ("results", "example_grid", "reconstructions", "title", "notes")
@@ -57,138 +48,8 @@ _FAST_PATH_CHECK = 16  # items encoded both ways before trusting encode_features
 
 
 # ---------------------------------------------------------------------------
-# Inputs: data, split, options
-# ---------------------------------------------------------------------------
-
-
-def load_eval_data(specs: str | Sequence[str], *, tfds_split: str = "train", data_dir: str | None = None,
-                   max_images: int | None = None) -> ImageData:
-    """Load one dataset spec or pool several (comma-separated string or list), in order.
-
-    Why pooling: protocols such as cifar10_pbgan split the train and test images
-    together. Labels are matched by class name when the parts name their classes
-    (class subfolders), images are resized to the first part's size if they differ.
-    `max_images` keeps the first N pooled images (what training's --max_images did).
-    """
-    parts = [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs)]
-    parts = [s for s in parts if s]
-    if not parts:
-        raise UserError("--dataset is empty; pass digits, tfds:NAME, folder:PATH or npz:PATH")
-    loaded = [load_images(s, tfds_split=tfds_split, data_dir=data_dir, download=False) for s in parts]
-    for spec, d in zip(parts, loaded):
-        if d.labels is None:
-            raise UserError(f"dataset {spec!r} has no labels; evaluation needs labels (class subfolders, "
-                            "TFDS labels or an npz 'labels' array)")
-    data = loaded[0] if len(loaded) == 1 else _pool(parts, loaded)
-    if max_images is not None:
-        if max_images < 1:
-            raise UserError(f"--max_images must be >= 1, got {max_images}")
-        if len(data) > max_images:
-            data = data.subset(np.arange(max_images))
-    return data
-
-
-def _pool(specs: list[str], parts: list[ImageData]) -> ImageData:
-    first = parts[0]
-    hw = first.images.shape[1:3]
-    ndims = {d.labels.ndim for d in parts}
-    if len(ndims) != 1 or (ndims == {2} and len({d.labels.shape[1] for d in parts}) != 1):
-        raise UserError(f"cannot pool {', '.join(specs)}: their labels are of different kinds")
-    class_names = first.class_names
-    labels = [d.labels for d in parts]
-    if ndims == {1} and all(d.class_names for d in parts):
-        # Folders number their classes by sorted name: map every part onto one list.
-        class_names = sorted({c for d in parts for c in d.class_names})
-        lookup = {c: i for i, c in enumerate(class_names)}
-        labels = [np.array([lookup[d.class_names[i]] for i in d.labels], np.int64) for d in parts]
-    images = []
-    for d in parts:
-        imgs = d.images
-        if imgs.shape[1:3] != hw:
-            if hw[0] != hw[1]:
-                raise UserError(f"cannot pool {', '.join(specs)}: image sizes {hw} and {imgs.shape[1:3]} differ")
-            imgs = np.stack([resize_uint8(im, hw[0]) for im in imgs])
-        images.append(imgs)
-    names = None if any(d.names is None for d in parts) else [n for d in parts for n in d.names]
-    return ImageData(np.concatenate(images), np.concatenate(labels), names, class_names)
-
-
-def build_split(protocol: str, labels: np.ndarray | None, seed: int, *, holdout_per_class: int = 20) -> Split:
-    """The protocol's seeded split. `holdout`: `holdout_per_class` class-balanced
-    queries (exactly what the train binary held out with the same seed); the rest is
-    both the database and the training set."""
-    from bgan_tf.evaluation.quick import holdout_split
-    from bgan_tf.evaluation.protocols import make_split
-
-    if labels is None:
-        raise UserError("evaluation needs labels (class subfolders, TFDS labels or an npz 'labels' array)")
-    if protocol not in PROTOCOL_NAMES:
-        raise UserError(f"unknown --protocol {protocol!r}; choose one of {', '.join(PROTOCOL_NAMES)}")
-    if protocol != "holdout":
-        return make_split(protocol, labels, seed)
-    if holdout_per_class < 1:
-        raise UserError(f"--holdout_per_class must be >= 1, got {holdout_per_class}")
-    inner = holdout_split(labels, holdout_per_class, seed)
-    if inner.database.size == 0:
-        raise UserError("the holdout split left no database items; lower --holdout_per_class")
-    return Split("holdout", inner.query, inner.database, inner.database, None, inner.seed, inner.label_columns)
-
-
-def parse_map_at(values: Sequence[Any] | None, protocol: str) -> tuple[int, ...]:
-    """--map_at strings -> ints (default: the protocol's K)."""
-    if values is None:
-        return DEFAULT_MAP_AT.get(protocol, ())
-    try:
-        ks = tuple(int(v) for v in values)
-    except (TypeError, ValueError):
-        raise UserError(f"--map_at: expected comma-separated integers, got {','.join(map(str, values))!r}") from None
-    if any(k < 1 for k in ks):
-        raise UserError(f"--map_at values must be >= 1, got {list(ks)}")
-    return ks
-
-
-def parse_baselines(values: Sequence[str] | None) -> tuple[str, ...]:
-    """Baseline names, case-insensitive -> canonical spelling, duplicates dropped."""
-    canon = {b.lower(): b for b in BASELINE_CHOICES}
-    out: list[str] = []
-    for v in values or ():
-        key = str(v).strip().lower()
-        if not key:
-            continue
-        if key not in canon:
-            raise UserError(f"unknown baseline {v!r}; choose from {', '.join(BASELINE_CHOICES)}")
-        if canon[key] not in out:
-            out.append(canon[key])
-    return tuple(out)
-
-
-# ---------------------------------------------------------------------------
 # Codes and features
 # ---------------------------------------------------------------------------
-
-
-def _fingerprint(images: np.ndarray) -> str:
-    """Same value as ImageData(images).fingerprint()."""
-    h = hashlib.sha256()
-    h.update(str(images.shape).encode())
-    h.update(np.ascontiguousarray(images).data)
-    return h.hexdigest()[:16]
-
-
-def _backbone_spec(config):
-    from bgan_tf.modeling.backbones import BackboneSpec
-
-    w = config.backbone_weights
-    if w and w != "imagenet" and not os.path.isfile(w):
-        raise UserError(f"backbone weights {w!r} named in the model's config.json not found (a relative path is "
-                        "relative to where training ran); run from that folder")
-    return BackboneSpec(config.backbone, w, config.backbone_input_size)
-
-
-def _backbone_features(config, data: ImageData) -> np.ndarray:
-    from bgan_tf.data.features import cached_features
-
-    return cached_features(data.images, _backbone_spec(config), data.fingerprint(), config.feature_cache_dir)
 
 
 def _encode(enc, config, data: ImageData, idx: np.ndarray,
@@ -196,7 +57,10 @@ def _encode(enc, config, data: ImageData, idx: np.ndarray,
     """Codes of data[idx]; also the backbone features when the fast path computed them."""
     feats = None
     if use_cached_features and config.freeze_backbone and config.backbone_weights:
-        feats = _backbone_features(config, data)
+        from bgan_tf.data.features import cached_features
+        from bgan_tf.modeling.factory import backbone_spec
+
+        feats = cached_features(data.images, backbone_spec(config), data.fingerprint(), config.feature_cache_dir)
         probe = idx[:_FAST_PATH_CHECK]
         if np.array_equal(enc.encode(data.images[probe]), enc.encode_features(feats[probe])):
             return enc.encode_features(feats[idx]), feats, "encode_features (cached frozen-backbone features)"
@@ -204,15 +68,11 @@ def _encode(enc, config, data: ImageData, idx: np.ndarray,
     return enc.encode(data.images[idx]), feats, "encode (images)"
 
 
-def _baseline_features(config, data: ImageData, backbone_feats: np.ndarray | None) -> tuple[np.ndarray, str]:
+def _feature_description(config) -> str:
+    """What `graph_features` gives for this config, as the report names it."""
     if config.graph_features == "pixels":
-        x = images_for_gan(data.images, config.image_size).reshape(len(data), -1)
-        return x, f"pixels ({config.image_size}x{config.image_size}x3 in [0,1])"
-    if config.backbone == "small_cnn":
-        raise UserError("the model's graph used backbone features of an untrained small_cnn; baselines need a "
-                        "pretrained backbone (pass --baselines '' to skip them)")
-    feats = backbone_feats if backbone_feats is not None else _backbone_features(config, data)
-    return feats, f"{config.backbone} features ({config.backbone_weights}, {config.backbone_input_size}px)"
+        return f"pixels ({config.image_size}x{config.image_size}x3 in [0,1])"
+    return f"{config.backbone} features ({config.backbone_weights}, {config.backbone_input_size}px)"
 
 
 # ---------------------------------------------------------------------------
@@ -322,7 +182,9 @@ def evaluate_model(
 
     feature_desc = None
     if baselines:
-        feats, feature_desc = _baseline_features(config, data, backbone_feats)
+        from bgan_tf.data.features import graph_features
+
+        feats, feature_desc = graph_features(config, data, backbone_feats), _feature_description(config)
         f_train, f_q, f_db = feats[split.train], feats[split.query], feats[split.database]
         for name in baselines:
             if name == "float_cosine":
@@ -358,7 +220,7 @@ def evaluate_model(
 
     # Does the split's training set match what the model was trained on?
     trained_on = (metadata.get("training_data") or {}).get("fingerprint")
-    split_fp = _fingerprint(data.images[split.train]) if split.train.size else None
+    split_fp = data.subset(split.train).fingerprint() if split.train.size else None
     info = {
         "model_dir": os.path.abspath(model_dir),
         "model_id": enc.model_id,

@@ -166,6 +166,12 @@ def class_balanced_split(
     return Split(name, query.astype(np.int64), database.astype(np.int64), train.astype(np.int64), map_at, int(seed))
 
 
+def holdout_split(labels: np.ndarray, per_class: int, seed: int) -> Split:
+    """What the train binary holds out: `per_class` class-balanced queries; the rest is
+    the database (and what it trains on); no separate training draw."""
+    return class_balanced_split(labels, per_class, 0, seed, name="holdout")
+
+
 def random_split(
     n: int,
     n_query: int,

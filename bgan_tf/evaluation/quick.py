@@ -1,15 +1,14 @@
-"""Train-then-evaluate in one call: what the main job and benchmarks run.
+"""The train binary's closing check: BGAN vs ITQ on the held-out queries.
 
-Holds out class-balanced queries, trains BGAN on the rest (the database),
-then ranks the database for every query by Hamming distance and scores it
-next to ITQ fitted on the same features the neighbourhood graph used.
+The train binary holds out class-balanced queries (`protocols.holdout_split`) and
+trains BGAN on the rest (the database); then `quick_evaluate` ranks the database for
+every query by Hamming distance and scores it next to ITQ fitted on the same
+features the neighbourhood graph used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
-import numpy as np
 
 from bgan_tf.config import BGANConfig
 from bgan_tf.data.images import ImageData
@@ -28,12 +27,6 @@ class QuickEval:
         for name, r in self.rows.items():
             lines.append(f"{name:<12} {r['map_all']:>8.4f} {r[f'map_at_{self.map_k}']:>9.4f}")
         return "\n".join(lines)
-
-
-def holdout_split(labels: np.ndarray, per_class: int, seed: int):
-    from bgan_tf.evaluation.protocols import class_balanced_split
-
-    return class_balanced_split(labels, per_class, 0, seed, name="holdout")
 
 
 def quick_evaluate(model_dir: str, config: BGANConfig, query: ImageData, database: ImageData,
