@@ -109,12 +109,12 @@ def test_service_with_trained_model(tiny_model_dir, digit_folder, built_index): 
 
 def test_index_with_a_tflite_export(tiny_model_dir, digit_folder, tmp_path):  # noqa: F811
     """Devices that run an int8 file can index with that same file: codes then agree exactly."""
-    from bgan_tf.serving import saved_model as serving
+    from bgan_tf.serving import tflite as tflite_lib
     from bgan_tf.inference.keras_model import load_encoder
 
     loaded = load_encoder(tiny_model_dir)
-    reps = serving.representative_images(str(digit_folder), loaded.config.backbone_input_size, 40)
-    tfl = serving.convert_tflite(loaded, str(tmp_path / "tfl"), ["int8"], reps)["int8"]
+    reps = tflite_lib.representative_images(str(digit_folder), loaded.config.backbone_input_size, 40)
+    tfl = tflite_lib.convert_tflite(loaded, str(tmp_path / "tfl"), ["int8"], reps)["int8"]
     idx = tmp_path / "idx"
     r = _run("build", f"--model={tfl}", f"--images={digit_folder}", f"--index={idx}", "--noprogress")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -6,7 +6,7 @@ so each can be swapped in one place:
   decode_image_bytes, with their pixel budget), so indexed, queried and trained
   images decode alike; folders are listed by bgan_tf.data.images.list_image_files;
 - `load_model`: bgan_tf.inference.keras_model.load_encoder(model_dir), an exported
-  `.tflite` encoder (bgan_tf.serving.saved_model.TFLiteEncoder), or the training-free
+  `.tflite` encoder (bgan_tf.inference.tflite.TFLiteEncoder), or the training-free
   `pixel-lsh:BITS[:SEED]` baseline (random hyperplanes over 16x16 pixels), which
   the tests, the demo and the load benchmark use instead of a trained model.
 """
@@ -114,7 +114,7 @@ def load_model(model: str) -> Encoder:
         # An exported TFLite encoder (python -m export.tflite): lets a deployment
         # whose devices run the int8 file index with that same file, so device
         # and index codes agree bit for bit.
-        from bgan_tf.serving.saved_model import TFLiteEncoder
+        from bgan_tf.inference.tflite import TFLiteEncoder
 
         return TFLiteEncoder(model)
     if not os.path.isdir(model):
