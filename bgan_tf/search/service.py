@@ -47,7 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bgan_tf.data.images import ImageTooLarge, decode_image_bytes
 from bgan_tf.errors import UserError
-from bgan_tf.search.indexer import Encoder
+from bgan_tf.inference.encoders import Encoder
 from bgan_tf.search import binary_index as search_lib
 from bgan_tf.search.binary_index import BinaryIndex
 
