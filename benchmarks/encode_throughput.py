@@ -85,26 +85,29 @@ def measure(model_dir: str, work: str, seconds: float, image_source: str | None 
     """``image_source``: folder/.npz for calibration and checks (default: the model's training data)."""
     import tensorflow as tf
 
-    from bgan_tf.serving import saved_model as serving
+    from bgan_tf.inference.tflite import TFLiteEncoder
+    from bgan_tf.serving import checks as checks_lib
+    from bgan_tf.serving import saved_model as sm_lib
+    from bgan_tf.serving import tflite as tflite_lib
     from bgan_tf.inference.keras_model import load_encoder
 
     loaded = load_encoder(model_dir)
     size = loaded.config.backbone_input_size
     source = image_source or loaded.config
-    images = serving.representative_images(source, size, 256, seed=1)
-    reps = serving.representative_images(source, size, 200, seed=0)
+    images = tflite_lib.representative_images(source, size, 256, seed=1)
+    reps = tflite_lib.representative_images(source, size, 200, seed=0)
     shutil.rmtree(work, ignore_errors=True)
-    sm_path = serving.export_saved_model(loaded, os.path.join(work, "saved_model"))
-    check = serving.check_saved_model(sm_path, loaded, images)
+    sm_path = sm_lib.export_saved_model(loaded, os.path.join(work, "saved_model"))
+    check = checks_lib.check_saved_model(sm_path, loaded, images)
     print(check.summary(), flush=True)
-    paths = serving.convert_tflite(loaded, os.path.join(work, "tflite"), representative=reps)
+    paths = tflite_lib.convert_tflite(loaded, os.path.join(work, "tflite"), representative=reps)
     ref = loaded.encode(images)
 
     keras_fn = tf.function(lambda x: loaded.model(x, training=False))
     sm = tf.saved_model.load(sm_path)
     sig = sm.signatures["serving_default"]
     threads = os.cpu_count()
-    runners = {v: serving.TFLiteEncoder(p, num_threads=threads) for v, p in paths.items()}
+    runners = {v: TFLiteEncoder(p, num_threads=threads) for v, p in paths.items()}
     calls = {
         "keras": (lambda b: keras_fn(tf.constant(b, tf.float32)).numpy(), np.float32),
         "saved_model": (lambda b: sig(images=tf.constant(b))["codes"].numpy(), np.uint8),
@@ -114,9 +117,9 @@ def measure(model_dir: str, work: str, seconds: float, image_source: str | None 
     sizes = {"keras": os.path.getsize(os.path.join(model_dir, "encoder.weights.h5")),
              "saved_model": dir_bytes(sm_path)}
     sizes.update({f"tflite_{v}": os.path.getsize(p) for v, p in paths.items()})
-    agreement = {"keras": 1.0,
-                 "saved_model": serving.bit_agreement(ref, serving.call_signature(sig, images=tf.constant(images))["codes"])}
-    agreement.update({f"tflite_{v}": serving.bit_agreement(ref, r.encode(images)) for v, r in runners.items()})
+    sm_codes = checks_lib.call_signature(sig, images=tf.constant(images))["codes"]
+    agreement = {"keras": 1.0, "saved_model": checks_lib.bit_agreement(ref, sm_codes)}
+    agreement.update({f"tflite_{v}": checks_lib.bit_agreement(ref, r.encode(images)) for v, r in runners.items()})
 
     results = {}
     for name in VARIANTS:
@@ -132,7 +135,7 @@ def measure(model_dir: str, work: str, seconds: float, image_source: str | None 
     # Eager Keras (what LoadedEncoder.encode does) for reference, not in the JSON rows.
     eager = {bs: round(throughput(lambda b: loaded.model(tf.constant(b, tf.float32), training=False).numpy(),
                                   np.resize(images, (bs,) + images.shape[1:]), seconds, 5), 1) for bs in (1, 64)}
-    stability = {sigma: round(serving.noise_stability(loaded, images, sigma), 4) for sigma in (0.25, 0.5, 1.0)}
+    stability = {sigma: round(checks_lib.noise_stability(loaded, images, sigma), 4) for sigma in (0.25, 0.5, 1.0)}
     print(f"  Keras codes under N(0, sigma) pixel noise: {stability}", flush=True)
     info = {"backbone": loaded.config.backbone, "input_size": size, "num_bits": loaded.num_bits,
             "model_dir": os.path.abspath(model_dir), "keras_eager": eager, "tflite_threads": threads,

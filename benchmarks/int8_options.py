@@ -49,24 +49,26 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from bgan_tf.serving import saved_model as serving
+    from bgan_tf.inference.tflite import TFLiteEncoder
+    from bgan_tf.serving import checks as checks_lib
+    from bgan_tf.serving import tflite as tflite_lib
     from bgan_tf.atomic import write_json, write_text
     from bgan_tf.inference.keras_model import load_encoder
 
     loaded = load_encoder(args.model)
     size = loaded.config.backbone_input_size
     source = args.images or loaded.config
-    images = serving.representative_images(source, size, 512, seed=1)
+    images = tflite_lib.representative_images(source, size, 512, seed=1)
     ref = loaded.encode(images)
-    reps = {n: serving.representative_images(source, size, n, seed=0).astype(np.float32) for n in (200, 1000)}
+    reps = {n: tflite_lib.representative_images(source, size, n, seed=0).astype(np.float32) for n in (200, 1000)}
     tmp = tempfile.mkdtemp(prefix="int8_options_")
     # What export writes: float variants from the Keras graph, full int8 from the
-    # graph whose normalisation is one 1x1 convolution (serving.tflite_saved_model).
-    sms = {fold: serving.tflite_saved_model(loaded, f"{tmp}/sm_{int(fold)}", fold) for fold in (False, True)}
+    # graph whose normalisation is one 1x1 convolution (serving.tflite.tflite_saved_model).
+    sms = {fold: tflite_lib.tflite_saved_model(loaded, f"{tmp}/sm_{int(fold)}", fold) for fold in (False, True)}
 
     def converter(variant: str = "int8", n_reps: int = 200, float_islands: bool = False, fold: bool = True):
-        fold = fold and serving.folds_normalisation(variant)
-        conv = serving.tflite_converter(sms[fold], variant, reps[n_reps])
+        fold = fold and tflite_lib.folds_normalisation(variant)
+        conv = tflite_lib.tflite_converter(sms[fold], variant, reps[n_reps])
         if float_islands:
             # For the debugger: denylisted ops must be allowed to stay float.
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -78,8 +80,8 @@ def main() -> None:
         path = tempfile.mktemp(suffix=".tflite")
         with open(path, "wb") as f:
             f.write(data)
-        enc = serving.TFLiteEncoder(path, num_threads=2)
-        agree = serving.bit_agreement(ref, enc.encode(images))
+        enc = TFLiteEncoder(path, num_threads=2)
+        agree = checks_lib.bit_agreement(ref, enc.encode(images))
         batch = np.ascontiguousarray(images[:64]).astype(np.float32)
         rate = throughput(lambda b: enc.runner(images=b), batch, min_seconds=3.0, min_iters=1)
         rows[name] = {"bit_agreement": round(agree, 4), "bytes": len(data), "batch_64": round(rate, 1)}

@@ -14,7 +14,7 @@ P-BGAN protocol (seed 0: 1,000 queries, 59,000 database images):
   ``bgan_tf.index build --model encoder_int8.tflite`` serves), and with int8
   queries against a Keras-encoded database (what mixing them would give; the
   index refuses it);
-- the floor the model itself sets (``serving.input_rounding_agreement``): the
+- the floor the model itself sets (``serving.checks.input_rounding_agreement``): the
   Keras encoder's agreement with itself when its resized input is rounded to
   whole grey levels, as an 8-bit input tensor must be.
 
@@ -59,7 +59,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", default=os.path.join(RESULTS, "int8_retrieval"))
     args = p.parse_args()
-    from bgan_tf.serving.saved_model import TFLITE_VARIANTS
+    from bgan_tf.serving.tflite import TFLITE_VARIANTS
 
     unknown = [v for v in args.variants.split(",") if v not in TFLITE_VARIANTS]
     if unknown:  # checked before a minute of loading, not after
@@ -73,7 +73,9 @@ def main() -> int:
             print(f"SKIP: {what} not found ({path}); {how}")
             return 0
 
-    from bgan_tf.serving import saved_model as serving
+    from bgan_tf.inference.tflite import TFLiteEncoder
+    from bgan_tf.serving import checks as checks_lib
+    from bgan_tf.serving import tflite as tflite_lib
     from bgan_tf.modeling.backbones import BackboneSpec
     from bgan_tf.atomic import write_json, write_text
     from bgan_tf.data.features import cached_features
@@ -102,8 +104,8 @@ def main() -> int:
 
     keras_codes = loaded.encode_features(feats)
     # The reference is the cached-feature path; check it is the image path too.
-    image_path_agreement = serving.bit_agreement(keras_codes[q], loaded.encode(data.images[q]))
-    floor = serving.input_rounding_agreement(loaded, data.images[q])
+    image_path_agreement = checks_lib.bit_agreement(keras_codes[q], loaded.encode(data.images[q]))
+    floor = checks_lib.input_rounding_agreement(loaded, data.images[q])
     results = {"model": os.path.abspath(args.model), "num_bits": loaded.num_bits,
                "input_size": int(cfg.backbone_input_size), "backbone": cfg.backbone,
                "keras": score(keras_codes[q], keras_codes[db]),
@@ -112,17 +114,17 @@ def main() -> int:
     print(f"keras {results['keras']}; image path vs cached features {image_path_agreement:.5f}; "
           f"input rounding floor {floor:.4f}", flush=True)
 
-    reps = serving.representative_images(data.images[split.train], cfg.backbone_input_size, 200, seed=0)
+    reps = tflite_lib.representative_images(data.images[split.train], cfg.backbone_input_size, 200, seed=0)
     with tempfile.TemporaryDirectory(prefix="int8_retrieval_") as tmp:
-        paths = serving.convert_tflite(loaded, tmp, args.variants.split(","), representative=reps)
+        paths = tflite_lib.convert_tflite(loaded, tmp, args.variants.split(","), representative=reps)
         for variant, path in paths.items():
-            enc = serving.TFLiteEncoder(path, num_threads=args.threads)
+            enc = TFLiteEncoder(path, num_threads=args.threads)
             t = time.time()
             codes = enc.encode(data.images, batch_size=64)
             secs = time.time() - t
             row = {"bytes": os.path.getsize(path),
-                   "bit_agreement_queries": round(serving.bit_agreement(keras_codes[q], codes[q]), 4),
-                   "bit_agreement_database": round(serving.bit_agreement(keras_codes[db], codes[db]), 4),
+                   "bit_agreement_queries": round(checks_lib.bit_agreement(keras_codes[q], codes[q]), 4),
+                   "bit_agreement_database": round(checks_lib.bit_agreement(keras_codes[db], codes[db]), 4),
                    "both_sides": score(codes[q], codes[db]),
                    "queries_only": score(codes[q], keras_codes[db]),
                    "encode_img_per_s": round(len(codes) / secs, 1)}
@@ -160,7 +162,7 @@ def markdown(r: dict) -> str:
         "",
         f"- The floor the model sets: rounding its resized input to whole grey levels (what an 8-bit input "
         f"tensor does) alone leaves {r['input_rounding_agreement']:.4f} of the Keras encoder's bits unchanged "
-        "on the queries (`serving.input_rounding_agreement`). No full-int8 file of this model can agree "
+        "on the queries (`serving.checks.input_rounding_agreement`). No full-int8 file of this model can agree "
         "better on images that arrive at another size.",
         f"- The reference scores Keras codes computed from cached backbone features; on the queries they equal "
         f"the codes computed from the images in {r['keras_image_path_agreement']:.5f} of the bits.",

@@ -36,6 +36,7 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bgan_tf.inference.encoders import load_model  # noqa: E402
 from bgan_tf.search import indexer as indexing  # noqa: E402
 
 
@@ -155,7 +156,7 @@ def main() -> None:
                 buf = io.BytesIO()
                 Image.fromarray(a).save(buf, format="PNG")
                 payloads.append(buf.getvalue())
-        indexing.build_index(indexing.load_model(args.model), os.path.join(tmp, "imgs"), os.path.join(tmp, "idx"),
+        indexing.build_index(load_model(args.model), os.path.join(tmp, "imgs"), os.path.join(tmp, "idx"),
                              progress=False, model_ref=args.model)
         port = _free_port()
         proc = subprocess.Popen([sys.executable, "-m", "bgan_tf.serve", f"--index={tmp}/idx", "--host=127.0.0.1",

@@ -20,6 +20,7 @@ from typing import Any
 from absl import flags
 
 from bgan_tf import atomic
+from bgan_tf.inference.encoders import load_model
 from bgan_tf.search import indexer as indexing
 from bgan_tf.search import backends as search
 from bgan_tf.search import store
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> None:
         # encoded, and the writer lock is taken first, so a concurrent build fails fast.
         listing = indexing.prepare_build(FLAGS.images, FLAGS.index)
         with atomic.output_lock(FLAGS.index, store.INDEX_WHAT):
-            encoder = indexing.load_model(FLAGS.model)
+            encoder = load_model(FLAGS.model)
             report = indexing.build_index(
                 encoder, FLAGS.images, FLAGS.index, backend=FLAGS.backend,
                 backend_knobs=backend_knobs(FLAGS.backend), batch_size=FLAGS.batch_size,
@@ -72,7 +73,7 @@ def main(argv: list[str]) -> None:
             print(f"skipped {indexing.printable(line)}")
         return
     _require(index=FLAGS.index, image=FLAGS.image)
-    encoder = indexing.load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
+    encoder = load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
     explicit = FLAGS["backend"].present
     index = indexing.open_index(FLAGS.index, encoder, **(
         {"backend": FLAGS.backend, **backend_knobs(FLAGS.backend)} if explicit else {}))

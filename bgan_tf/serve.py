@@ -14,6 +14,7 @@ import socket
 
 from absl import flags
 
+from bgan_tf.inference.encoders import load_model
 from bgan_tf.search import indexer as indexing
 from bgan_tf.search import backends as search
 from bgan_tf.errors import UserError, cli_run
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> None:
     sock = bind_socket(FLAGS.host, FLAGS.port)
     try:
         search.set_num_threads(FLAGS.threads)
-        encoder = indexing.load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
+        encoder = load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
         extra = {"backend": FLAGS.backend, **_knobs()} if FLAGS["backend"].present else {}
         index = indexing.open_index(FLAGS.index, encoder, **extra)
         application = create_app(index, encoder, max_upload_bytes=FLAGS.max_upload_bytes,

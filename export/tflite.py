@@ -8,7 +8,7 @@ sha256 of each file) as one set: it replaces a previous export in OUT only after
 the checks passed, and a killed run leaves the old set or the new one, never a
 mix. OUT must be new, empty or an earlier TFLite export. Prints each variant's
 size and bit agreement with the Keras encoder. TFLite models take the backbone
-input size only; bgan_tf.serving.saved_model.TFLiteEncoder resizes on the client side.
+input size only; bgan_tf.inference.tflite.TFLiteEncoder resizes on the client side.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from __future__ import annotations
 from absl import flags
 
 from bgan_tf.errors import UserError
-from bgan_tf.serving.saved_model import MAX_VERSION, TFLITE_VARIANTS, check_variants
+from bgan_tf.serving.saved_model import MAX_VERSION
+from bgan_tf.serving.tflite import TFLITE_VARIANTS, check_variants
 
 FLAGS = flags.FLAGS
 

@@ -27,7 +27,10 @@ from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 import export.all as export_all
 import export.saved_model as export_saved_model
 import export.tflite as export_tflite
-from bgan_tf.serving import saved_model as serving
+from bgan_tf.inference.tflite import TFLiteEncoder
+from bgan_tf.serving import checks as checks_lib
+from bgan_tf.serving import saved_model as sm_lib
+from bgan_tf.serving import tflite as tflite_lib
 from bgan_tf.errors import UserError
 from bgan_tf.inference.keras_model import load_encoder, load_generator
 
@@ -151,7 +154,7 @@ def test_tflite_file_that_is_not_our_encoder(tmp_path):
     path.write_bytes(conv.convert())
     with pytest.raises(UserError, match=r"other.tflite is not an encoder exported by python -m export.tflite "
                                         r"\(its signature has no codes, packed tensor\); export it again"):
-        serving.TFLiteEncoder(str(path))
+        TFLiteEncoder(str(path))
 
 
 # --------------------------------------------------------------------------
@@ -162,7 +165,7 @@ def test_export_base_refusals_touch_nothing(loaded, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("keep me")
     with pytest.raises(UserError, match="a_file is a file, not a folder"):
-        serving.export_saved_model(loaded, a_file)
+        sm_lib.export_saved_model(loaded, a_file)
     assert a_file.read_text() == "keep me"
 
     strangers = tmp_path / "strangers"
@@ -172,20 +175,20 @@ def test_export_base_refusals_touch_nothing(loaded, tmp_path):
     before = _snapshot(strangers)
     with pytest.raises(UserError, match=r"holds entries that are not SavedModel versions \(.tmp-not-ours, "
                                         r"notes.txt\); TF Serving loads every integer subfolder"):
-        serving.export_saved_model(loaded, strangers)
+        sm_lib.export_saved_model(loaded, strangers)
     assert _snapshot(strangers) == before
 
     with pytest.raises(UserError, match="overlaps the input"):
-        serving.export_saved_model(loaded, Path(loaded.model_dir) / "exports")
+        sm_lib.export_saved_model(loaded, Path(loaded.model_dir) / "exports")
     assert not (Path(loaded.model_dir) / "exports").exists()
 
     versions = tmp_path / "versions"
     (versions / "4").mkdir(parents=True)
     with pytest.raises(UserError, match="version 4 already exists"):
-        serving.export_saved_model(loaded, versions, version=4)
+        sm_lib.export_saved_model(loaded, versions, version=4)
     for bad in (-1, True, 2**63):
         with pytest.raises(UserError, match="--version must be an integer from 0"):
-            serving.export_saved_model(loaded, versions, version=bad)
+            sm_lib.export_saved_model(loaded, versions, version=bad)
     assert os.listdir(versions) == ["4"]
 
 
@@ -196,9 +199,9 @@ def test_read_only_outputs_are_refused(loaded, tmp_path):
     ro.chmod(0o555)
     try:
         with pytest.raises(UserError, match="permission denied"):
-            serving.export_saved_model(loaded, ro / "base")
+            sm_lib.export_saved_model(loaded, ro / "base")
         with pytest.raises(UserError, match="permission denied"):
-            serving.convert_tflite(loaded, ro / "tfl", ["float"])
+            tflite_lib.convert_tflite(loaded, ro / "tfl", ["float"])
     finally:
         ro.chmod(0o755)
     assert os.listdir(ro) == []
@@ -218,20 +221,20 @@ def test_failed_check_leaves_no_version_and_stale_temps_are_cleaned(loaded, tmp_
         raise UserError("codes differ")
 
     with pytest.raises(UserError, match="codes differ"):
-        serving.export_saved_model(loaded, base, check=failing_check)
+        sm_lib.export_saved_model(loaded, base, check=failing_check)
     assert os.path.basename(seen[0]).startswith(".bgan_export.tmp-")
     assert os.listdir(base) == ["3"]  # no version 4, no temp, the killed runs' temps gone
 
     # A new base that a failed export created is removed again.
     fresh = tmp_path / "fresh"
     with pytest.raises(UserError, match="codes differ"):
-        serving.export_saved_model(loaded, fresh, check=failing_check)
+        sm_lib.export_saved_model(loaded, fresh, check=failing_check)
     assert not fresh.exists()
 
     # Passing checks: the version appears, under the umask's modes.
     old = os.umask(0o002)
     try:
-        path = serving.export_saved_model(loaded, base, check=lambda p: None)
+        path = sm_lib.export_saved_model(loaded, base, check=lambda p: None)
     finally:
         os.umask(old)
     assert path == str(base / "4") and sorted(os.listdir(base)) == ["3", "4"]
@@ -248,8 +251,8 @@ def _old_set(out: Path) -> None:
     out.mkdir()
     (out / "encoder_float.tflite").write_bytes(b"old float")
     (out / "encoder_int8.tflite").write_bytes(b"old int8")
-    (out / serving.TFLITE_METADATA_NAME).write_text(json.dumps(
-        {"format": serving.TFLITE_FORMAT, "model_id": "old-model", "variants": {"float": {}, "int8": {}}}))
+    (out / tflite_lib.TFLITE_METADATA_NAME).write_text(json.dumps(
+        {"format": tflite_lib.TFLITE_FORMAT, "model_id": "old-model", "variants": {"float": {}, "int8": {}}}))
 
 
 def test_tflite_set_is_replaced_whole_or_not_at_all(loaded, tmp_path, monkeypatch):
@@ -262,20 +265,20 @@ def test_tflite_set_is_replaced_whole_or_not_at_all(loaded, tmp_path, monkeypatc
         raise UserError("float disagrees")
 
     with pytest.raises(UserError, match="float disagrees"):
-        serving.convert_tflite(loaded, out, ["float"], check=failing_check)
+        tflite_lib.convert_tflite(loaded, out, ["float"], check=failing_check)
     assert _snapshot(out) == before
 
     # Killed half way (Ctrl-C during the second variant): the old set stays, whole.
-    real = serving.tflite_converter
+    real = tflite_lib.tflite_converter
 
     def interrupt_second(sm_dir, variant, representative=None):
         if variant == "dynamic_int8":
             raise KeyboardInterrupt
         return real(sm_dir, variant, representative)
 
-    monkeypatch.setattr(serving, "tflite_converter", interrupt_second)
+    monkeypatch.setattr(tflite_lib, "tflite_converter", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
-        serving.convert_tflite(loaded, out, ["float", "dynamic_int8"])
+        tflite_lib.convert_tflite(loaded, out, ["float", "dynamic_int8"])
     monkeypatch.undo()
     assert _snapshot(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tfl.lock", "tfl"]
@@ -285,15 +288,15 @@ def test_tflite_set_is_replaced_whole_or_not_at_all(loaded, tmp_path, monkeypatc
     (tmp_path / ".tfl.tmp-killed").mkdir()
     old = os.umask(0o002)
     try:
-        paths = serving.convert_tflite(loaded, out, ["float"])
+        paths = tflite_lib.convert_tflite(loaded, out, ["float"])
     finally:
         os.umask(old)
-    assert sorted(os.listdir(out)) == [serving.TFLITE_METADATA_NAME, "encoder_float.tflite"]
+    assert sorted(os.listdir(out)) == [tflite_lib.TFLITE_METADATA_NAME, "encoder_float.tflite"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tfl.lock", "tfl"]
-    meta = json.loads((out / serving.TFLITE_METADATA_NAME).read_text())
-    assert meta["format"] == serving.TFLITE_FORMAT and meta["model_id"] == loaded.model_id
+    meta = json.loads((out / tflite_lib.TFLITE_METADATA_NAME).read_text())
+    assert meta["format"] == tflite_lib.TFLITE_FORMAT and meta["model_id"] == loaded.model_id
     assert list(meta["variants"]) == ["float"]
-    enc = serving.TFLiteEncoder(paths["float"])
+    enc = TFLiteEncoder(paths["float"])
     assert meta["variants"]["float"]["model_id"] == enc.model_id
     assert os.stat(out).st_mode & 0o777 == 0o775
     assert os.stat(paths["float"]).st_mode & 0o777 == 0o664
@@ -303,13 +306,13 @@ def test_tflite_out_refusals_touch_nothing(loaded, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("keep me")
     with pytest.raises(UserError, match="a_file is a file, not a folder"):
-        serving.check_tflite_out(a_file)
+        tflite_lib.check_tflite_out(a_file)
 
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "cat.jpg").write_bytes(b"jpeg")
     with pytest.raises(UserError, match="already holds files that are not a TFLite export"):
-        serving.convert_tflite(loaded, photos, ["float"])
+        tflite_lib.convert_tflite(loaded, photos, ["float"])
     assert os.listdir(photos) == ["cat.jpg"]
 
     # Our own export, but someone added a file to it: replacing the set would delete it.
@@ -317,7 +320,7 @@ def test_tflite_out_refusals_touch_nothing(loaded, tmp_path):
     _old_set(ours)
     (ours / "README.md").write_text("notes")
     with pytest.raises(UserError, match="already holds files that are not a TFLite export"):
-        serving.check_tflite_out(ours)
+        tflite_lib.check_tflite_out(ours)
 
     # Written by the exporter before it left a marker (two models' files after a kill, and
     # a per-file temp): ours, so the next export may replace the whole set.
@@ -325,11 +328,11 @@ def test_tflite_out_refusals_touch_nothing(loaded, tmp_path):
     legacy.mkdir()
     for name in ("encoder_float.tflite", "encoder_int8.tflite", ".encoder_int8.tflite.tmp-ab12_x9z"):
         (legacy / name).write_bytes(b"old")
-    assert serving.check_tflite_out(legacy) == legacy
+    assert tflite_lib.check_tflite_out(legacy) == legacy
 
     for inside in (Path(loaded.model_dir), Path(loaded.model_dir) / "tfl", Path(loaded.model_dir).parent):
         with pytest.raises(UserError):
-            serving.convert_tflite(loaded, inside, ["float"])
+            tflite_lib.convert_tflite(loaded, inside, ["float"])
     assert not (Path(loaded.model_dir) / "tfl").exists()
     assert sorted(os.listdir(tmp_path)) == ["a_file", "legacy", "ours", "photos"]
 
@@ -369,14 +372,14 @@ def test_bad_check_images_are_refused_before_a_version_is_written(tiny_model_dir
 
 def test_export_all_writes_no_version_when_the_tflite_check_fails(tiny_model_dir, tmp_path,  # noqa: F811
                                                                   monkeypatch):
-    real = serving.check_tflite
+    real = checks_lib.check_tflite
 
     def broken_float(paths, model, images):
         checks = real(paths, model, images)
         checks["float"].bit_agreement = 0.53
         return checks
 
-    monkeypatch.setattr(serving, "check_tflite", broken_float)
+    monkeypatch.setattr(checks_lib, "check_tflite", broken_float)
     base, out = tmp_path / "base", tmp_path / "tfl"
     with pytest.raises(UserError, match=r"float TFLite model disagrees with Keras \(bit agreement 0.5300\); "
                                         r"nothing was written"):

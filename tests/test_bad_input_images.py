@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bgan_tf.data import images as data
+from bgan_tf.inference.encoders import load_model
 from bgan_tf.search import indexer as indexing
 from bgan_tf.data.images import ImageTooLarge, decode_image_bytes, load_folder
 from bgan_tf.errors import UserError
@@ -170,7 +171,7 @@ def svc(tmp_path_factory):
             a = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
             Image.fromarray(a).save(root / "imgs" / cls / f"{i}.png")
             arrays[f"{cls}/{i}.png"] = a
-    enc = indexing.load_model("pixel-lsh:32")
+    enc = load_model("pixel-lsh:32")
     indexing.build_index(enc, root / "imgs", root / "idx", progress=False, model_ref="pixel-lsh:32")
     index = indexing.open_index(root / "idx", enc)
     app = create_app(index, enc, max_upload_bytes=1 << 20, max_pixels=16_000_000)
@@ -239,7 +240,7 @@ def test_paths_are_relative_to_the_image_root(svc):
 
 
 def test_root_recorded_in_the_manifest_wins_and_one_class_folder_is_not_the_root(tmp_path):
-    enc = indexing.load_model("pixel-lsh:32")
+    enc = load_model("pixel-lsh:32")
     (tmp_path / "imgs" / "only").mkdir(parents=True)
     for i in range(2):
         Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / "only" / f"{i}.png")

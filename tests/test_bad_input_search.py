@@ -19,6 +19,8 @@ import pytest
 from PIL import Image
 
 from bgan_tf.data import images as data
+from bgan_tf.inference.encoders import load_model
+from bgan_tf.inference.pixel_lsh import PixelLSHEncoder
 from bgan_tf.search import indexer as indexing
 from bgan_tf.search import binary_index as search
 from bgan_tf.codes import pack
@@ -28,7 +30,7 @@ from bgan_tf.search.binary_index import BinaryIndex
 from bgan_tf.search.store import CodeStore, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENC = indexing.PixelLSHEncoder(16)
+ENC = PixelLSHEncoder(16)
 
 
 def _png(path: Path | bytes, size: int = 12, seed: int = 0) -> None:
@@ -342,8 +344,8 @@ def test_13_backend_knobs_and_model_bits_are_bounded(tmp_path):
     for spec in ["pixel-lsh:-5", "pixel-lsh:0", "pixel-lsh:100000", "pixel-lsh:8:-1",
                  "pixel-lsh:x", "pixel-lshx:8", "pixel-lsh:8:0:1"]:
         with pytest.raises(UserError, match="pixel-lsh"):
-            indexing.load_model(spec)
-    assert indexing.load_model("pixel-lsh:4096").num_bits == 4096
+            load_model(spec)
+    assert load_model("pixel-lsh:4096").num_bits == 4096
 
     out = tmp_path / "new-idx"
     _one_error_line(_run("build", "--model=pixel-lsh:-5", f"--images={imgs}", f"--index={out}",

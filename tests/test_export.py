@@ -14,7 +14,8 @@ import tensorflow as tf
 from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 
 from bgan_tf import codes as codes_lib
-from bgan_tf.serving import saved_model as serving
+from bgan_tf.serving import checks as checks_lib
+from bgan_tf.serving import saved_model as sm_lib
 from bgan_tf.errors import UserError
 from bgan_tf.inference.keras_model import load_encoder
 
@@ -29,7 +30,7 @@ def loaded(tiny_model_dir):  # noqa: F811
 @pytest.fixture(scope="module")
 def exported(loaded, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("export_base"))
-    path = serving.export_saved_model(loaded, base)
+    path = sm_lib.export_saved_model(loaded, base)
     return base, path, tf.saved_model.load(path)
 
 
@@ -42,7 +43,7 @@ def test_layout_metadata_and_versions(loaded, exported):
     assert path == os.path.join(base, "1")
     for name in ("saved_model.pb", "variables", "assets.extra/bgan_metadata.json", "bgan_metadata.json"):
         assert os.path.exists(os.path.join(path, name)), name
-    meta = serving.read_export_metadata(path)
+    meta = sm_lib.read_export_metadata(path)
     with open(os.path.join(path, "bgan_metadata.json")) as f:
         assert json.load(f) == meta
     assert meta["num_bits"] == 16 and meta["packed_bytes"] == 2
@@ -60,12 +61,12 @@ def test_layout_metadata_and_versions(loaded, exported):
 
 def test_next_version_explicit_version_and_conflict(loaded, tmp_path):
     base = str(tmp_path / "base")
-    assert serving.export_saved_model(loaded, base) == os.path.join(base, "1")
-    assert serving.export_saved_model(loaded, base, version=7) == os.path.join(base, "7")
-    assert serving.next_version(base) == 8
+    assert sm_lib.export_saved_model(loaded, base) == os.path.join(base, "1")
+    assert sm_lib.export_saved_model(loaded, base, version=7) == os.path.join(base, "7")
+    assert sm_lib.next_version(base) == 8
     with pytest.raises(UserError, match="version 7 already exists"):
-        serving.export_saved_model(loaded, base, version=7)
-    assert serving.list_versions(base) == [1, 7]
+        sm_lib.export_saved_model(loaded, base, version=7)
+    assert sm_lib.list_versions(base) == [1, 7]
     assert not [n for n in os.listdir(base) if n.startswith(".")]
 
 
@@ -79,8 +80,8 @@ def test_written_in_hidden_temp_then_renamed(loaded, tmp_path, monkeypatch):
         seen.append((os.path.basename(src), os.path.basename(dst), sorted(os.listdir(src))))
         return real_rename(src, dst)
 
-    monkeypatch.setattr(serving.os, "rename", spy)
-    serving.export_saved_model(loaded, base)
+    monkeypatch.setattr(sm_lib.os, "rename", spy)
+    sm_lib.export_saved_model(loaded, base)
     (src, dst, contents), = seen
     assert src.startswith(".bgan_export.tmp-") and not src.isdigit() and dst == "1"
     assert {"saved_model.pb", "variables", "assets.extra"} <= set(contents)
@@ -92,9 +93,9 @@ def test_failed_export_leaves_nothing(loaded, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(serving, "_write_metadata", boom)
+    monkeypatch.setattr(sm_lib, "_write_metadata", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        serving.export_saved_model(loaded, base)
+        sm_lib.export_saved_model(loaded, base)
     assert not os.path.exists(base)  # the base this export created is removed again
 
 
@@ -107,21 +108,21 @@ def test_signatures_and_identical_codes(loaded, exported):
     assert sm.signatures["encode_bytes"].structured_input_signature[1]["image_bytes"].dtype == tf.string
     # Same images at the backbone size, larger and non-square (resized in the graph).
     for imgs in (_images(8), _images(3, 50, 41, seed=1), _images(2, 17, 90, seed=2)):
-        out = serving.call_signature(sig, images=tf.constant(imgs))
+        out = checks_lib.call_signature(sig, images=tf.constant(imgs))
         ref = loaded.encode(imgs)
         np.testing.assert_array_equal(out["codes"], ref)
         assert set(np.unique(out["codes"])) <= {-1.0, 1.0}
         np.testing.assert_array_equal(out["packed"], codes_lib.pack(ref))
         assert list(out["hex"]) == codes_lib.to_hex(codes_lib.pack(ref))
-    check = serving.check_saved_model(path, loaded, serving.check_images(loaded, 64))
+    check = checks_lib.check_saved_model(path, loaded, checks_lib.check_images(loaded, 64))
     assert check.ok, check.summary()
 
 
 def test_encode_bytes_mixed_sizes_png_and_jpeg(loaded, exported):
     _, _, sm = exported
     imgs = [_images(1, 32, 32)[0], _images(1, 45, 28, seed=3)[0], _images(1, 64, 64, seed=4)[0]]
-    data = [serving.encode_png(i[None])[0] for i in imgs]
-    out = serving.call_signature(sm.signatures["encode_bytes"], image_bytes=tf.constant(data))
+    data = [checks_lib.encode_png(i[None])[0] for i in imgs]
+    out = checks_lib.call_signature(sm.signatures["encode_bytes"], image_bytes=tf.constant(data))
     ref = np.concatenate([loaded.encode(i[None]) for i in imgs])
     np.testing.assert_array_equal(out["codes"], ref)  # PNG is lossless
     import io
@@ -130,21 +131,21 @@ def test_encode_bytes_mixed_sizes_png_and_jpeg(loaded, exported):
 
     buf = io.BytesIO()
     Image.fromarray(imgs[1]).save(buf, format="JPEG", quality=95)
-    jpeg = serving.call_signature(sm.signatures["encode_bytes"], image_bytes=tf.constant([buf.getvalue()]))
+    jpeg = checks_lib.call_signature(sm.signatures["encode_bytes"], image_bytes=tf.constant([buf.getvalue()]))
     assert jpeg["codes"].shape == (1, 16) and jpeg["packed"].shape == (1, 2)
     # Grayscale and RGBA PNGs become 3 channels.
     for mode in ("L", "RGBA"):
         buf = io.BytesIO()
         Image.fromarray(imgs[0]).convert(mode).save(buf, format="PNG")
-        assert serving.call_signature(sm.signatures["encode_bytes"],
+        assert checks_lib.call_signature(sm.signatures["encode_bytes"],
                                       image_bytes=tf.constant([buf.getvalue()]))["codes"].shape == (1, 16)
 
 
 def test_empty_batches_return_empty_outputs(exported):
     _, _, sm = exported
-    out = serving.call_signature(sm.signatures["serving_default"], images=tf.zeros((0, 10, 12, 3), tf.uint8))
+    out = checks_lib.call_signature(sm.signatures["serving_default"], images=tf.zeros((0, 10, 12, 3), tf.uint8))
     assert out["codes"].shape == (0, 16) and out["packed"].shape == (0, 2) and out["hex"].shape == (0,)
-    out = serving.call_signature(sm.signatures["encode_bytes"], image_bytes=tf.constant([], tf.string))
+    out = checks_lib.call_signature(sm.signatures["encode_bytes"], image_bytes=tf.constant([], tf.string))
     assert out["codes"].shape == (0, 16) and out["packed"].shape == (0, 2) and out["hex"].shape == (0,)
 
 
@@ -163,7 +164,7 @@ def test_bad_inputs_give_clear_errors(exported):
         by_bytes(image_bytes=tf.zeros((2,), tf.uint8))
     with pytest.raises(tf.errors.InvalidArgumentError, match="not compatible with expected shape"):
         by_bytes(image_bytes=tf.constant(b"abc"))
-    good = serving.encode_png(_images(1))[0]
+    good = checks_lib.encode_png(_images(1))[0]
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes item\] \[1\] \[is not a JPEG, PNG"):
         by_bytes(image_bytes=tf.constant([good, b"definitely not an image"]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="PNG"):
@@ -172,7 +173,7 @@ def test_bad_inputs_give_clear_errors(exported):
 
 def test_saved_model_cli_lists_signatures(exported):
     _, path, _ = exported
-    out = serving.saved_model_cli_show(path)  # runs .venv/bin/saved_model_cli via subprocess
+    out = checks_lib.saved_model_cli_show(path)  # runs .venv/bin/saved_model_cli via subprocess
     for sig in ("serving_default", "encode_bytes"):
         assert f"signature_def['{sig}']" in out
     assert "inputs['images'] tensor_info:" in out and "dtype: DT_UINT8" in out
@@ -219,7 +220,7 @@ def test_tflite_binary_warns_below_the_int8_target(tiny_model_dir, tmp_path, cap
     # the bar so the warning path runs for certain.
     import export.tflite as export_tflite
 
-    monkeypatch.setattr(serving, "INT8_TARGET_AGREEMENT", 1.01)
+    monkeypatch.setattr(checks_lib, "INT8_TARGET_AGREEMENT", 1.01)
     _run_binary_in_process(export_tflite, f"--model={tiny_model_dir}", f"--out={tmp_path}",
                            "--variants=float,dynamic_int8", "--check_count=32")
     warning = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING")]

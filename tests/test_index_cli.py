@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bgan_tf.inference.pixel_lsh import PixelLSHEncoder
 from bgan_tf.search import indexer as indexing
 from bgan_tf.search.store import CodeStore
 
@@ -71,7 +72,7 @@ def test_build_resume_and_query_via_cli(tmp_path):
 def test_build_saves_periodically_and_resumes_after_crash(tmp_path):
     imgs, idx = tmp_path / "imgs", tmp_path / "idx"
     _images(imgs, 10, seed=2)
-    enc = indexing.PixelLSHEncoder(16)
+    enc = PixelLSHEncoder(16)
 
     class Crash(Exception):
         pass

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 from PIL import Image
 
+from bgan_tf.inference.encoders import load_model
 from bgan_tf.search import indexer as indexing
 from bgan_tf.search.service import create_app
 from bgan_tf.search.store import read_manifest
@@ -89,7 +90,7 @@ def test_cli_build_and_query_with_trained_model(tiny_model_dir, digit_folder, bu
 
 
 def test_service_with_trained_model(tiny_model_dir, digit_folder, built_index):  # noqa: F811
-    encoder = indexing.load_model(tiny_model_dir)
+    encoder = load_model(tiny_model_dir)
     index = indexing.open_index(built_index, encoder)
     client = TestClient(create_app(index, encoder, max_k=10 * PER_CLASS))
     query = digit_folder / "7" / "2.png"
@@ -109,12 +110,12 @@ def test_service_with_trained_model(tiny_model_dir, digit_folder, built_index): 
 
 def test_index_with_a_tflite_export(tiny_model_dir, digit_folder, tmp_path):  # noqa: F811
     """Devices that run an int8 file can index with that same file: codes then agree exactly."""
-    from bgan_tf.serving import saved_model as serving
+    from bgan_tf.serving import tflite as tflite_lib
     from bgan_tf.inference.keras_model import load_encoder
 
     loaded = load_encoder(tiny_model_dir)
-    reps = serving.representative_images(str(digit_folder), loaded.config.backbone_input_size, 40)
-    tfl = serving.convert_tflite(loaded, str(tmp_path / "tfl"), ["int8"], reps)["int8"]
+    reps = tflite_lib.representative_images(str(digit_folder), loaded.config.backbone_input_size, 40)
+    tfl = tflite_lib.convert_tflite(loaded, str(tmp_path / "tfl"), ["int8"], reps)["int8"]
     idx = tmp_path / "idx"
     r = _run("build", f"--model={tfl}", f"--images={digit_folder}", f"--index={idx}", "--noprogress")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -126,7 +127,7 @@ def test_index_with_a_tflite_export(tiny_model_dir, digit_folder, tmp_path):  # 
     res = json.loads(r.stdout)["results"]
     assert any(x["metadata"]["path"] == str(query) and x["distance"] == 0 for x in res)
     # the codes in the index are the file's codes, not the Keras model's
-    enc = indexing.load_model(str(tfl))
+    enc = load_model(str(tfl))
     img = np.asarray(Image.open(query).convert("RGB"))[None]
     assert enc.model_id == manifest["model_id"] and enc.encode(img).shape == (1, 16)
     # and the Keras model that produced the file is refused: its codes differ in some bits

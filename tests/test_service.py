@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bgan_tf.inference.pixel_lsh import PixelLSHEncoder
 from bgan_tf.search import indexer as indexing
 from bgan_tf.errors import UserError
 from bgan_tf.search.service import create_app
@@ -31,7 +32,7 @@ def setup(tmp_path_factory):
         (root / "imgs").mkdir(exist_ok=True)
         Image.fromarray(a).save(root / "imgs" / f"{i:02d}.png")
         arrays.append(a)
-    enc = indexing.PixelLSHEncoder(32)
+    enc = PixelLSHEncoder(32)
     indexing.build_index(enc, root / "imgs", root / "idx", progress=False)
     index = indexing.open_index(root / "idx", enc)
     app = create_app(index, enc, max_upload_bytes=20_000, allowed_types=["image/png", "image/jpeg"], max_k=15)
@@ -104,7 +105,7 @@ def test_concurrent_searches_and_mutation(setup):
 def test_refuses_mismatched_encoder(setup):
     _, _, index, _ = setup
     with pytest.raises(UserError, match="built by model"):
-        create_app(index, indexing.PixelLSHEncoder(32, seed=5))
+        create_app(index, PixelLSHEncoder(32, seed=5))
 
 
 def test_batcher_groups_waiting_queries_and_isolates_failures(setup):
@@ -113,7 +114,7 @@ def test_batcher_groups_waiting_queries_and_isolates_failures(setup):
     from bgan_tf.search.service import _Batcher
 
     _, arrays, index, _ = setup
-    enc = indexing.PixelLSHEncoder(32)
+    enc = PixelLSHEncoder(32)
     gate, calls = threading.Event(), []
 
     class Slow:

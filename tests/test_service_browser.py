@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bgan_tf.inference.pixel_lsh import PixelLSHEncoder
 from bgan_tf.search import indexer as indexing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def server(tmp_path_factory):
     (root / "imgs").mkdir()
     for i in range(12):
         Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / "imgs" / f"{i}.png")
-    indexing.build_index(indexing.PixelLSHEncoder(32), root / "imgs", root / "idx", progress=False,
+    indexing.build_index(PixelLSHEncoder(32), root / "imgs", root / "idx", progress=False,
                          model_ref="pixel-lsh:32")
     port = _free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

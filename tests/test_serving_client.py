@@ -20,7 +20,8 @@ import tensorflow as tf
 from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 
 from bgan_tf import codes as codes_lib
-from bgan_tf.serving import saved_model as serving
+from bgan_tf.serving import checks as checks_lib
+from bgan_tf.serving import saved_model as sm_lib
 from bgan_tf.inference.keras_model import load_encoder
 from bgan_tf.serving.client import (GrpcClient, RestClient, ServingError, build_predict_request,
                                     parse_predict_proto, parse_predict_response)
@@ -28,7 +29,7 @@ from bgan_tf.serving.client import (GrpcClient, RestClient, ServingError, build_
 
 @pytest.fixture(scope="module")
 def saved_model(tiny_model_dir, tmp_path_factory):  # noqa: F811
-    path = serving.export_saved_model(load_encoder(tiny_model_dir), str(tmp_path_factory.mktemp("sm")))
+    path = sm_lib.export_saved_model(load_encoder(tiny_model_dir), str(tmp_path_factory.mktemp("sm")))
     return tf.saved_model.load(path)
 
 
@@ -75,7 +76,7 @@ def test_rest_encode_bytes_request_and_response(saved_model):
     client = RestClient("http://serving:8501/", "bgan", version=3,
                         client=httpx.Client(transport=httpx.MockTransport(_mock_server(saved_model, seen))))
     imgs = _images()
-    out = client.encode_bytes(serving.encode_png(imgs))
+    out = client.encode_bytes(checks_lib.encode_png(imgs))
     req = seen[-1]
     assert str(req.url) == "http://serving:8501/v1/models/bgan/versions/3:predict"
     assert out["codes"].dtype == np.float32 and out["codes"].shape == (3, 16)

@@ -1,14 +1,9 @@
 """Build and query a persistent image index (the logic behind `python -m bgan_tf.index`).
 
-Also holds the small seams the search side needs from the rest of the project,
-so each can be swapped in one place:
-- `read_image` / `decode_image`: bgan_tf.data.images's readers (load_image_file,
-  decode_image_bytes, with their pixel budget), so indexed, queried and trained
-  images decode alike; folders are listed by bgan_tf.data.images.list_image_files;
-- `load_model`: bgan_tf.inference.keras_model.load_encoder(model_dir), an exported
-  `.tflite` encoder (bgan_tf.serving.saved_model.TFLiteEncoder), or the training-free
-  `pixel-lsh:BITS[:SEED]` baseline (random hyperplanes over 16x16 pixels), which
-  the tests, the demo and the load benchmark use instead of a trained model.
+Encoders come from bgan_tf.inference.encoders (`load_model`, the `Encoder` protocol).
+`read_image` / `decode_image` are bgan_tf.data.images's readers (load_image_file,
+decode_image_bytes, with their pixel budget), so indexed, queried and trained images
+decode alike; folders are listed by bgan_tf.data.images.list_image_files.
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 from absl import logging
@@ -26,19 +21,9 @@ from bgan_tf import atomic
 from bgan_tf.data.images import IMAGE_EXTENSIONS, ImageListing, ImageTooLarge, decode_image_bytes, \
     list_image_files, load_image_file
 from bgan_tf.errors import UserError
+from bgan_tf.inference.encoders import Encoder
 from bgan_tf.search.binary_index import BinaryIndex, SearchResult
 from bgan_tf.search.store import INDEX_WHAT, is_index, read_manifest
-
-# pixel-lsh:BITS: a projection matrix of 768 x BITS floats; 4096 bits is 12 MB.
-MAX_PIXEL_LSH_BITS = 4096
-
-
-class Encoder(Protocol):
-    num_bits: int
-    model_id: str
-    metadata: dict
-
-    def encode(self, images: np.ndarray) -> np.ndarray: ...
 
 
 # ------------------------------------------------------------------ images
@@ -62,70 +47,7 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-# ------------------------------------------------------------------ models
-class PixelLSHEncoder:
-    """Training-free baseline encoder: sign of random projections of 16x16 pixels.
-
-    Deterministic for a (num_bits, seed) pair, so its model_id is stable. Similar
-    images get similar codes, which is enough for demos, tests and load tests.
-    """
-
-    SIZE = 16
-
-    def __init__(self, num_bits: int = 64, seed: int = 0) -> None:
-        if not 1 <= int(num_bits) <= MAX_PIXEL_LSH_BITS:
-            raise UserError(f"pixel-lsh takes 1 to {MAX_PIXEL_LSH_BITS} bits, got {num_bits}; "
-                            "use e.g. pixel-lsh:64")
-        if not 0 <= int(seed) < 2**63:
-            raise UserError(f"pixel-lsh seed must be between 0 and 2**63-1, got {seed}")
-        self.num_bits = int(num_bits)
-        self.seed = int(seed)
-        rng = np.random.default_rng(seed)
-        self._proj = rng.standard_normal((self.SIZE * self.SIZE * 3, self.num_bits)).astype(np.float32)
-        self.model_id = f"pixel-lsh:{self.num_bits}:{self.seed}"
-        self.metadata = {"kind": "pixel-lsh", "num_bits": self.num_bits, "seed": self.seed}
-
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        imgs = np.asarray(images)
-        if imgs.ndim == 3:
-            imgs = imgs[None]
-        n, h, w = imgs.shape[:3]
-        # Nearest-neighbour resize by index sampling: no extra dependency, any size.
-        ys = (np.arange(self.SIZE) * h // self.SIZE).astype(np.int64)
-        xs = (np.arange(self.SIZE) * w // self.SIZE).astype(np.int64)
-        small = imgs[:, ys][:, :, xs].reshape(n, -1).astype(np.float32) / 255.0
-        small -= small.mean(axis=1, keepdims=True)
-        return np.where(small @ self._proj >= 0, 1.0, -1.0).astype(np.float32)
-
-
-def load_model(model: str) -> Encoder:
-    """A model folder (bgan_tf.inference.keras_model.load_encoder), a `.tflite` export or `pixel-lsh:BITS[:SEED]`."""
-    if model.startswith("pixel-lsh"):
-        parts = model.split(":")
-        try:
-            if parts[0] != "pixel-lsh" or len(parts) > 3:
-                raise ValueError
-            bits = int(parts[1]) if len(parts) > 1 else 64
-            seed = int(parts[2]) if len(parts) > 2 else 0
-        except ValueError:
-            raise UserError(f"bad model spec {model!r}; use pixel-lsh:BITS[:SEED]") from None
-        return PixelLSHEncoder(bits, seed)
-    if model.endswith(".tflite"):
-        # An exported TFLite encoder (python -m export.tflite): lets a deployment
-        # whose devices run the int8 file index with that same file, so device
-        # and index codes agree bit for bit.
-        from bgan_tf.serving.saved_model import TFLiteEncoder
-
-        return TFLiteEncoder(model)
-    if not os.path.isdir(model):
-        raise UserError(f"model folder not found: {model}; train one with python -m bgan_tf.train")
-    try:
-        from bgan_tf.inference.keras_model import load_encoder
-    except ImportError as e:
-        raise UserError(f"cannot load trained models in this build ({e})") from None
-    return load_encoder(model)
-
-
+# ------------------------------------------------------------------ encoding
 def encode_images(encoder: Encoder, images: list[np.ndarray]) -> np.ndarray:
     """Encode images of possibly different sizes: one encoder call per shape group."""
     out = np.zeros((len(images), encoder.num_bits), dtype=np.float32)

@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bgan_tf.data.images import ImageTooLarge, decode_image_bytes
 from bgan_tf.errors import UserError
-from bgan_tf.search.indexer import Encoder
+from bgan_tf.inference.encoders import Encoder
 from bgan_tf.search import backends as search_lib
 from bgan_tf.search.binary_index import BinaryIndex
 from bgan_tf.search.limits import DEFAULT_MAX_PIXELS, DEFAULT_TYPES, check_settings
