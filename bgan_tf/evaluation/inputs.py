@@ -16,7 +16,7 @@ import numpy as np
 
 from bgan_tf.data.images import ImageData, load_images, resize_uint8
 from bgan_tf.errors import UserError
-from bgan_tf.evaluation.protocols import Split, class_balanced_split, make_split
+from bgan_tf.evaluation.protocols import Split, holdout_split, make_split
 
 PROTOCOL_NAMES = ("holdout", "cifar10_pbgan", "cifar10_10k_50k", "nuswide_21", "mirflickr25k")
 BASELINE_CHOICES = ("LSH", "PCAH", "ITQ", "float_cosine")
@@ -94,7 +94,7 @@ def build_split(protocol: str, labels: np.ndarray | None, seed: int, *, holdout_
         return make_split(protocol, labels, seed)
     if holdout_per_class < 1:
         raise UserError(f"--holdout_per_class must be >= 1, got {holdout_per_class}")
-    inner = class_balanced_split(labels, holdout_per_class, 0, seed, name="holdout")
+    inner = holdout_split(labels, holdout_per_class, seed)
     if inner.database.size == 0:
         raise UserError("the holdout split left no database items; lower --holdout_per_class")
     return Split("holdout", inner.query, inner.database, inner.database, None, inner.seed, inner.label_columns)
