@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
     from bgan_tf.evaluation import evaluator as ev_lib
     from bgan_tf.inference.keras_model import load_encoder, read_model_files
     from bgan_tf.evaluation.report import check_report_dir
-    from bgan_tf.data.images import dataset_paths
+    from bgan_tf.data.sources import dataset_paths
 
     if not FLAGS.model:
         raise UserError("pass --model, the 'model' folder training wrote (e.g. runs/digits/model)")

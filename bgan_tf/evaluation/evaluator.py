@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from bgan_tf.data.images import ImageData, images_for_gan, load_images, resize_uint8
+from bgan_tf.data.images import resize_uint8
+from bgan_tf.data.pipeline import images_for_gan
+from bgan_tf.data.sources import ImageData, load_images
 from bgan_tf.errors import UserError
 from bgan_tf.evaluation.protocols import Split
 

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 
 from bgan_tf.config import BGANConfig
-from bgan_tf.data.images import ImageData
+from bgan_tf.data.sources import ImageData
 from bgan_tf.errors import UserError
 
 

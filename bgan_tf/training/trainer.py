@@ -31,7 +31,8 @@ from absl import logging
 
 from bgan_tf import atomic
 from bgan_tf.config import BGANConfig
-from bgan_tf.data.images import ImageData, dataset_paths, images_for_gan, load_training_data, training_dataset
+from bgan_tf.data.pipeline import images_for_gan, training_dataset
+from bgan_tf.data.sources import ImageData, dataset_paths, load_training_data
 from bgan_tf.errors import UserError
 
 MODEL_SUBDIR = "model"
