@@ -27,7 +27,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
     from bgan_tf.evaluation import evaluator as ev_lib
-    from bgan_tf.inference.keras_model import load_encoder, read_model_files
+    from bgan_tf.inference.keras_model import load_encoder
+    from bgan_tf.inference.model_folder import read_model_files
     from bgan_tf.evaluation.report import check_report_dir
     from bgan_tf.data.sources import dataset_paths
 

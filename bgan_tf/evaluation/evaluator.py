@@ -287,7 +287,8 @@ def evaluate_model(
     does, so a broken weights file fails before the data is read).
     """
     from bgan_tf.evaluation.baselines import make_baseline
-    from bgan_tf.inference.keras_model import load_encoder, load_generator, read_model_files
+    from bgan_tf.inference.keras_model import load_encoder, load_generator
+    from bgan_tf.inference.model_folder import read_model_files
     from bgan_tf.evaluation.retrieval_metrics import evaluate_codes, evaluate_float, top_k_hamming
     from bgan_tf.evaluation.report import retrieval_grid
 
