@@ -45,7 +45,7 @@ ALL_METHODS = ("bgan_released_code", "bgan_paper", "nbr_only")
 
 def load_cifar(root: str):
     """train/ and test/ class folders pooled into one labelled set of 60,000."""
-    from bgan_tf.data.images import ImageData, load_folder
+    from bgan_tf.data.sources import ImageData, load_folder
 
     parts = [load_folder(os.path.join(root, s), size=32) for s in ("train", "test")]
     assert parts[0].class_names == parts[1].class_names

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bgan_tf.data.images import load_digits  # noqa: E402
+from bgan_tf.data.sources import load_digits  # noqa: E402
 from bgan_tf.inference.keras_model import load_encoder  # noqa: E402
 
 

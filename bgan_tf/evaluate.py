@@ -28,9 +28,10 @@ def main(argv: list[str]) -> None:
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
     from bgan_tf.evaluation import evaluator as ev_lib
     from bgan_tf.evaluation import inputs as eval_inputs
-    from bgan_tf.inference.keras_model import load_encoder, read_model_files
+    from bgan_tf.inference.keras_model import load_encoder
+    from bgan_tf.inference.model_folder import read_model_files
     from bgan_tf.evaluation.report import check_report_dir
-    from bgan_tf.data.images import dataset_paths
+    from bgan_tf.data.sources import dataset_paths
 
     if not FLAGS.model:
         raise UserError("pass --model, the 'model' folder training wrote (e.g. runs/digits/model)")

@@ -26,9 +26,9 @@ def main(argv: list[str]) -> None:
 
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
     from bgan_tf.atomic import write_json
+    from bgan_tf.data.sources import load_training_data
     from bgan_tf.evaluation.protocols import holdout_split
     from bgan_tf.evaluation.quick import quick_evaluate
-    from bgan_tf.data.images import load_training_data
     from bgan_tf.training.trainer import check_run_dir, train
 
     config = config_from_flags()

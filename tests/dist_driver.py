@@ -56,7 +56,7 @@ def tiny_config(**overrides):
 
 
 def _dump(model, path, extra=None):
-    from bgan_tf.data.images import load_digits
+    from bgan_tf.data.sources import load_digits
 
     arrays = {}
     for net in (model.encoder, model.generator, model.discriminator):
@@ -80,7 +80,8 @@ def _first_batch(config):
     """Item indices this worker's replicas receive in the first global batch."""
     import tensorflow as tf
 
-    from bgan_tf.data.images import images_for_gan, load_images, training_dataset
+    from bgan_tf.data.pipeline import images_for_gan, training_dataset
+    from bgan_tf.data.sources import load_images
     from bgan_tf.training.distribute import make_strategy, shard_by_data
 
     strategy = make_strategy(config.strategy, config.num_cpu_devices)
@@ -155,7 +156,7 @@ def main() -> None:
         if spec.get("first_batch"):
             extra.update(_first_batch(config))
         if spec.get("load_model"):
-            from bgan_tf.data.images import load_digits
+            from bgan_tf.data.sources import load_digits
             from bgan_tf.inference.keras_model import load_encoder
 
             enc = load_encoder(result.model_dir)

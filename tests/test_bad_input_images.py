@@ -29,7 +29,8 @@ from PIL import Image
 from bgan_tf.data import images as data
 from bgan_tf.inference.encoders import load_model
 from bgan_tf.search import indexer as indexing
-from bgan_tf.data.images import ImageTooLarge, decode_image_bytes, load_folder
+from bgan_tf.data.images import ImageTooLarge, decode_image_bytes
+from bgan_tf.data.sources import load_folder
 from bgan_tf.errors import UserError
 from bgan_tf.search.limits import LIMITS
 from bgan_tf.search.service import create_app, hide_paths
@@ -347,7 +348,7 @@ def test_serve_on_a_busy_port_is_one_line_and_never_claims_to_be_serving(svc):
 
 def test_16bit_arrays_from_npz_are_scaled_not_clipped(tmp_path):
     """Item 9 for arrays: a uint16 npz image keeps its grey levels instead of turning white."""
-    from bgan_tf.data.images import load_npz
+    from bgan_tf.data.sources import load_npz
 
     ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
     np.savez(tmp_path / "x.npz", images=np.stack([ramp, ramp]))

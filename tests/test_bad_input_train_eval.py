@@ -340,7 +340,7 @@ def test_resume_with_other_num_bits_says_choose_a_new_output_dir(tiny_model_dir,
 
 
 def test_batch_larger_than_the_data_is_one_line(tmp_path):
-    from bgan_tf.data.images import load_digits
+    from bgan_tf.data.sources import load_digits
     from bgan_tf.training.trainer import train
 
     data = load_digits().subset(np.arange(20))

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bgan_tf.data.images import (ImageData, decode_image_bytes, load_digits, load_folder, load_image_file, load_images,
-                          load_npz, training_dataset)
+from bgan_tf.data.images import decode_image_bytes, load_image_file
+from bgan_tf.data.pipeline import training_dataset
+from bgan_tf.data.sources import ImageData, load_digits, load_folder, load_images, load_npz
 from bgan_tf.errors import UserError
 
 

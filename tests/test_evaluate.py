@@ -11,8 +11,8 @@ import pytest
 from model_fixtures import build_tiny_model, tiny_model_dir  # noqa: F401  (pytest fixture)
 
 from bgan_tf.evaluation import evaluator as ev_lib
+from bgan_tf.data.sources import load_images
 from bgan_tf.evaluation import inputs as eval_inputs
-from bgan_tf.data.images import load_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT_FILES = ("metrics.json", "pr_curve.png", "precision_at_k.png", "retrieval_examples.png",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bgan_tf.config import BGANConfig, apply_preset
-from bgan_tf.data.images import load_digits
+from bgan_tf.data.sources import load_digits
 
 TINY = dict(gen_channels=(16, 8, 8), disc_channels=(8, 8, 8, 8), disc_feature_dim=16, num_bits=16,
             graph_features="pixels", batch_size=32, k1=10, k2=10)

@@ -21,7 +21,7 @@ from bgan_tf.modeling.backbones import BackboneSpec, build_feature_extractor
 
 if TYPE_CHECKING:
     from bgan_tf.config import BGANConfig
-    from bgan_tf.data.images import ImageData
+    from bgan_tf.data.sources import ImageData
 
 
 def default_cache_dir() -> str:
@@ -75,7 +75,7 @@ def graph_features(config: "BGANConfig", data: "ImageData", backbone_feats: np.n
     """The features the neighbourhood graph and the baselines use: pixels at the GAN's
     resolution, or the frozen backbone's (cached) features. The one definition of both."""
     if config.graph_features == "pixels":
-        from bgan_tf.data.images import images_for_gan
+        from bgan_tf.data.pipeline import images_for_gan
 
         return images_for_gan(data.images, config.image_size).reshape(len(data), -1)
     if backbone_feats is not None:

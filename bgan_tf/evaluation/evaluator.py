@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from bgan_tf.data.images import ImageData, images_for_gan, resize_uint8
+from bgan_tf.data.images import resize_uint8
+from bgan_tf.data.pipeline import images_for_gan
+from bgan_tf.data.sources import ImageData
 from bgan_tf.errors import UserError
 from bgan_tf.evaluation.inputs import BASELINE_CHOICES, DEFAULT_MAP_AT, parse_baselines
 from bgan_tf.evaluation.protocols import Split
@@ -145,7 +147,8 @@ def evaluate_model(
     does, so a broken weights file fails before the data is read).
     """
     from bgan_tf.evaluation.baselines import make_baseline
-    from bgan_tf.inference.keras_model import load_encoder, load_generator, read_model_files
+    from bgan_tf.inference.keras_model import load_encoder, load_generator
+    from bgan_tf.inference.model_folder import read_model_files
     from bgan_tf.evaluation.retrieval_metrics import evaluate_codes, evaluate_float, top_k_hamming
     from bgan_tf.evaluation.report import retrieval_grid
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from bgan_tf.data.images import ImageData, load_images, resize_uint8
+from bgan_tf.data.images import resize_uint8
+from bgan_tf.data.sources import ImageData, load_images
 from bgan_tf.errors import UserError
 from bgan_tf.evaluation.protocols import Split, holdout_split, make_split
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from bgan_tf.config import BGANConfig
-from bgan_tf.data.images import ImageData
+from bgan_tf.data.sources import ImageData
 from bgan_tf.errors import UserError
 
 

@@ -1,8 +1,12 @@
-"""Load a trained model folder and turn images into codes."""
+"""Load a trained model folder's networks and turn images into codes.
+
+`load_encoder` / `load_generator` rebuild the networks from the config.json that
+`bgan_tf.inference.model_folder.read_model_files` reads and validates, then load their
+weights; `LoadedEncoder` encodes uint8 images (or cached backbone features) to signs.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 
@@ -10,6 +14,7 @@ import numpy as np
 
 from bgan_tf.config import BGANConfig
 from bgan_tf.errors import UserError
+from bgan_tf.inference.model_folder import first_line, read_model_files, unusable_model
 
 
 class LoadedEncoder:
@@ -64,85 +69,6 @@ class LoadedEncoder:
         return np.concatenate(out).astype(np.float32)
 
 
-MODEL_FILES = ("config.json", "metadata.json", "encoder.weights.h5")
-WHAT_TO_DO = "retrain the model (python -m bgan_tf.train) or pass another model folder"
-
-
-def unusable_model(model_dir: str, name: str, problem: str) -> UserError:
-    """The one message for a model folder whose file ``name`` cannot be used."""
-    return UserError(f"cannot load the model in {model_dir}: {name} {problem}; {WHAT_TO_DO}")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else e.__class__.__name__
-
-
-def _read_json_object(model_dir: str, name: str) -> dict:
-    path = os.path.join(model_dir, name)
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise unusable_model(model_dir, name, f"is not valid JSON ({_first_line(e)})") from None
-    except OSError as e:
-        raise unusable_model(model_dir, name, f"cannot be read ({e.strerror or e})") from None
-    if not isinstance(obj, dict):
-        raise unusable_model(model_dir, name, f"holds a JSON {type(obj).__name__}, not an object")
-    return obj
-
-
-def _is_int(v: object, low: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _check_config(model_dir: str, config: BGANConfig, metadata: dict) -> None:
-    """The fields the encoder's architecture is built from, checked before building it
-    (a bad value would otherwise surface as a Keras traceback)."""
-    bad = []
-    if not _is_int(config.num_bits, 1):
-        bad.append(f"num_bits {config.num_bits!r} (need an integer >= 1)")
-    if not _is_int(config.backbone_input_size, 1):
-        bad.append(f"backbone_input_size {config.backbone_input_size!r} (need an integer >= 1)")
-    if not isinstance(config.backbone, str) or not config.backbone:
-        bad.append(f"backbone {config.backbone!r} (need a backbone name)")
-    hidden = config.hash_hidden if isinstance(config.hash_hidden, (tuple, list)) else None
-    if hidden is None or not all(_is_int(h, 1) for h in hidden):
-        bad.append(f"hash_hidden {config.hash_hidden!r} (need a list of integers >= 1)")
-    if config.sign_mode not in ("tanh", "app", "ste"):
-        bad.append(f"sign_mode {config.sign_mode!r} (need tanh, app or ste)")
-    if bad:
-        raise unusable_model(model_dir, "config.json", "has invalid values: " + "; ".join(bad))
-    meta_bits = metadata.get("num_bits")
-    if meta_bits is not None and meta_bits != config.num_bits:
-        raise unusable_model(model_dir, "config.json", f"says num_bits {config.num_bits} but metadata.json "
-                             f"says {meta_bits}: the files come from different models")
-
-
-def read_model_files(model_dir: str) -> tuple[BGANConfig, dict]:
-    """config.json and metadata.json of a model folder; UserError naming the file if unusable."""
-    if not os.path.isdir(model_dir):
-        if os.path.exists(model_dir):
-            raise UserError(f"{model_dir} is a file, not a model folder; pass the 'model' folder "
-                            "that training wrote (e.g. runs/digits/model)")
-        raise UserError(f"model folder not found: {model_dir}")
-    missing = [n for n in MODEL_FILES if not os.path.isfile(os.path.join(model_dir, n))]
-    if len(missing) == len(MODEL_FILES):
-        raise UserError(f"{model_dir} is not a trained bgan_tf model (no {', '.join(MODEL_FILES)}); "
-                        "pass the 'model' folder that training wrote (e.g. runs/digits/model)")
-    if missing:
-        raise UserError(f"{model_dir} is not a trained bgan_tf model (missing {', '.join(missing)}); "
-                        f"{WHAT_TO_DO}")
-    raw = _read_json_object(model_dir, "config.json")
-    try:
-        config = BGANConfig.from_dict(raw)
-    except (TypeError, ValueError) as e:
-        raise unusable_model(model_dir, "config.json", f"is not a bgan_tf config ({_first_line(e)})") from None
-    metadata = _read_json_object(model_dir, "metadata.json")
-    _check_config(model_dir, config, metadata)
-    return config, metadata
-
-
 def build_encoder(config: BGANConfig):
     """An unweighted encoder with the architecture of ``config`` (weights random)."""
     import tensorflow as tf
@@ -168,10 +94,10 @@ def _load_weights(model, model_dir: str, name: str, described: str) -> None:
             model.load_weights(path)
         except OSError as e:  # h5py: truncated file, not HDF5, unreadable
             raise unusable_model(model_dir, name, f"is truncated or not a Keras weights file "
-                                 f"({_first_line(e)})") from None
+                                 f"({first_line(e)})") from None
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise unusable_model(model_dir, name, f"does not match the architecture in config.json "
-                                 f"({described}): {_first_line(e).split('. Example')[0]}") from None
+                                 f"({described}): {first_line(e).split('. Example')[0]}") from None
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
@@ -190,7 +116,7 @@ def load_encoder(model_dir: str) -> LoadedEncoder:
         raise unusable_model(model_dir, "config.json", f"names a backbone that cannot be built ({e})") from None
     except (ValueError, TypeError, KeyError) as e:
         raise unusable_model(model_dir, "config.json", f"describes an encoder that cannot be built "
-                             f"({_first_line(e)})") from None
+                             f"({first_line(e)})") from None
     _load_weights(enc, model_dir, "encoder.weights.h5",
                   f"backbone {config.backbone}, {config.num_bits} bits")
     return LoadedEncoder(enc, config, metadata, model_dir)

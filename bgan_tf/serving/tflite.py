@@ -127,11 +127,11 @@ def representative_images(source, input_size: int, count: int = 200, seed: int =
     from bgan_tf.config import BGANConfig
 
     if isinstance(source, BGANConfig):
-        from bgan_tf.data.images import load_training_data
+        from bgan_tf.data.sources import load_training_data
 
         arr = load_training_data(source).images
     elif isinstance(source, (str, os.PathLike)):
-        from bgan_tf.data.images import load_folder, load_npz
+        from bgan_tf.data.sources import load_folder, load_npz
 
         path = os.fspath(source)
         if not os.path.exists(path):

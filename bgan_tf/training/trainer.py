@@ -8,19 +8,16 @@ The run folder (``output_dir``) is ours when it holds the ``config.json`` traini
 writes before its first checkpoint (or, for runs of older versions, a TF checkpoint
 state file under ``checkpoints/``); any other non-empty folder is refused untouched
 (`check_run_dir`). Resuming needs the same network shapes (`ARCHITECTURE_FIELDS`);
-other settings, e.g. more ``--epochs``, may change. The ``model`` folder is written
-whole through `atomic.staged_dir`; its marker is metadata.json with format
-``bgan_tf.model/1``.
+other settings, e.g. more ``--epochs``, may change. The ``model`` folder inside it is
+written whole by `bgan_tf.inference.model_folder.write_model_folder`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,13 +28,13 @@ from absl import logging
 
 from bgan_tf import atomic
 from bgan_tf.config import BGANConfig
-from bgan_tf.data.images import ImageData, dataset_paths, images_for_gan, load_training_data, training_dataset
+from bgan_tf.data.pipeline import images_for_gan, training_dataset
+from bgan_tf.data.sources import ImageData, dataset_paths, load_training_data
 from bgan_tf.errors import UserError
+from bgan_tf.inference import model_folder
 
 MODEL_SUBDIR = "model"
-MODEL_FORMAT = "bgan_tf.model/1"
 RUN_WHAT = "training run folder"
-MODEL_WHAT = "trained model folder"
 # Knobs that shape the networks or the optimizer state: a checkpoint written with other
 # values cannot be restored (or would restore into different networks).
 ARCHITECTURE_FIELDS = ("num_bits", "image_size", "backbone", "backbone_input_size", "freeze_backbone",
@@ -48,23 +45,9 @@ ARCHITECTURE_FIELDS = ("num_bits", "image_size", "backbone", "backbone_input_siz
 MAX_GRAPH_PAIRS = 100_000_000
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def is_model_dir(path: str | os.PathLike[str]) -> bool:
-    """A model folder training wrote: metadata.json of format bgan_tf.model/1."""
-    meta = _read_json(Path(path) / "metadata.json")
-    return isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
-
-
 def _stored_config(run_dir: Path) -> dict[str, Any] | None:
     """The run's config.json if it is one of ours (a BGANConfig dump), else None."""
-    d = _read_json(run_dir / "config.json")
+    d = model_folder.read_json_or_none(run_dir / "config.json")
     return d if isinstance(d, dict) and {"num_bits", "backbone", "gen_channels", "output_dir"} <= d.keys() else None
 
 
@@ -73,7 +56,7 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
     config.json first) the checkpoint state file tf.train.CheckpointManager keeps."""
     p = Path(path)
     return _stored_config(p) is not None or (p / "checkpoints" / "checkpoint").is_file() or \
-        is_model_dir(p / MODEL_SUBDIR)
+        model_folder.is_model_dir(p / MODEL_SUBDIR)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -87,7 +70,7 @@ def check_run_dir(config: BGANConfig) -> Path:
     of ours, one that overlaps the dataset, or a run trained with other network shapes."""
     out = atomic.claim_output(config.output_dir, RUN_WHAT, is_run_dir)
     atomic.check_disjoint(out, *dataset_paths(config.dataset), what="--output_dir")
-    atomic.claim_output(out / MODEL_SUBDIR, MODEL_WHAT, is_model_dir)
+    atomic.claim_output(out / MODEL_SUBDIR, model_folder.MODEL_WHAT, model_folder.is_model_dir)
     stored = _stored_config(out)
     if stored is not None:
         diffs = [name for name in ARCHITECTURE_FIELDS
@@ -110,14 +93,14 @@ def _clean_stale_temps(out_dir: str) -> None:
     model_dir = os.path.join(out_dir, MODEL_SUBDIR)
     if not os.path.isdir(out_dir):
         return
-    with atomic.output_lock(model_dir, MODEL_WHAT):
-        atomic.recover_dir(model_dir, is_model_dir)
+    with atomic.output_lock(model_dir, model_folder.MODEL_WHAT):
+        atomic.recover_dir(model_dir, model_folder.is_model_dir)
         atomic.clean_stale(model_dir)
     for p in Path(out_dir).glob(".model_tmp_*"):
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
     old = Path(out_dir) / (MODEL_SUBDIR + ".old")
-    if old.is_dir() and not old.is_symlink() and is_model_dir(old):
+    if old.is_dir() and not old.is_symlink() and model_folder.is_model_dir(old):
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -140,47 +123,6 @@ class TrainResult:
     epochs_run: int
     seconds: dict[str, float]
     graph_label_agreement: float | None = None
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _save_model_dir(final_dir: str, config: BGANConfig, model, data: ImageData) -> None:
-    """Write encoder/generator/discriminator weights + config + metadata as one folder.
-
-    Through atomic.staged_dir: filled beside the target, swapped in whole (a crash leaves
-    the previous model), umask modes, temps of killed runs removed, and never over a
-    folder that is not a model folder of ours."""
-    with atomic.staged_dir(final_dir, what=MODEL_WHAT, is_ours=is_model_dir) as tmp:
-        model.encoder.save_weights(str(tmp / "encoder.weights.h5"))
-        if model.generator is not None:
-            model.generator.save_weights(str(tmp / "generator.weights.h5"))
-            model.discriminator.save_weights(str(tmp / "discriminator.weights.h5"))
-        (tmp / "config.json").write_text(config.to_json(), encoding="utf-8")
-        h = hashlib.sha256()
-        for v in model.encoder.weights:
-            h.update(np.ascontiguousarray(np.asarray(v)).tobytes())
-        meta = {
-            "format": MODEL_FORMAT,
-            "model_id": h.hexdigest()[:16],
-            "num_bits": config.num_bits,
-            "backbone": {"name": config.backbone, "weights": config.backbone_weights,
-                         "input_size": config.backbone_input_size, "frozen": config.freeze_backbone},
-            "preprocessing": {"input": "uint8 RGB [N,H,W,3], any H x W",
-                              "resize": f"bilinear to {config.backbone_input_size}x{config.backbone_input_size}",
-                              "normalisation": model.encoder.spec.normalisation},
-            "image_size": config.image_size,
-            "training_data": {"dataset": config.dataset, "count": len(data), "fingerprint": data.fingerprint()},
-            "git_commit": git_commit(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input: bool, image_example: np.ndarray,
@@ -243,10 +185,10 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     import keras
     import tensorflow as tf
 
+    from bgan_tf.data.features import cached_features, graph_features
     from bgan_tf.modeling.factory import backbone_spec
     from bgan_tf.training.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples, fit_resumable
     from bgan_tf.training.distribute import shard_by_data
-    from bgan_tf.data.features import cached_features
     from bgan_tf.training.graph import build_graph
 
     seconds: dict[str, float] = {}
@@ -267,8 +209,6 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     seconds["features"] = time.time() - t
 
     t = time.time()
-    from bgan_tf.data.features import graph_features  # imports TensorFlow: not at module import
-
     graph = build_graph(graph_features(config, data, backbone_feats), config.k1, config.k2)
     seconds["graph"] = time.time() - t
     agreement = graph.label_agreement(data.labels) if data.labels is not None and data.labels.ndim == 1 else None
@@ -284,14 +224,13 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     rank1 = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     with strategy.scope():
         model = build_bgan(config, graph, x, features_input, data.images, rank1_logs=rank1)
+    if model.generator is not None:
+        saved = dict(encoder=model.encoder, generator=model.generator, discriminator=model.discriminator,
+                     e_optimizer=model.e_optimizer, g_optimizer=model.g_optimizer, d_optimizer=model.d_optimizer)
+    else:
+        saved = dict(encoder=model.encoder, e_optimizer=model.e_optimizer)
     ckpt = EpochCheckpoint(os.path.join(out_dir, "checkpoints"), write=chief, save_every_steps=config.save_every_steps,
-                           encoder=model.encoder,
-                           generator=model.generator, discriminator=model.discriminator,
-                           e_optimizer=model.e_optimizer, g_optimizer=model.g_optimizer,
-                           d_optimizer=model.d_optimizer) if model.generator is not None else \
-        EpochCheckpoint(os.path.join(out_dir, "checkpoints"), write=chief, save_every_steps=config.save_every_steps,
-                        encoder=model.encoder,
-                        e_optimizer=model.e_optimizer)
+                           **saved)
     try:
         first_epoch = ckpt.restore(os.path.join(config.output_dir, "checkpoints"))  # workers resume from the chief's
     except (ValueError, AssertionError, tf.errors.OpError) as e:
@@ -330,7 +269,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     history = fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks, verbose)
     seconds["train"] = time.time() - t
     if chief:
-        _save_model_dir(model_dir, config, model, data)
+        model_folder.write_model_folder(model_dir, config, model.encoder, data, model.generator, model.discriminator)
     else:
         shutil.rmtree(out_dir, ignore_errors=True)
     seconds["total"] = time.time() - t0
