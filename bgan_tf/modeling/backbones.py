@@ -9,7 +9,7 @@ Names:
 - ``small_cnn``: a small conv net trained from scratch (no weights needed).
 - ``mobilenet_v2_torch``: Keras MobileNetV2 rewired to pad its stride-2 layers
   like torch (1 px each side), for torchvision-trained ImageNet weights
-  converted to Keras (see ../shared/weights/README.md). Keras' own graph pads
+  converted to Keras (the README's CIFAR-10 section). Keras' own graph pads
   0/1 and shifts every stride-2 grid by a pixel, which costs these weights
   about 5 mAP points on CIFAR-10. Input normalised with the ImageNet mean/std.
 - any ``keras.applications`` model name (``ResNet50``, ``EfficientNetB0``,

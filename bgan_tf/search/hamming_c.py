@@ -1,8 +1,8 @@
 """The `ours_exact` kernel: an exact top-k Hamming scan in C, built at first use.
 
 Why: FAISS IndexBinaryFlat reaches ~0.85 G codes/s per core here while an
-AVX-512 VPOPCNTDQ loop can do several times that (docs: /work/shared/notes/
-probe_deps.md). The kernel also gives exact (distance, position) tie order for
+AVX-512 VPOPCNTDQ loop can do several times that (measured by
+benchmarks/search_speed.py; docs/search.md). The kernel also gives exact (distance, position) tie order for
 free, because it scans positions in increasing order and keeps per-distance
 buckets of positions.
 

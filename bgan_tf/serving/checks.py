@@ -35,7 +35,7 @@ def bit_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((a >= 0) == (b >= 0)))
 
 
-# The bar for int8 exports: at most 1 bit in 100 differs from Keras.
+# The bar an int8 export is held to (docs/serving.md): at most 1 bit in 100 differs from Keras.
 INT8_TARGET_AGREEMENT = 0.99
 
 
