@@ -17,10 +17,9 @@ from absl import flags
 from bgan_tf.search import indexer as indexing
 from bgan_tf.search import binary_index as search
 from bgan_tf.errors import UserError, cli_run
-from flags import search_flags
+from flags import common, search_flags
 from flags.search_flags import define_service_flags
 
-define_service_flags()
 FLAGS = flags.FLAGS
 
 
@@ -31,6 +30,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.index:
         raise UserError("missing --index")
+    max_pixels = search_flags.service_max_pixels()
     import uvicorn
 
     from bgan_tf.search.service import create_app
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
         application = create_app(index, encoder, max_upload_bytes=FLAGS.max_upload_bytes,
                                  allowed_types=FLAGS.allowed_types, max_k=FLAGS.max_k,
                                  search_threads=FLAGS.workers_threads, max_batch=FLAGS.max_batch,
-                                 max_pixels=FLAGS.max_pixels)
+                                 max_pixels=max_pixels)
         sock.listen(2048)  # uvicorn's default backlog; clients queue from here on
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
@@ -92,7 +92,8 @@ def _knobs() -> dict:
 
 
 def run() -> None:
-    cli_run(main, search_flags)
+    define_service_flags()
+    cli_run(main, search_flags, common)
 
 
 if __name__ == "__main__":
