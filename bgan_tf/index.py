@@ -30,18 +30,6 @@ from flags.search_flags import define_index_flags
 FLAGS = flags.FLAGS
 
 
-def backend_knobs(backend: str) -> dict[str, Any]:
-    """The flag values that configure the chosen backend."""
-    if backend == "ivf":
-        return {"nlist": FLAGS.nlist, "nprobe": FLAGS.nprobe}
-    if backend == "hnsw":
-        return {"M": FLAGS.hnsw_m, "ef_search": FLAGS.ef_search}
-    if backend == "multihash":
-        return {"nhash": FLAGS.nhash or None, "b": FLAGS.hash_bits or None,
-                "nflip": FLAGS.nflip if FLAGS.nflip >= 0 else None}
-    return {}
-
-
 def _require(**values: Any) -> None:
     missing = [f"--{k}" for k, v in values.items() if v in (None, "")]
     if missing:
@@ -64,7 +52,7 @@ def main(argv: list[str]) -> None:
             encoder = indexing.load_model(FLAGS.model)
             report = indexing.build_index(
                 encoder, FLAGS.images, FLAGS.index, backend=FLAGS.backend,
-                backend_knobs=backend_knobs(FLAGS.backend), batch_size=batch_size,
+                backend_knobs=search_flags.backend_knobs(), batch_size=batch_size,
                 save_every=FLAGS.save_every, progress=FLAGS.progress, model_ref=FLAGS.model,
                 max_pixels=max_pixels, listing=listing)
         print(report.summary(FLAGS.index))
@@ -73,9 +61,7 @@ def main(argv: list[str]) -> None:
         return
     _require(index=FLAGS.index, image=FLAGS.image)
     encoder = indexing.load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
-    explicit = FLAGS["backend"].present
-    index = indexing.open_index(FLAGS.index, encoder, **(
-        {"backend": FLAGS.backend, **backend_knobs(FLAGS.backend)} if explicit else {}))
+    index = indexing.open_index(FLAGS.index, encoder, **search_flags.open_options())
     results = indexing.query_index(index, encoder, FLAGS.image, FLAGS.k, max_pixels=max_pixels)
     if FLAGS.json:
         # ensure_ascii (json's default): names that are not UTF-8 print as \udcXX escapes,

@@ -40,8 +40,7 @@ def main(argv: list[str]) -> None:
     try:
         search.set_num_threads(FLAGS.threads)
         encoder = indexing.load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
-        extra = {"backend": FLAGS.backend, **_knobs()} if FLAGS["backend"].present else {}
-        index = indexing.open_index(FLAGS.index, encoder, **extra)
+        index = indexing.open_index(FLAGS.index, encoder, **search_flags.open_options())
         application = create_app(index, encoder, max_upload_bytes=FLAGS.max_upload_bytes,
                                  allowed_types=FLAGS.allowed_types, max_k=FLAGS.max_k,
                                  search_threads=FLAGS.workers_threads, max_batch=FLAGS.max_batch,
@@ -78,17 +77,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(True)
     return sock
-
-
-def _knobs() -> dict:
-    if FLAGS.backend == "ivf":
-        return {"nlist": FLAGS.nlist, "nprobe": FLAGS.nprobe}
-    if FLAGS.backend == "hnsw":
-        return {"M": FLAGS.hnsw_m, "ef_search": FLAGS.ef_search}
-    if FLAGS.backend == "multihash":
-        return {"nhash": FLAGS.nhash or None, "b": FLAGS.hash_bits or None,
-                "nflip": FLAGS.nflip if FLAGS.nflip >= 0 else None}
-    return {}
 
 
 def run() -> None:

@@ -3,7 +3,7 @@
 ``define_index_flags()`` / ``define_service_flags()`` are called by the binary before
 parsing; the flags both binaries take (the index, the backend and its knobs) are
 defined once here, ``--model``, ``--batch_size`` and ``--max_pixels`` in flags/common.py.
-The helpers below resolve the flags whose default depends on the binary.
+The helpers below turn parsed flags into what the library takes, for both binaries.
 """
 
 from __future__ import annotations
@@ -117,6 +117,25 @@ def _valid_types(types: list[str] | None) -> bool:
 
     types = [t.strip().lower() for t in (types or []) if t.strip()]
     return bool(types) and all(re.fullmatch(r"image/[a-z0-9][a-z0-9.+-]*", t) for t in types)
+
+
+def backend_knobs(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
+    """The parsed flags that configure --backend (keyword arguments of BinaryIndex.create)."""
+    fv = flag_values
+    if fv.backend == "ivf":
+        return {"nlist": fv.nlist, "nprobe": fv.nprobe}
+    if fv.backend == "hnsw":
+        return {"M": fv.hnsw_m, "ef_search": fv.ef_search}
+    if fv.backend == "multihash":
+        return {"nhash": fv.nhash or None, "b": fv.hash_bits or None, "nflip": fv.nflip if fv.nflip >= 0 else None}
+    return {}
+
+
+def open_options(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
+    """Keyword arguments of indexer.open_index: --backend and its knobs when --backend was
+    given, else none (the backend the index was built with)."""
+    fv = flag_values
+    return {"backend": fv.backend, **backend_knobs(fv)} if fv["backend"].present else {}
 
 
 def index_batch_size(flag_values: flags.FlagValues = FLAGS) -> int:
