@@ -16,16 +16,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import flags, logging  # noqa: E402
 
 from bgan_tf.errors import UserError, cli_run  # noqa: E402
-from flags import eval_flags  # noqa: E402
+from flags import common, eval_flags  # noqa: E402
 from flags.eval_flags import define_eval_flags  # noqa: E402
 
-define_eval_flags()
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort)")
+    if FLAGS.holdout_per_class < 1:  # 0 is train's "hold none out"
+        raise UserError(f"--holdout_per_class must be >= 1, got {FLAGS.holdout_per_class}")
     from bgan_tf.evaluation import evaluator as ev_lib
     from bgan_tf.evaluation import inputs as eval_inputs
     from bgan_tf.inference.keras_model import load_encoder
@@ -75,7 +76,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    cli_run(main, eval_flags)
+    define_eval_flags()
+    cli_run(main, eval_flags, common)
 
 
 if __name__ == "__main__":

@@ -25,23 +25,10 @@ from bgan_tf.search import indexer as indexing
 from bgan_tf.search import backends as search
 from bgan_tf.search import store
 from bgan_tf.errors import UserError, cli_run
-from flags import search_flags
+from flags import common, search_flags
 from flags.search_flags import define_index_flags
 
-define_index_flags()
 FLAGS = flags.FLAGS
-
-
-def backend_knobs(backend: str) -> dict[str, Any]:
-    """The flag values that configure the chosen backend."""
-    if backend == "ivf":
-        return {"nlist": FLAGS.nlist, "nprobe": FLAGS.nprobe}
-    if backend == "hnsw":
-        return {"M": FLAGS.hnsw_m, "ef_search": FLAGS.ef_search}
-    if backend == "multihash":
-        return {"nhash": FLAGS.nhash or None, "b": FLAGS.hash_bits or None,
-                "nflip": FLAGS.nflip if FLAGS.nflip >= 0 else None}
-    return {}
 
 
 def _require(**values: Any) -> None:
@@ -55,6 +42,7 @@ def main(argv: list[str]) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if len(argv) != 2 or argv[1] not in ("build", "query"):
         raise UserError("usage: python -m bgan_tf.index build|query --index DIR ...")
+    batch_size, max_pixels = search_flags.index_batch_size(), search_flags.index_max_pixels()
     search.set_num_threads(FLAGS.threads)
     if argv[1] == "build":
         _require(model=FLAGS.model, images=FLAGS.images, index=FLAGS.index)
@@ -65,19 +53,17 @@ def main(argv: list[str]) -> None:
             encoder = load_model(FLAGS.model)
             report = indexing.build_index(
                 encoder, FLAGS.images, FLAGS.index, backend=FLAGS.backend,
-                backend_knobs=backend_knobs(FLAGS.backend), batch_size=FLAGS.batch_size,
+                backend_knobs=search_flags.backend_knobs(), batch_size=batch_size,
                 save_every=FLAGS.save_every, progress=FLAGS.progress, model_ref=FLAGS.model,
-                max_pixels=FLAGS.max_pixels, listing=listing)
+                max_pixels=max_pixels, listing=listing)
         print(report.summary(FLAGS.index))
         for line in (report.failed + report.too_large)[:10]:
             print(f"skipped {indexing.printable(line)}")
         return
     _require(index=FLAGS.index, image=FLAGS.image)
     encoder = load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
-    explicit = FLAGS["backend"].present
-    index = indexing.open_index(FLAGS.index, encoder, **(
-        {"backend": FLAGS.backend, **backend_knobs(FLAGS.backend)} if explicit else {}))
-    results = indexing.query_index(index, encoder, FLAGS.image, FLAGS.k, max_pixels=FLAGS.max_pixels)
+    index = indexing.open_index(FLAGS.index, encoder, **search_flags.open_options())
+    results = indexing.query_index(index, encoder, FLAGS.image, FLAGS.k, max_pixels=max_pixels)
     if FLAGS.json:
         # ensure_ascii (json's default): names that are not UTF-8 print as \udcXX escapes,
         # which json.loads + os.fsencode turn back into the original bytes.
@@ -88,7 +74,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    cli_run(main, search_flags)
+    define_index_flags()
+    cli_run(main, search_flags, common)
 
 
 if __name__ == "__main__":

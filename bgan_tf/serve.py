@@ -18,10 +18,9 @@ from bgan_tf.inference.encoders import load_model
 from bgan_tf.search import indexer as indexing
 from bgan_tf.search import backends as search
 from bgan_tf.errors import UserError, cli_run
-from flags import search_flags
+from flags import common, search_flags
 from flags.search_flags import define_service_flags
 
-define_service_flags()
 FLAGS = flags.FLAGS
 
 
@@ -32,6 +31,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.index:
         raise UserError("missing --index")
+    max_pixels = search_flags.service_max_pixels()
     import uvicorn
 
     from bgan_tf.search.service import create_app
@@ -41,12 +41,11 @@ def main(argv: list[str]) -> None:
     try:
         search.set_num_threads(FLAGS.threads)
         encoder = load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
-        extra = {"backend": FLAGS.backend, **_knobs()} if FLAGS["backend"].present else {}
-        index = indexing.open_index(FLAGS.index, encoder, **extra)
+        index = indexing.open_index(FLAGS.index, encoder, **search_flags.open_options())
         application = create_app(index, encoder, max_upload_bytes=FLAGS.max_upload_bytes,
                                  allowed_types=FLAGS.allowed_types, max_k=FLAGS.max_k,
                                  search_threads=FLAGS.workers_threads, max_batch=FLAGS.max_batch,
-                                 max_pixels=FLAGS.max_pixels)
+                                 max_pixels=max_pixels)
         sock.listen(2048)  # uvicorn's default backlog; clients queue from here on
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
@@ -81,19 +80,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _knobs() -> dict:
-    if FLAGS.backend == "ivf":
-        return {"nlist": FLAGS.nlist, "nprobe": FLAGS.nprobe}
-    if FLAGS.backend == "hnsw":
-        return {"M": FLAGS.hnsw_m, "ef_search": FLAGS.ef_search}
-    if FLAGS.backend == "multihash":
-        return {"nhash": FLAGS.nhash or None, "b": FLAGS.hash_bits or None,
-                "nflip": FLAGS.nflip if FLAGS.nflip >= 0 else None}
-    return {}
-
-
 def run() -> None:
-    cli_run(main, search_flags)
+    define_service_flags()
+    cli_run(main, search_flags, common)
 
 
 if __name__ == "__main__":

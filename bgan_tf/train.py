@@ -14,9 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import flags, logging  # noqa: E402
 
 from bgan_tf.errors import cli_run  # noqa: E402
-from flags import config_from_flags, define_train_flags, train_flags  # noqa: E402
+from flags import common, train_flags  # noqa: E402
+from flags.train_flags import config_from_flags, define_train_flags  # noqa: E402
 
-define_train_flags()
 FLAGS = flags.FLAGS
 
 
@@ -57,7 +57,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    cli_run(main, train_flags)
+    define_train_flags()
+    cli_run(main, train_flags, common)
 
 
 if __name__ == "__main__":

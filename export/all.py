@@ -17,10 +17,10 @@ from absl import flags, logging  # noqa: E402
 
 from bgan_tf.errors import cli_run  # noqa: E402
 from export import common  # noqa: E402
+from flags import common as common_flags  # noqa: E402
 from flags import export_flags  # noqa: E402
 from flags.export_flags import define_export_flags  # noqa: E402
 
-define_export_flags()
 FLAGS = flags.FLAGS
 
 
@@ -39,7 +39,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    cli_run(main, export_flags)
+    define_export_flags()
+    cli_run(main, export_flags, common_flags)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,8 @@
 """The one place that defines absl flags for every bgan_tf binary.
 
-Each binary calls one ``define_*_flags()`` at import time and turns the
-parsed flags into a config with a ``*_from_flags()`` helper, so the flag
-names, defaults and help texts live here only.
+One module per binary family (train_flags, eval_flags, search_flags, export_flags)
+holds a ``define_*_flags()`` that the binary calls at run time, before parsing, and
+helpers that turn the parsed flags into what the library takes (a config, backend
+knobs). The flags several binaries share are defined once, with one meaning, in
+``flags.common``; lists of allowed values are imported from the library that owns them.
 """
-
-from __future__ import annotations
-
-from flags import train_flags  # noqa: F401
-from flags.train_flags import config_from_flags, define_train_flags  # noqa: F401

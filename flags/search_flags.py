@@ -1,95 +1,103 @@
-"""absl flags of the search binaries (`python -m bgan_tf.index`, `python -m bgan_tf.serve`)."""
+"""absl flags of the search binaries (`python -m bgan_tf.index`, `python -m bgan_tf.serve`).
+
+``define_index_flags()`` / ``define_service_flags()`` are called by the binary before
+parsing; the flags both binaries take (the index, the backend and its knobs) are
+defined once here, ``--model``, ``--batch_size`` and ``--max_pixels`` in flags/common.py.
+The helpers below turn parsed flags into what the library takes, for both binaries.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from absl import flags
 
 from bgan_tf.data import images as data
+from bgan_tf.errors import UserError
 from bgan_tf.search import backends as search
 from bgan_tf.search import limits
+from flags import common
 
-# What one request may ask for: results of a query, images decoded at once in a build.
+FLAGS = flags.FLAGS
+
+# What one query may ask for.
 MAX_QUERY_K = 10_000
-MAX_BATCH_SIZE = 1024
 
 _BACKENDS = list(search.BACKEND_NAMES)
 
 
-def _define_common() -> None:
-    # Both binaries use these; define once even if both define_* functions run.
+def _define_search_flags(fv: flags.FlagValues) -> None:
+    # Both binaries take these; defined once even if both define_* functions run.
     # Every numeric knob is bounded at parse time (one error line, exit 2); the backend
     # constructors check the same bounds, so library callers are refused too.
-    if "index" in flags.FLAGS:
+    if "index" in fv:
         return
-    flags.DEFINE_string("index", None, "Folder of the binary index to build, query or serve.")
-    flags.DEFINE_string("model", None, "Trained model folder, an exported .tflite encoder (python -m export.tflite), or the pixel-lsh:BITS[:SEED] baseline: what encodes images.")
-    flags.DEFINE_enum("backend", "flat", _BACKENDS, "Search backend: flat/ours_exact/numpy are exact, ivf/hnsw/multihash approximate.")
+    common.define_shared("model", flag_values=fv)
+    flags.DEFINE_string("index", None, "Folder of the binary index to build, query or serve.", flag_values=fv)
+    flags.DEFINE_enum("backend", "flat", _BACKENDS, "Search backend: flat/ours_exact/numpy are exact, ivf/hnsw/multihash approximate, milvus a Milvus collection.", flag_values=fv)
     flags.DEFINE_integer("threads", 1, "Threads for FAISS and the C scan (1 is fastest on shared CI cores).",
-                         lower_bound=1, upper_bound=search.MAX_THREADS)
+                         lower_bound=1, upper_bound=search.MAX_THREADS, flag_values=fv)
     flags.DEFINE_integer("nlist", 1024, "ivf backend: number of inverted lists (capped at codes/39).",
-                         lower_bound=1, upper_bound=search.MAX_NLIST)
+                         lower_bound=1, upper_bound=search.MAX_NLIST, flag_values=fv)
     flags.DEFINE_integer("nprobe", 32, "ivf backend: lists visited per query.",
-                         lower_bound=1, upper_bound=search.MAX_NLIST)
+                         lower_bound=1, upper_bound=search.MAX_NLIST, flag_values=fv)
     flags.DEFINE_integer("hnsw_m", 32, "hnsw backend: graph links per node.",
-                         lower_bound=1, upper_bound=search.MAX_HNSW_M)
+                         lower_bound=1, upper_bound=search.MAX_HNSW_M, flag_values=fv)
     flags.DEFINE_integer("ef_search", 128, "hnsw backend: candidate list size per query (raised to k).",
-                         lower_bound=1, upper_bound=search.MAX_EF)
+                         lower_bound=1, upper_bound=search.MAX_EF, flag_values=fv)
     flags.DEFINE_integer("nhash", 0, "multihash backend: number of hash tables (0 = per code length: 2 at 32 bits, 4 at 16 and 64).",
-                         lower_bound=0, upper_bound=search.MAX_NHASH)
+                         lower_bound=0, upper_bound=search.MAX_NHASH, flag_values=fv)
     flags.DEFINE_integer("hash_bits", 0, "multihash backend: bits per hash key (0 = per code length: 16 at 32 and 64 bits, 4 at 16, 24 above 96).",
-                         lower_bound=0, upper_bound=search.MAX_HASH_BITS)
+                         lower_bound=0, upper_bound=search.MAX_HASH_BITS, flag_values=fv)
     flags.DEFINE_integer("nflip", -1, "multihash backend: bit flips probed per hash key (-1 = per code length: 2 up to 16-bit keys, 1 for 24-bit).",
-                         lower_bound=-1, upper_bound=search.MAX_NFLIP)
+                         lower_bound=-1, upper_bound=search.MAX_NFLIP, flag_values=fv)
 
 
-def define_index_flags() -> None:
-    """Flags of `python -m bgan_tf.index build|query`."""
-    _define_common()
-    flags.DEFINE_string("images", None, "build: folder of images to index (class subfolders become labels).")
-    flags.DEFINE_integer("batch_size", 64, "build: images encoded per model call (each is held decoded meanwhile).",
-                         lower_bound=1, upper_bound=MAX_BATCH_SIZE)
+def define_index_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Flags of `python -m bgan_tf.index build|query` (a second call is a no-op)."""
+    fv = flag_values
+    _define_search_flags(fv)
+    if "images" in fv:
+        return
+    common.define_shared("batch_size", "max_pixels", flag_values=fv)
+    flags.DEFINE_string("images", None, "build: folder of images to index (class subfolders become labels).",
+                        flag_values=fv)
     flags.DEFINE_integer("save_every", 1000, "build: save the index atomically after this many new images.",
-                         lower_bound=1)
-    flags.DEFINE_boolean("progress", True, "build: show a progress bar on stderr.")
-    flags.DEFINE_string("image", None, "query: image file whose neighbours to find.")
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_boolean("progress", True, "build: show a progress bar on stderr.", flag_values=fv)
+    flags.DEFINE_string("image", None, "query: image file whose neighbours to find.", flag_values=fv)
     flags.DEFINE_integer("k", 10, f"query: number of neighbours to return (at most {MAX_QUERY_K:,}, "
-                         "and never more than the index holds).", lower_bound=1, upper_bound=MAX_QUERY_K)
-    flags.DEFINE_boolean("json", False, "query: print results as JSON instead of a table.")
-    if "max_pixels" not in flags.FLAGS:  # the service may define the same budget
-        flags.DEFINE_integer("max_pixels", data.DEFAULT_MAX_PIXELS,
-                             "Largest image (width x height) decoded; build skips (and counts) larger "
-                             "files, query refuses a larger image.", lower_bound=1)
+                         "and never more than the index holds).", lower_bound=1, upper_bound=MAX_QUERY_K,
+                         flag_values=fv)
+    flags.DEFINE_boolean("json", False, "query: print results as JSON instead of a table.", flag_values=fv)
 
 
-def define_service_flags() -> None:
-    """Flags of `python -m bgan_tf.serve`."""
-    _define_common()
+def define_service_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Flags of `python -m bgan_tf.serve` (a second call is a no-op)."""
+    fv = flag_values
+    _define_search_flags(fv)
+    if "host" in fv:
+        return
+    common.define_shared("max_pixels", flag_values=fv)
     b = limits.LIMITS  # the bounds create_app checks
-    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (loopback by default; 0.0.0.0 exposes it).")
+    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (loopback by default; 0.0.0.0 exposes it).",
+                        flag_values=fv)
     flags.DEFINE_integer("port", 8000, "TCP port to listen on (0 picks a free one and prints it).",
-                         lower_bound=0, upper_bound=65535)
+                         lower_bound=0, upper_bound=65535, flag_values=fv)
     flags.DEFINE_integer("max_upload_bytes", 10 * 1024 * 1024, "Largest accepted upload; bigger ones get HTTP 413.",
-                         lower_bound=b["max_upload_bytes"][0], upper_bound=b["max_upload_bytes"][1])
-    if "max_pixels" in flags.FLAGS:
-        # Also a flag of the index binary (with the CLI's larger default): the service
-        # shares the flag but keeps its own default.
-        flags.FLAGS.set_default("max_pixels", limits.DEFAULT_MAX_PIXELS)
-    else:
-        flags.DEFINE_integer("max_pixels", limits.DEFAULT_MAX_PIXELS,
-                             "Largest image an upload may be, in pixels, read from its header before decoding; "
-                             "bigger ones get HTTP 413 (smaller than the CLI's default: many clients share "
-                             "the server).", lower_bound=b["max_pixels"][0], upper_bound=b["max_pixels"][1])
+                         lower_bound=b["max_upload_bytes"][0], upper_bound=b["max_upload_bytes"][1], flag_values=fv)
     flags.DEFINE_list("allowed_types", ["image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp"],
-                      "Accepted upload content types (image/*); others get HTTP 415.")
+                      "Accepted upload content types (image/*); others get HTTP 415.", flag_values=fv)
     flags.DEFINE_integer("max_k", 100, "Largest k a client may ask for.",
-                         lower_bound=b["max_k"][0], upper_bound=b["max_k"][1])
+                         lower_bound=b["max_k"][0], upper_bound=b["max_k"][1], flag_values=fv)
     flags.DEFINE_integer("workers_threads", 2, "Threads that decode uploads off the event loop.",
-                         lower_bound=b["search_threads"][0], upper_bound=b["search_threads"][1])
+                         lower_bound=b["search_threads"][0], upper_bound=b["search_threads"][1], flag_values=fv)
     flags.DEFINE_integer("max_batch", 64, "Most waiting queries encoded and searched together in one model/index call.",
-                         lower_bound=b["max_batch"][0], upper_bound=b["max_batch"][1])
+                         lower_bound=b["max_batch"][0], upper_bound=b["max_batch"][1], flag_values=fv)
     flags.register_validator(
         "allowed_types", _valid_types,
-        message="--allowed_types must list at least one image/* content type, e.g. image/jpeg,image/png")
+        message="--allowed_types must list at least one image/* content type, e.g. image/jpeg,image/png",
+        flag_values=fv)
 
 
 def _valid_types(types: list[str] | None) -> bool:
@@ -98,3 +106,51 @@ def _valid_types(types: list[str] | None) -> bool:
 
     types = [t.strip().lower() for t in (types or []) if t.strip()]
     return bool(types) and all(re.fullmatch(r"image/[a-z0-9][a-z0-9.+-]*", t) for t in types)
+
+
+def backend_knobs(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
+    """The parsed flags that configure --backend (keyword arguments of BinaryIndex.create)."""
+    fv = flag_values
+    if fv.backend == "ivf":
+        return {"nlist": fv.nlist, "nprobe": fv.nprobe}
+    if fv.backend == "hnsw":
+        return {"M": fv.hnsw_m, "ef_search": fv.ef_search}
+    if fv.backend == "multihash":
+        return {"nhash": fv.nhash or None, "b": fv.hash_bits or None, "nflip": fv.nflip if fv.nflip >= 0 else None}
+    return {}
+
+
+def open_options(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
+    """Keyword arguments of indexer.open_index: --backend and its knobs when --backend was
+    given, else none (the backend the index was built with)."""
+    fv = flag_values
+    return {"backend": fv.backend, **backend_knobs(fv)} if fv["backend"].present else {}
+
+
+def index_batch_size(flag_values: flags.FlagValues = FLAGS) -> int:
+    """index build's --batch_size (default common.INDEX_BATCH_SIZE, at most common.MAX_INDEX_BATCH_SIZE)."""
+    value = flag_values["batch_size"].value
+    if value is None:
+        return common.INDEX_BATCH_SIZE
+    if value > common.MAX_INDEX_BATCH_SIZE:
+        raise UserError(f"--batch_size must be from 1 to {common.MAX_INDEX_BATCH_SIZE} for index build "
+                        f"(images decoded at once), got {value}")
+    return value
+
+
+def index_max_pixels(flag_values: flags.FlagValues = FLAGS) -> int:
+    """index's --max_pixels (default data.DEFAULT_MAX_PIXELS, the CLI's budget)."""
+    value = flag_values["max_pixels"].value
+    return data.DEFAULT_MAX_PIXELS if value is None else value
+
+
+def service_max_pixels(flag_values: flags.FlagValues = FLAGS) -> int:
+    """serve's --max_pixels (default and bounds: bgan_tf.search.limits, what create_app checks)."""
+    value = flag_values["max_pixels"].value
+    if value is None:
+        return limits.DEFAULT_MAX_PIXELS
+    lo, hi = limits.LIMITS["max_pixels"]
+    if not lo <= value <= hi:
+        raise UserError(f"--max_pixels must be from {lo:,} to {hi:,} for the service (Pillow refuses larger "
+                        f"images), got {value:,}")
+    return value

@@ -6,7 +6,9 @@ command line wins over both.
 
 Every numeric flag is bounded at parse time by the limits in bgan_tf/config.py
 (INT_LIMITS, FLOAT_LIMITS, ...), the same ones ``BGANConfig.validate`` applies, so
-``--num_bits 100000`` is one error line before TensorFlow starts.
+``--num_bits 100000`` is one error line before TensorFlow starts. The flags train
+shares with other binaries (``--dataset``, ``--seed``, ``--batch_size``, ...) are
+defined in flags/common.py; not given, they keep the config's value.
 """
 
 from __future__ import annotations
@@ -15,19 +17,20 @@ import dataclasses
 
 from absl import flags
 
-from bgan_tf.config import INT_LIMITS, BGANConfig, apply_preset, check_value
+from bgan_tf.config import INT_LIMITS, LOSS_PRESETS, BGANConfig, apply_preset, check_value
+from bgan_tf.configs import NAMES as CONFIG_NAMES
 from bgan_tf.errors import UserError
+from flags import common
 
 FLAGS = flags.FLAGS
 _D = BGANConfig()
 
-# flag name -> (kind, help); defaults come from BGANConfig so they exist once.
+# The BGANConfig fields whose flags other binaries share (defined in flags/common.py).
+_SHARED_CONFIG_FLAGS = ("dataset", "tfds_split", "data_dir", "max_images", "batch_size", "seed")
+# flag name -> (kind, help) of train's own config flags; defaults come from BGANConfig so
+# they exist once.
 _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
-    "dataset": ("string", "Images to train on: digits (offline default), tfds:NAME, folder:PATH or npz:PATH."),
-    "tfds_split": ("string", "TFDS split to read, e.g. train or train[:10%]."),
-    "data_dir": ("string", "TFDS data_dir holding prepared datasets."),
     "download": ("bool", "Let TFDS download the dataset (needs network; off by default)."),
-    "max_images": ("integer", "Use at most this many images (after the query hold-out)."),
     "image_size": ("integer", "Resolution the generator makes and the discriminator judges: 32 or 64."),
     "backbone": ("string", "Encoder backbone: small_cnn (from scratch), mobilenet_v2_torch, or a keras.applications name."),
     "backbone_weights": ("string", "Backbone weights: imagenet (downloads when online) or a .weights.h5 path."),
@@ -57,7 +60,6 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "w_adv": ("float", "Weight of the adversarial loss on the encoder and generator."),
     "fake_source": ("string", "What the discriminator sees as fake: codes (G of the image's code), prior (G of noise) or both."),
     "adv_to_encoder": ("bool", "Let the adversarial loss on G(code) update the encoder too (off: it trains G only)."),
-    "batch_size": ("integer", "Global batch size (split across replicas)."),
     "epochs": ("integer", "Epochs to train; rerunning with more epochs continues the run."),
     "lr_e": ("float", "Adam learning rate of the encoder."),
     "lr_g": ("float", "Adam learning rate of the generator."),
@@ -66,7 +68,6 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "adam_epsilon": ("float", "Adam epsilon (the released code used 1.0)."),
     "mixed_precision": ("bool", "Compute in float16 with float32 variables (GPUs; slow on CPU)."),
     "output_dir": ("string", "Run folder: checkpoints, logs, samples and the final model; reruns resume here."),
-    "seed": ("integer", "Random seed for data order, initialisation and noise."),
     "strategy": ("string", "tf.distribute strategy: one_device, mirrored or multi_worker_mirrored (TF_CONFIG)."),
     "num_cpu_devices": ("integer", "Split the CPU into this many logical devices (to run mirrored without GPUs)."),
     "sample_every": ("integer", "Epochs between reconstruction sample grids."),
@@ -93,38 +94,46 @@ def _validator(name: str, parse):
     return check
 
 
-def _define(name: str, kind: str, help_text: str) -> None:
+def _define(name: str, kind: str, help_text: str, fv: flags.FlagValues) -> None:
     """One flag, bounded at parse time by the limits BGANConfig.validate applies."""
     default = getattr(_D, name)
     if kind == "string":
-        flags.DEFINE_string(name, default, help_text)
+        flags.DEFINE_string(name, default, help_text, flag_values=fv)
     elif kind == "bool":
-        flags.DEFINE_bool(name, default, help_text)
+        flags.DEFINE_bool(name, default, help_text, flag_values=fv)
     elif kind == "integer":
         lo, hi = INT_LIMITS[name]
-        flags.DEFINE_integer(name, default, help_text, lower_bound=lo, upper_bound=hi)
+        flags.DEFINE_integer(name, default, help_text, lower_bound=lo, upper_bound=hi, flag_values=fv)
     elif kind == "float":
-        flags.DEFINE_float(name, default, help_text)
-        flags.register_validator(name, _validator(name, float))
+        flags.DEFINE_float(name, default, help_text, flag_values=fv)
+        flags.register_validator(name, _validator(name, float), flag_values=fv)
     elif kind in ("list_int", "list_float"):
-        flags.DEFINE_list(name, [str(v) for v in default], help_text)
-        flags.register_validator(name, _validator(name, lambda v, k=kind: _parse(k, v)))
+        flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=fv)
+        flags.register_validator(name, _validator(name, lambda v, k=kind: _parse(k, v)), flag_values=fv)
     else:
         raise ValueError(kind)
 
 
-def define_train_flags() -> None:
-    """Define every training flag plus --config, --preset and evaluation switches."""
-    if "num_bits" in FLAGS:
-        return  # already defined (tests import several binaries)
-    flags.DEFINE_string("config", "digits", "Named config under bgan_tf/configs giving the defaults: digits or cifar10.")
-    flags.DEFINE_string("preset", None, "Loss preset applied on top: released_code, paper or nbr_only.")
-    flags.DEFINE_integer("holdout_per_class", 20, "Queries per class held out of training for the closing mAP check (0: none).",
-                         lower_bound=0, upper_bound=1_000_000)
-    flags.DEFINE_bool("evaluate", True, "After training, print mAP of BGAN and ITQ on the held-out queries.")
+def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Define every training flag plus --config, --preset and evaluation switches.
+
+    Called by the binary before parsing; a second call is a no-op.
+    """
+    fv = flag_values
+    if "num_bits" in fv:
+        return
+    common.define_shared(*_SHARED_CONFIG_FLAGS, "holdout_per_class", flag_values=fv)
+    for name in _SHARED_CONFIG_FLAGS:
+        if name in INT_LIMITS:  # train takes what BGANConfig takes (--batch_size: at least 2)
+            flags.register_validator(name, _validator(name, int), flag_values=fv)
+    flags.DEFINE_string("config", "digits", "Named config under bgan_tf/configs giving the defaults: "
+                        f"{' or '.join(CONFIG_NAMES)}.", flag_values=fv)
+    flags.DEFINE_string("preset", None, f"Loss preset applied on top: {', '.join(LOSS_PRESETS)}.", flag_values=fv)
+    flags.DEFINE_bool("evaluate", True, "After training, print mAP of BGAN and ITQ on the held-out queries.",
+                      flag_values=fv)
     for name, (kind, help_text) in _TRAIN_FLAGS.items():
-        _define(name, kind, help_text)
-    flags.register_validator("image_size", lambda v: v in (32, 64), "--image_size must be 32 or 64")
+        _define(name, kind, help_text, fv)
+    flags.register_validator("image_size", lambda v: v in (32, 64), "--image_size must be 32 or 64", flag_values=fv)
 
 
 def _parse(kind: str, value):
@@ -141,7 +150,8 @@ def config_from_flags() -> BGANConfig:
 
     config = apply_preset(get_config(FLAGS.config), FLAGS.preset)
     changes = {}
-    for name, (kind, _) in _TRAIN_FLAGS.items():
+    kinds = {**{name: "shared" for name in _SHARED_CONFIG_FLAGS}, **{n: k for n, (k, _) in _TRAIN_FLAGS.items()}}
+    for name, kind in kinds.items():
         if FLAGS[name].present:
             try:
                 changes[name] = _parse(kind, FLAGS[name].value)

@@ -33,6 +33,7 @@ from bgan_tf.serving import saved_model as sm_lib
 from bgan_tf.serving import tflite as tflite_lib
 from bgan_tf.errors import UserError
 from bgan_tf.inference.keras_model import load_encoder, load_generator
+from flags.export_flags import define_export_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -342,7 +343,8 @@ def test_tflite_out_refusals_touch_nothing(loaded, tmp_path):
 # --------------------------------------------------------------------------
 
 def _run_in_process(binary, *args: str) -> None:
-    """``python -m <binary> ARGS`` in this process (flags parsed, then reset)."""
+    """``python -m <binary> ARGS`` in this process (flags defined as its run() does, parsed, then reset)."""
+    define_export_flags()
     argv = [binary.__name__, *args]
     flags.FLAGS.unparse_flags()
     try:

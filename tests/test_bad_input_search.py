@@ -203,13 +203,15 @@ def test_8_file_names_that_are_not_utf8_round_trip_and_print(tmp_path):
 def test_10_batch_bounds_empty_folders_unsupported_and_oversized_files(tmp_path):
     from absl import flags
 
-    import bgan_tf.index  # noqa: F401  (defines the binary's flags)
+    from flags import search_flags
+
+    search_flags.define_index_flags()  # what the binary's run() defines
 
     for name, bad in [("batch_size", "0"), ("batch_size", "-1"), ("batch_size", "1000000"),
                       ("max_pixels", "0"), ("save_every", "0")]:
         with pytest.raises(ValueError):
             flags.FLAGS[name].parser.parse(bad)
-    assert flags.FLAGS["max_pixels"].default == data.DEFAULT_MAX_PIXELS
+    assert search_flags.index_max_pixels() == data.DEFAULT_MAX_PIXELS
 
     imgs = tmp_path / "imgs"
     _images(imgs, 3)
@@ -318,7 +320,9 @@ def test_12_a_damaged_index_is_one_line_saying_to_rebuild(tmp_path):
 def test_13_backend_knobs_and_model_bits_are_bounded(tmp_path):
     from absl import flags
 
-    import bgan_tf.index  # noqa: F401
+    from flags.search_flags import define_index_flags
+
+    define_index_flags()
 
     for name, bad in [("hnsw_m", "0"), ("nlist", "0"), ("nprobe", "0"), ("ef_search", "0"),
                       ("nhash", "-1"), ("hash_bits", "65"), ("nflip", "99"), ("nflip", "-2"),

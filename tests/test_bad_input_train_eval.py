@@ -27,11 +27,15 @@ import numpy as np
 import pytest
 from model_fixtures import TINY_TRAIN, tiny_model_dir  # noqa: F401  (pytest fixture)
 
-import bgan_tf.train  # noqa: F401,I001  (train flags first: they define the flags evaluate shares)
-import bgan_tf.evaluate  # noqa: F401
 from bgan_tf import atomic
 from bgan_tf.config import BGANConfig
 from bgan_tf.errors import UserError
+from flags.eval_flags import define_eval_flags
+from flags.train_flags import define_train_flags
+
+# The flags of both binaries, as their run() defines them (in any order: shared flags have one meaning).
+define_train_flags()
+define_eval_flags()
 
 ROOT = Path(__file__).resolve().parent.parent
 

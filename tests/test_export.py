@@ -183,9 +183,12 @@ def test_saved_model_cli_lists_signatures(exported):
 
 def _run_binary_in_process(binary, *args: str) -> None:
     """``python -m <binary> ARGS`` for an imported export binary module, in this process
-    (flags parsed, then reset). The module is imported by the caller, which defines its flags."""
+    (flags defined as its run() does, parsed, then reset)."""
     from absl import flags
 
+    from flags.export_flags import define_export_flags
+
+    define_export_flags()
     argv = [binary.__name__, *args]
     flags.FLAGS.unparse_flags()
     flags.FLAGS(argv)
