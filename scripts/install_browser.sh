@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Debian's chromium for the browser test of the search page
-# (tests/test_service_browser.py drives it through Playwright with
+# (tests/search/test_service_browser.py drives it through Playwright with
 # executable_path=/usr/bin/chromium). Idempotent: does nothing if present.
 # Needs root (or sudo) and the Debian package mirror.
 set -euo pipefail

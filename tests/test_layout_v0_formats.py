@@ -1,6 +1,6 @@
 """Files written before the wing layout (commit fefd53c) still load and mean the same.
 
-tests/data/layout_v0 holds what that code wrote: a tiny trained model folder (small_cnn,
+tests/fixtures/layout_v0 holds what that code wrote: a tiny trained model folder (small_cnn,
 16 bits, digits), six images, and the index it built of them. The layout moved every
 module; none of the on-disk formats may change with it.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parent / "data" / "layout_v0"
+DATA = Path(__file__).resolve().parent / "fixtures" / "layout_v0"
 
 
 def test_model_folder_from_the_flat_layout_loads_and_encodes_as_before():

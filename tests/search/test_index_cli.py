@@ -15,7 +15,7 @@ from bgan_tf.inference.pixel_lsh import PixelLSHEncoder
 from bgan_tf.search import indexer as indexing
 from bgan_tf.search.store import CodeStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _images(folder: Path, n: int, seed: int, sub: str = "cats") -> list[Path]:

@@ -1,6 +1,6 @@
 """Subprocess driver for the distribution and resume tests (not a test file).
 
-    python tests/dist_driver.py '<json spec>'
+    python tests/training/dist_driver.py '<json spec>'
 
 spec keys: ``config`` (BGANConfig overrides), ``out`` (npz path),
 ``mode`` ("train": one train() call; "local_pair": one-device then mirrored
@@ -25,7 +25,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 if os.environ.get("DRIVER_FULL_TRACEBACK"):
@@ -170,7 +170,7 @@ def main() -> None:
 # --- helpers the tests import (no TensorFlow here) ---------------------------------
 
 DRIVER = os.path.abspath(__file__)
-REPO = os.path.dirname(os.path.dirname(DRIVER))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(DRIVER)))
 
 
 def free_port() -> int:

@@ -23,7 +23,7 @@ from PIL import Image
 from bgan_tf.inference.pixel_lsh import PixelLSHEncoder
 from bgan_tf.search import indexer as indexing
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -35,7 +35,7 @@ from bgan_tf.errors import UserError
 from bgan_tf.inference.keras_model import load_encoder, load_generator
 from flags.export_flags import define_export_flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from bgan_tf.search import indexer as indexing
 from bgan_tf.search.service import create_app
 from bgan_tf.search.store import read_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PER_CLASS = 4  # 40 images: a few dozen, as a user's folder would be
 
 

@@ -1,7 +1,7 @@
 """Distribution: mirrored over 2 logical CPUs and 2 local MultiWorkerMirrored
 workers give the weights of a one-device run on the same global batches.
 
-Every run is a fresh subprocess (tests/dist_driver.py): logical CPU devices
+Every run is a fresh subprocess (tests/training/dist_driver.py): logical CPU devices
 and MultiWorkerMirroredStrategy must be set up before TensorFlow starts.
 Tiny networks, 2 steps; each process is killed if it overruns.
 

@@ -19,7 +19,7 @@ from bgan_tf.serving import saved_model as sm_lib
 from bgan_tf.errors import UserError
 from bgan_tf.inference.keras_model import load_encoder
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

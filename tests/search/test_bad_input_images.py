@@ -35,7 +35,7 @@ from bgan_tf.errors import UserError
 from bgan_tf.search.limits import LIMITS
 from bgan_tf.search.service import create_app, hide_paths
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------- image makers

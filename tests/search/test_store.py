@@ -104,7 +104,7 @@ def half(path, arr):
 st._save_npy = half
 s.save({str(tmp_path / 'idx')!r})
 """
-    r = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert r.returncode == 9
     assert len(CodeStore.load(tmp_path / "idx")) == 4
 

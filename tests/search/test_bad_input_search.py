@@ -29,7 +29,7 @@ from bgan_tf.search.backends import make_backend
 from bgan_tf.search.binary_index import BinaryIndex
 from bgan_tf.search.store import CodeStore, read_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENC = PixelLSHEncoder(16)
 
 

@@ -14,7 +14,7 @@ from bgan_tf.evaluation import evaluator as ev_lib
 from bgan_tf.data.sources import load_images
 from bgan_tf.evaluation import inputs as eval_inputs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPORT_FILES = ("metrics.json", "pr_curve.png", "precision_at_k.png", "retrieval_examples.png",
                 "reconstructions.png", "index.md")
 

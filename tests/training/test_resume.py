@@ -5,7 +5,7 @@
 - a newer checkpoint whose save was cut short is never read;
 - the same seed gives the same codes in two fresh processes.
 
-Each run is a subprocess (tests/dist_driver.py) with tiny networks, 3 steps
+Each run is a subprocess (tests/training/dist_driver.py) with tiny networks, 3 steps
 per epoch, killed if it overruns. Runs use op determinism and stateless
 per-epoch data order, so weights are compared to ATOL = 1e-6 (in practice
 they are bit-identical).

@@ -37,7 +37,7 @@ from flags.train_flags import define_train_flags
 define_train_flags()
 define_eval_flags()
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_binary(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
