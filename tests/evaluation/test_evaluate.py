@@ -3,18 +3,15 @@ path, the binary end to end, and bad input as one-line errors with no report."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from model_fixtures import build_tiny_model, tiny_model_dir  # noqa: F401  (pytest fixture)
+from testlib import build_tiny_model, run_binary
 
 from bgan_tf.evaluation import evaluator as ev_lib
 from bgan_tf.data.sources import load_images
 from bgan_tf.evaluation import inputs as eval_inputs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPORT_FILES = ("metrics.json", "pr_curve.png", "precision_at_k.png", "retrieval_examples.png",
                 "reconstructions.png", "index.md")
 
@@ -103,16 +100,11 @@ def test_frozen_backbone_fast_path_gives_identical_codes(tmp_path, digits_subset
         assert 0.0 <= fast["results"][name]["map_all"] <= 1.0
 
 
-def run(*args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
-    return subprocess.run([sys.executable, "-m", "bgan_tf.evaluate", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def test_binary_prints_table_and_writes_report(tiny_model_dir, tmp_path):
     report = tmp_path / "report"
-    r = run("--model", tiny_model_dir, "--dataset", "digits", "--max_images", "250", "--holdout_per_class", "3",
-            "--baselines", "lsh,float_cosine", "--map_at", "20", "--num_examples", "3", "--report_dir", str(report))
+    r = run_binary("bgan_tf.evaluate", "--model", tiny_model_dir, "--dataset", "digits", "--max_images", "250",
+                   "--holdout_per_class", "3", "--baselines", "lsh,float_cosine", "--map_at", "20",
+                   "--num_examples", "3", "--report_dir", str(report))
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines() if line.split()}
     assert rows["method"] == ["mAP@all", "mAP@20", "P@r<=2"]
@@ -124,7 +116,7 @@ def test_binary_prints_table_and_writes_report(tiny_model_dir, tmp_path):
 
 
 def test_helpshort_lists_eval_flags():
-    r = run("--helpshort")
+    r = run_binary("bgan_tf.evaluate", "--helpshort")
     for flag in ("--model", "--dataset", "--protocol", "--baselines", "--map_at", "--report_dir", "--num_examples"):
         assert flag in r.stdout
 
@@ -144,7 +136,7 @@ def test_bad_input_is_one_line_error_and_no_report(tiny_model_dir, tmp_path, arg
     if "--model" not in args:
         args = ["--model", tiny_model_dir, *args]
     report = tmp_path / "report"
-    r = run(*args, "--report_dir", str(report), timeout=120)
+    r = run_binary("bgan_tf.evaluate", *args, "--report_dir", str(report), timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 from PIL import Image
 
 from bgan_tf.inference.encoders import load_model
@@ -52,7 +51,7 @@ def digit_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built_index(tiny_model_dir, digit_folder, tmp_path_factory) -> Path:  # noqa: F811
+def built_index(tiny_model_dir, digit_folder, tmp_path_factory) -> Path:
     idx = tmp_path_factory.mktemp("trained_idx") / "idx"
     r = _run("build", f"--model={tiny_model_dir}", f"--images={digit_folder}", f"--index={idx}", "--noprogress")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -60,7 +59,7 @@ def built_index(tiny_model_dir, digit_folder, tmp_path_factory) -> Path:  # noqa
     return idx
 
 
-def test_cli_build_and_query_with_trained_model(tiny_model_dir, digit_folder, built_index):  # noqa: F811
+def test_cli_build_and_query_with_trained_model(tiny_model_dir, digit_folder, built_index):
     meta = json.loads((Path(tiny_model_dir) / "metadata.json").read_text())
     manifest = read_manifest(built_index)
     assert manifest["model_id"] == meta["model_id"] and manifest["num_bits"] == 16
@@ -89,7 +88,7 @@ def test_cli_build_and_query_with_trained_model(tiny_model_dir, digit_folder, bu
     assert last.startswith("error: index") and f"built by model '{meta['model_id']}'" in last
 
 
-def test_service_with_trained_model(tiny_model_dir, digit_folder, built_index):  # noqa: F811
+def test_service_with_trained_model(tiny_model_dir, digit_folder, built_index):
     encoder = load_model(tiny_model_dir)
     index = indexing.open_index(built_index, encoder)
     client = TestClient(create_app(index, encoder, max_k=10 * PER_CLASS))
@@ -110,7 +109,7 @@ def test_service_with_trained_model(tiny_model_dir, digit_folder, built_index): 
     assert client.get("/stats").json()["encode_batches"] >= 1
 
 
-def test_index_with_a_tflite_export(tiny_model_dir, digit_folder, tmp_path):  # noqa: F811
+def test_index_with_a_tflite_export(tiny_model_dir, digit_folder, tmp_path):
     """Devices that run an int8 file can index with that same file: codes then agree exactly."""
     from bgan_tf.serving import tflite as tflite_lib
     from bgan_tf.inference.keras_model import load_encoder

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from absl import flags
-from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 
 import export.all as export_all
 import export.saved_model as export_saved_model
@@ -36,11 +35,6 @@ from bgan_tf.inference.keras_model import load_encoder, load_generator
 from flags.export_flags import define_export_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):  # noqa: F811
-    return load_encoder(tiny_model_dir)
 
 
 def _copy_model(src: str, tmp_path: Path) -> Path:
@@ -112,7 +106,7 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
-def test_load_encoder_names_the_broken_file(tiny_model_dir, tmp_path, name):  # noqa: F811
+def test_load_encoder_names_the_broken_file(tiny_model_dir, tmp_path, name):
     corrupt, expected = CORRUPTIONS[name]
     model = _copy_model(tiny_model_dir, tmp_path)
     corrupt(model)
@@ -133,7 +127,7 @@ def test_a_folder_that_is_not_a_model(tmp_path):
         load_encoder(str(tmp_path / "notes.txt"))
 
 
-def test_truncated_generator_is_named(tiny_model_dir, tmp_path):  # noqa: F811
+def test_truncated_generator_is_named(tiny_model_dir, tmp_path):
     model = _copy_model(tiny_model_dir, tmp_path)
     (model / "generator.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     with pytest.raises(UserError, match=f"cannot load the model in {model}: generator.weights.h5 is truncated"):
@@ -362,7 +356,7 @@ def test_numeric_and_variant_flags_are_checked_at_parse_time(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_bad_check_images_are_refused_before_a_version_is_written(tiny_model_dir, tmp_path):  # noqa: F811
+def test_bad_check_images_are_refused_before_a_version_is_written(tiny_model_dir, tmp_path):
     base = tmp_path / "base"
     with pytest.raises(UserError, match="--check_images '/nope' not found"):
         _run_in_process(export_saved_model, f"--model={tiny_model_dir}", f"--export_base={base}",
@@ -372,7 +366,7 @@ def test_bad_check_images_are_refused_before_a_version_is_written(tiny_model_dir
     assert os.listdir(tmp_path) == []
 
 
-def test_export_all_writes_no_version_when_the_tflite_check_fails(tiny_model_dir, tmp_path,  # noqa: F811
+def test_export_all_writes_no_version_when_the_tflite_check_fails(tiny_model_dir, tmp_path,
                                                                   monkeypatch):
     real = checks_lib.check_tflite
 
@@ -396,7 +390,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
 
 
-def test_cli_one_error_line_and_exit_2(tiny_model_dir, tmp_path):  # noqa: F811
+def test_cli_one_error_line_and_exit_2(tiny_model_dir, tmp_path):
     model = _copy_model(tiny_model_dir, tmp_path)
     _truncate(model)
     base = tmp_path / "base"

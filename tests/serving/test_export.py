@@ -11,20 +11,13 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 
 from bgan_tf import codes as codes_lib
 from bgan_tf.serving import checks as checks_lib
 from bgan_tf.serving import saved_model as sm_lib
 from bgan_tf.errors import UserError
-from bgan_tf.inference.keras_model import load_encoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):  # noqa: F811
-    return load_encoder(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +191,7 @@ def _run_binary_in_process(binary, *args: str) -> None:
         flags.FLAGS.unparse_flags()
 
 
-def test_export_all_binary_in_process(tiny_model_dir, tmp_path, capsys):  # noqa: F811
+def test_export_all_binary_in_process(tiny_model_dir, tmp_path, capsys):
     import export.all as export_all
 
     base, out = tmp_path / "base", tmp_path / "tfl"
@@ -218,7 +211,7 @@ def test_binary_bad_input_prints_one_line_and_exits_2(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == f"error: model folder not found: {tmp_path}/missing"
 
 
-def test_tflite_binary_warns_below_the_int8_target(tiny_model_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_tflite_binary_warns_below_the_int8_target(tiny_model_dir, tmp_path, capsys, monkeypatch):
     # The tiny model's int8 agreement is near the 99% line either way; raise
     # the bar so the warning path runs for certain.
     import export.tflite as export_tflite

@@ -17,7 +17,6 @@ import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
-from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 
 from bgan_tf import codes as codes_lib
 from bgan_tf.serving import checks as checks_lib
@@ -28,7 +27,7 @@ from bgan_tf.serving.client import (GrpcClient, RestClient, ServingError, build_
 
 
 @pytest.fixture(scope="module")
-def saved_model(tiny_model_dir, tmp_path_factory):  # noqa: F811
+def saved_model(tiny_model_dir, tmp_path_factory):
     path = sm_lib.export_saved_model(load_encoder(tiny_model_dir), str(tmp_path_factory.mktemp("sm")))
     return tf.saved_model.load(path)
 

@@ -7,14 +7,12 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from model_fixtures import tiny_model_dir  # noqa: F401  (pytest fixture)
 
 from bgan_tf import codes as codes_lib
 from bgan_tf.inference.tflite import TFLiteEncoder, resize_bilinear
 from bgan_tf.serving import checks as checks_lib
 from bgan_tf.serving import tflite as tflite_lib
 from bgan_tf.errors import UserError
-from bgan_tf.inference.keras_model import load_encoder
 
 # The tiny test model is trained for 4 steps only: many pre-sign values sit
 # near zero, where int8 rounding flips bits. Measured here: dynamic_int8
@@ -22,11 +20,6 @@ from bgan_tf.inference.keras_model import load_encoder
 # trained model). The bound below catches a broken conversion (random bits give
 # 0.5) without depending on training luck.
 INT8_MIN_AGREEMENT = 0.95
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):  # noqa: F811
-    return load_encoder(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

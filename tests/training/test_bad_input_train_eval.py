@@ -9,7 +9,7 @@
 - item 15: the model folder, eval.json and the report follow the umask, and temp folders
   of killed writers are removed by the next write.
 
-Most checks are in-process on the session's tiny model (tests/model_fixtures.py); three
+Most checks are in-process on the session's tiny model (tiny_model_dir, tests/conftest.py); three
 subprocess runs pin the command-line form (one error line, exit 2).
 """
 
@@ -20,12 +20,11 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from model_fixtures import TINY_TRAIN, tiny_model_dir  # noqa: F401  (pytest fixture)
+from testlib import TINY_TRAIN, run_binary
 
 from bgan_tf import atomic
 from bgan_tf.config import BGANConfig
@@ -36,15 +35,6 @@ from flags.train_flags import define_train_flags
 # The flags of both binaries, as their run() defines them (in any order: shared flags have one meaning).
 define_train_flags()
 define_eval_flags()
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_binary(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
 
 def one_error_line(r: subprocess.CompletedProcess) -> str:
     assert r.returncode == 2, r.stderr[-3000:]

@@ -1,22 +1,13 @@
 """The train binary: help, bad input as one-line errors, a short real run."""
 
 import os
-import subprocess
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def run(*args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
-    return subprocess.run([sys.executable, "-m", "bgan_tf.train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+from testlib import run_binary
 
 
 def test_helpshort_explains_flags():
-    r = run("--helpshort")
+    r = run_binary("bgan_tf.train", "--helpshort", timeout=600)
     assert r.returncode in (0, 1)  # absl exits 1 after printing help
     for flag in ("--num_bits", "--sign_mode", "--strategy", "--preset", "--dataset", "--backbone_weights"):
         assert flag in r.stdout
@@ -31,7 +22,7 @@ def test_helpshort_explains_flags():
     (["--gen_channels", "a,b"], "expected comma-separated numbers"),
 ])
 def test_bad_input_is_one_line_error_without_traceback(tmp_path, args, message):
-    r = run(*args, "--output_dir", str(tmp_path / "out"), "--epochs", "1")
+    r = run_binary("bgan_tf.train", *args, "--output_dir", str(tmp_path / "out"), "--epochs", "1", timeout=600)
     assert r.returncode == 2, r.stderr[-2000:]
     assert message in r.stderr
     assert "Traceback" not in r.stderr
@@ -39,9 +30,10 @@ def test_bad_input_is_one_line_error_without_traceback(tmp_path, args, message):
 
 
 def test_short_run_prints_map_next_to_itq(tmp_path):
-    r = run("--epochs", "1", "--steps_per_epoch", "3", "--batch_size", "32", "--gen_channels", "16,8,8",
-            "--disc_channels", "8,8,8,8", "--disc_feature_dim", "16", "--num_bits", "16",
-            "--holdout_per_class", "5", "--output_dir", str(tmp_path / "run"))
+    r = run_binary("bgan_tf.train", "--epochs", "1", "--steps_per_epoch", "3", "--batch_size", "32",
+                   "--gen_channels", "16,8,8", "--disc_channels", "8,8,8,8", "--disc_feature_dim", "16",
+                   "--num_bits", "16", "--holdout_per_class", "5", "--output_dir", str(tmp_path / "run"),
+                   timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "model saved to" in r.stdout
     lines = {l.split()[0]: l.split()[1:] for l in r.stdout.splitlines() if l.split()[:1] in (["BGAN"], ["ITQ"])}

@@ -1,0 +1,54 @@
+"""What test modules import (not fixtures: those are in conftest.py).
+
+    from testlib import TINY_TRAIN, build_tiny_model, run_binary
+
+- TINY_TRAIN / build_tiny_model: the tiny model behind the session fixture
+  ``tiny_model_dir`` (small_cnn encoder at 32x32, 16 bits, a few training steps
+  on scikit-learn digits, offline; tiny generator/discriminator; about 10 s on
+  2 cores), for tests that train a variant of it;
+- run_binary: ``python -m <module> ARGS`` from the repository root, quiet.
+
+Importable from every tests/<wing>/ folder: pytest puts tests/ on sys.path
+when it loads tests/conftest.py (there is no __init__.py in tests/).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_TRAIN = dict(
+    dataset="digits",
+    backbone="small_cnn",
+    backbone_input_size=32,
+    graph_features="pixels",
+    num_bits=16,
+    gen_channels=(16, 8, 8),
+    disc_channels=(8, 8, 8, 8),
+    disc_feature_dim=16,
+    batch_size=16,
+    epochs=1,
+    steps_per_epoch=4,
+    sample_every=100,
+    seed=0,
+)
+
+
+def build_tiny_model(root: str, **overrides) -> str:
+    """Train the tiny model into ``root/run`` and return its ``model`` folder."""
+    from bgan_tf.config import BGANConfig
+    from bgan_tf.training.trainer import train
+
+    config = BGANConfig(**{**TINY_TRAIN, **overrides, "output_dir": os.path.join(root, "run")})
+    return train(config, verbose=0).model_dir
+
+
+def run_binary(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` in the repository root; text output captured."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
