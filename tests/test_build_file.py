@@ -13,9 +13,11 @@ target. The rules enforced (also written at the top of BUILD):
    __main__.py) is a binary's main: it has a py_binary that names it as `main`
    and has exactly that one file in srcs, and it is in the srcs of no other
    target (no py_library, no second binary).
-3. Every tests/test_*.py has exactly one py_test whose srcs include it; other
-   tests/*.py files (conftest.py, helpers) are in a py_library, and the one
-   holding conftest.py is a dependency of every py_test.
+3. Every tests/**/test_*.py (tests/<wing>/ mirrors the wings) has exactly one
+   py_test whose srcs include it; the other .py files under tests/ (conftest.py
+   files, helpers) are in a py_library, and the one holding tests/conftest.py
+   is a dependency of every py_test. Basenames under tests/ are unique (but
+   conftest.py): pytest imports test files and helpers by name.
 4. Every file named in srcs, data or main exists; every label in deps (and in
    test_suite tests) is a target defined in BUILD.
 5. Every first-party module (bgan_tf, flags, export, test helpers) that a
@@ -274,13 +276,23 @@ def test_every_test_file_has_a_py_test(targets):
             owners = [t.name for t in tests if path in t.files("srcs")]
             if len(owners) != 1:
                 stem = Path(path).stem
+                src = "" if path == f"tests/{stem}.py" else f', src = "{path}"'
                 problems.append(
                     f"{path}: needs exactly one py_test (found {owners or 'none'}); "
-                    f'add pytest_test(name = "{stem}", deps = [...]) to BUILD'
+                    f'add pytest_test(name = "{stem}"{src}, deps = [...]) to BUILD '
+                    "(tools/bazel/sync_build.py does)"
                 )
         else:
             if not any(path in lib.files("srcs") for lib in libraries):
                 problems.append(f"{path}: add it to a py_library (e.g. //:test_support)")
+    stems: dict[str, list[str]] = {}
+    for path in _py_files("tests"):
+        if Path(path).name != "conftest.py":
+            stems.setdefault(Path(path).stem, []).append(path)
+    for stem, paths in sorted(stems.items()):
+        if len(paths) > 1:
+            problems.append(f"{' and '.join(paths)} share the basename {stem}.py; pytest imports "
+                            "them by name: rename all but one")
     conftest = "tests/conftest.py"
     homes = {t.name for t in libraries if conftest in t.files("srcs")}
     if homes:
@@ -325,10 +337,11 @@ def _closure(targets, name: str) -> set[str]:
     return seen
 
 
-def _module_file(dotted: str) -> str | None:
+def _module_file(dotted: str, importer: str = "") -> str | None:
     """The first-party file that `import dotted` loads, or None (third-party,
-    or an attribute rather than a module). Test helpers are importable by their
-    stem because pytest puts tests/ on sys.path."""
+    or an attribute rather than a module). A file under tests/ imports helpers
+    by their stem from its own folder (pytest puts a test file's folder on
+    sys.path) or from tests/ (put there when tests/conftest.py is loaded)."""
     parts = dotted.split(".")
     if parts[0] in FIRST_PARTY:
         base = "/".join(parts)
@@ -336,8 +349,11 @@ def _module_file(dotted: str) -> str | None:
             if (ROOT / candidate).is_file():
                 return candidate
         return None
-    if len(parts) == 1 and (ROOT / "tests" / f"{dotted}.py").is_file():
-        return f"tests/{dotted}.py"
+    if len(parts) == 1 and importer.startswith("tests/"):
+        for folder in dict.fromkeys([str(Path(importer).parent), "tests"]):
+            candidate = f"{folder}/{dotted}.py"
+            if (ROOT / candidate).is_file():
+                return candidate
     return None
 
 
@@ -377,7 +393,7 @@ def _imported_modules(path: str) -> dict[str, str]:
         parts = name.split(".")
         for i in range(1, len(parts) + 1):
             prefix = ".".join(parts[:i])
-            file = _module_file(prefix)
+            file = _module_file(prefix, path)
             if file and file != path:
                 found.setdefault(file, prefix)
     return found

@@ -1,4 +1,4 @@
-"""pytest_test: a py_test that runs one tests/<name>.py file with pytest.
+"""pytest_test: a py_test that runs one test file (tests/<wing>/<name>.py) with pytest.
 
 The project's tests are pytest modules (plain test functions), which a bare
 py_test would merely import. This macro makes tools/bazel/pytest_main.py the
@@ -10,9 +10,10 @@ fake `native`), so keep it to the Python-compatible subset of Starlark.
 
 PYTEST_MAIN = "//tools/bazel:pytest_main.py"
 
-def pytest_test(name, deps = [], data = [], size = "small", tags = [], **kwargs):
-    """Declares py_test `name` for the file tests/<name>.py."""
-    src = "tests/" + name + ".py"
+def pytest_test(name, src = None, deps = [], data = [], size = "small", tags = [], **kwargs):
+    """Declares py_test `name` for the file `src` (default tests/<name>.py)."""
+    if not src:
+        src = "tests/" + name + ".py"
     native.py_test(
         name = name,
         srcs = [src, PYTEST_MAIN],

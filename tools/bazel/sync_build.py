@@ -15,8 +15,11 @@ diff and run scripts/bazel_check.sh. What it derives:
   just that main (it is in no library) and whose deps are the targets its main
   imports. Names: the path without bgan_tf/ and .py, "/" -> "_" (train,
   export_all, ...), with "_bin" appended if that clashes with another target;
-- //:test_support for tests/*.py that are not test files (conftest, helpers);
-- a pytest_test per tests/test_*.py with deps from its imports. A test is heavy
+- //:test_support for the .py files under tests/ that are not test files
+  (conftest.py files, helpers);
+- a pytest_test per tests/**/test_*.py, named after the file (basenames under
+  tests/ are unique: pytest imports them by name), with `src` when the file is
+  not tests/<name>.py, and deps from its imports. A test is heavy
   (size "large", tags ["manual"]: `bazel test //...` skips it) when it can reach
   one of HEAVY_IMPORTS through its imports (any depth, lazy imports included,
   pytest.importorskip too), or imports subprocess itself.
@@ -63,8 +66,9 @@ HEADER = '''\
 #   is not a binary's main is in the srcs of exactly one py_library, its wing's;
 # - every module with `if __name__ == "__main__"` has a py_binary whose srcs is
 #   exactly [its main]; a main is in no py_library (nor in any other target);
-# - every tests/test_*.py has a pytest_test (a py_test) named after the file;
-#   other tests/*.py (conftest, helpers) belong to //:test_support;
+# - every tests/**/test_*.py has a pytest_test (a py_test) named after the file
+#   (tests/<wing>/ mirrors the wings); the other .py files under tests/
+#   (conftest.py files, helpers) belong to //:test_support;
 # - every file named in srcs/data exists, every ":label" in deps is defined, and
 #   every first-party module a target's files import (at any depth in the
 #   file, with its parent packages) is in the srcs of the target itself or of
@@ -98,7 +102,7 @@ def py_files(top: str) -> list[str]:
 def wing_of(path: str) -> str:
     """The library a first-party file belongs to, from its path alone:
     bgan_tf/<sub>/... -> <sub> (configs -> core), bgan_tf/x.py -> core,
-    flags/ -> flags, export/ -> export_lib, tests/ helpers -> test_support."""
+    flags/ -> flags, export/ -> export_lib, helpers under tests/ -> test_support."""
     parts = path.split("/")
     if parts[0] == "bgan_tf":
         if len(parts) == 2 or parts[1] in CORE_SUBPACKAGES:
@@ -240,8 +244,16 @@ def generate() -> str:
             modules[module_name(path)] = path
     tests = [p for p in py_files("tests") if Path(p).name.startswith("test_")]
     support = [p for p in py_files("tests") if p not in tests]
-    for path in support:
-        modules[module_name(path)] = path
+    stems: dict[str, str] = {}
+    for path in tests + support:
+        if Path(path).name == "conftest.py":
+            continue  # pytest imports each conftest.py by its path
+        if Path(path).stem in stems:
+            raise ValueError(f"{path} and {stems[Path(path).stem]} share a basename; pytest imports "
+                             "test files and helpers by name, so rename one")
+        stems[Path(path).stem] = path
+    for path in support:  # a conftest.py is imported by no module: keyed by its path
+        modules[path if Path(path).name == "conftest.py" else module_name(path)] = path
     mains = [p for top in TOPS for p in py_files(top) if has_main_block(p)]
 
     # Which target holds each first-party file: its wing's library, or for a
@@ -341,6 +353,8 @@ def generate() -> str:
         if conftest:
             deps.add(TEST_SUPPORT)
         lines = [f'    name = "{name}",\n']
+        if path != f"tests/{name}.py":
+            lines.append(f'    src = "{path}",\n')
         if deps:
             lines.append(f"    deps = {fmt_list(labels(deps))},\n")
         if name in TREE_CHECKS:
