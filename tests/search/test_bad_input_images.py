@@ -309,6 +309,18 @@ def _serve(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def _parsed_serve_flags(*args: str):
+    """The serve binary's flags, defined in a fresh FlagValues and parsed from ``args``."""
+    from absl import flags
+
+    from flags.search_flags import define_service_flags
+
+    fv = flags.FlagValues()
+    define_service_flags(fv)
+    fv(["serve", *args])
+    return fv
+
+
 def test_serve_flags_are_bounded_at_parse_time_and_match_the_service_limits():
     from bgan_tf.search.limits import DEFAULT_MAX_PIXELS
 
@@ -316,15 +328,25 @@ def test_serve_flags_are_bounded_at_parse_time_and_match_the_service_limits():
     # --max_pixels as the index binary's flag in this one), bounded by LIMITS.
     knob_of = {"max_upload_bytes": "max_upload_bytes", "max_k": "max_k", "workers_threads": "search_threads",
                "max_batch": "max_batch", "max_pixels": "max_pixels"}
-    probe = ("import json, bgan_tf.serve; from absl import flags; F = flags.FLAGS; "
+    probe = ("import json; from flags.search_flags import define_service_flags; define_service_flags(); "
+             "from absl import flags; F = flags.FLAGS; "
              f"print(json.dumps({{n: [F[n].parser.lower_bound, F[n].parser.upper_bound, F[n].default] "
              f"for n in {sorted(knob_of)!r}}}))")
     r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
-    assert {knob_of[n]: tuple(v[:2]) for n, v in got.items()} == LIMITS
-    assert got["max_pixels"][2] == DEFAULT_MAX_PIXELS < data.DEFAULT_MAX_PIXELS
+    # --max_pixels is shared with the index binary (flags/common.py: lower bound only,
+    # default None); serve applies its own default and upper bound from LIMITS at start-up.
+    assert got.pop("max_pixels") == [1, None, None]
+    assert {knob_of[n]: tuple(v[:2]) for n, v in got.items()} == {k: v for k, v in LIMITS.items()
+                                                                   if k != "max_pixels"}
+    from flags import search_flags
+
+    assert search_flags.service_max_pixels(_parsed_serve_flags()) == DEFAULT_MAX_PIXELS < data.DEFAULT_MAX_PIXELS
+    too_many = LIMITS["max_pixels"][1] + 1
+    with pytest.raises(UserError, match="--max_pixels must be from"):
+        search_flags.service_max_pixels(_parsed_serve_flags(f"--max_pixels={too_many}"))
     for flag, value in [("port", "-1"), ("port", "65536"), ("max_k", "0"), ("max_k", "10001"),
                         ("max_upload_bytes", "0"), ("allowed_types", ""), ("allowed_types", "text/html"),
                         ("workers_threads", "0"), ("max_batch", "0"), ("max_pixels", "0")]:
