@@ -24,7 +24,7 @@ def main() -> int:
     t = time.time()
     # The same environment as scripts/demo.sh: oneDNN's fused kernels change the
     # float rounding, and with it the trained codes.
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     subprocess.run(cmd, cwd=ROOT, check=True, env=env)
     wall = time.time() - t
     ev = json.load(open(os.path.join(out, "eval.json")))

@@ -71,7 +71,7 @@ def _port() -> int:
 def _launch(strategy, devices, out_dir, result, steps, env=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--strategy", strategy, "--devices", str(devices),
            "--output_dir", out_dir, "--result", result, "--steps", str(steps)]
-    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0", **(env or {}))
+    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     return subprocess.Popen(cmd, env=e, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
 

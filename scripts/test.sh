@@ -8,5 +8,5 @@ bash scripts/setup.sh
 if [ -x /usr/bin/chromium ] || [ "$(id -u)" = "0" ] || command -v sudo >/dev/null; then
   bash scripts/install_browser.sh
 fi
-export TF_CPP_MIN_LOG_LEVEL=3 TF_ENABLE_ONEDNN_OPTS=0
+export TF_CPP_MIN_LOG_LEVEL=3
 .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"

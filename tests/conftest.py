@@ -7,7 +7,6 @@ testlib.py; a wing's own shared fixtures live in tests/<wing>/conftest.py.
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import pytest  # noqa: E402
 from testlib import build_tiny_model  # noqa: E402

@@ -49,6 +49,6 @@ def build_tiny_model(root: str, **overrides) -> str:
 
 def run_binary(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` in the repository root; text output captured."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)

@@ -148,7 +148,7 @@ def saved_model_cli_path() -> str:
 
 def saved_model_cli_show(version_dir: str, timeout: float = 180) -> str:
     """Output of ``saved_model_cli show --dir DIR --all``; raises if it fails or lacks a signature."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     try:
         proc = subprocess.run([saved_model_cli_path(), "show", "--dir", version_dir, "--all"],
                               capture_output=True, text=True, timeout=timeout, env=env)

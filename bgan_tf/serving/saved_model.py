@@ -101,6 +101,14 @@ def _serving_fns(encoder, num_bits: int, input_size: int):
     """The two signature functions (plain Python; ExportArchive traces them)."""
     import tensorflow as tf
 
+    def encode(x):
+        # An empty batch skips the network: oneDNN's fused batch-norm kernels (TensorFlow's
+        # default on x86) fail on a zero-size batch ("Incompatible shapes: [64] vs.
+        # [0,32,32,3]"), and there is nothing to encode anyway.
+        return tf.cond(tf.shape(x)[0] > 0,
+                       lambda: tf.cast(encoder(x, training=False), tf.float32),
+                       lambda: tf.zeros((0, num_bits), tf.float32))
+
     def outputs(codes):
         codes = tf.ensure_shape(tf.cast(codes, tf.float32), (None, num_bits))
         packed = pack_bits_tf(codes, num_bits)
@@ -115,7 +123,7 @@ def _serving_fns(encoder, num_bits: int, input_size: int):
                 tf.logical_or(tf.equal(shape[0], 0), tf.logical_and(shape[1] > 0, shape[2] > 0)),
                 ["images must have height and width >= 1; got shape", shape])]):
             x = tf.cast(images, tf.float32)
-        return outputs(encoder(x, training=False))
+        return outputs(encode(x))
 
     def decode_one(args):
         data, index = args
@@ -138,7 +146,7 @@ def _serving_fns(encoder, num_bits: int, input_size: int):
         n = tf.shape(image_bytes)[0]
         images = tf.map_fn(decode_one, (image_bytes, tf.range(n)),
                            fn_output_signature=tf.TensorSpec((input_size, input_size, 3), tf.float32))
-        return outputs(encoder(images, training=False))
+        return outputs(encode(images))
 
     return serve_images, serve_bytes
 

@@ -24,7 +24,6 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
@@ -186,7 +185,7 @@ def launch(spec: dict, log_path: str, env: dict | None = None):
     everything it started), output to ``log_path``."""
     import subprocess
 
-    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0", PYTHONUNBUFFERED="1")
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
     full_env.pop("TF_CONFIG", None)
     full_env.update(env or {})
     log = open(log_path, "w")
