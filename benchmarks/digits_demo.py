@@ -15,6 +15,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 
 def main() -> int:
@@ -22,8 +23,7 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resume
     cmd = [sys.executable, "-m", "bgan_tf.train", "--output_dir", out, *sys.argv[1:]]
     t = time.time()
-    # The same environment as scripts/demo.sh: oneDNN's fused kernels change the
-    # float rounding, and with it the trained codes.
+    # The same environment as scripts/demo.sh (oneDNN on, TensorFlow's default).
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     subprocess.run(cmd, cwd=ROOT, check=True, env=env)
     wall = time.time() - t
@@ -31,10 +31,9 @@ def main() -> int:
     ev["wall_seconds"] = round(wall, 1)
     ev["command"] = "python -m bgan_tf.train " + " ".join(sys.argv[1:]) + "  (defaults: --config digits)"
     ev["machine"] = f"{platform.machine()}, {os.cpu_count()} cores; load average at end {os.getloadavg()[0]:.1f}"
-    dest = os.path.join(ROOT, "benchmarks", "results", "digits_demo.json")
-    with open(dest + ".tmp", "w") as f:
-        json.dump(ev, f, indent=2)
-    os.replace(dest + ".tmp", dest)
+    from bgan_tf import atomic
+
+    atomic.write_json(os.path.join(ROOT, "benchmarks", "results", "digits_demo.json"), ev)
     print(json.dumps(ev["methods"], indent=2))
     return 0
 

@@ -36,6 +36,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from bgan_tf.runtime import tune_allocator  # noqa: E402
+
+tune_allocator()  # the malloc settings every binary runs with (bgan_tf/runtime.py)
+
 import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,6 +8,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from bgan_tf.runtime import tune_allocator  # noqa: E402
+
+tune_allocator()  # as every binary does (cli_run): the tests run the same allocator settings
+
 import pytest  # noqa: E402
 from testlib import build_tiny_model  # noqa: E402
 

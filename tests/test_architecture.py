@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # its //:<wing> library from tools/bazel/sync_build.py.)
 RANKS = {
     "__init__": -1,  # bgan_tf/__init__.py: loaded before any bgan_tf module, imports none
+    "runtime": -1,  # process settings (malloc); imports no bgan_tf module; errors.cli_run applies them
     "errors": 0,
     "codes": 0,
     "atomic": 1,

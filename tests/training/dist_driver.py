@@ -26,6 +26,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from bgan_tf.runtime import tune_allocator  # noqa: E402
+
+tune_allocator()  # what every binary runs with (bgan_tf.errors.cli_run)
+
 import numpy as np  # noqa: E402
 if os.environ.get("DRIVER_FULL_TRACEBACK"):
     import keras
