@@ -29,7 +29,8 @@ def cifar_section(r) -> list[str]:
            "`benchmarks/cifar10_pbgan.py` -> `benchmarks/results/cifar10_pbgan.md`. "
            f"{r.get('setup', {}).get('backbone', '')}; 1,000 queries, 59,000 database, 10,000 training images. "
            "Rerun everything with `.venv/bin/python benchmarks/cifar10_pbgan.py` (needs ../shared; each GAN "
-           "row took 11-19 min on 2 shared cores, see the cost table there), or one row with `--bits 32 --methods bgan_paper`; rows merge "
+           "row took 11-19 min on 2 shared cores, timed with oneDNN off and glibc's malloc defaults, before the speed-ups in "
+           "benchmarks/results/allocator.md; see the cost table there), or one row with `--bits 32 --methods bgan_paper`; rows merge "
            "into the results file.", "",
            "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
     for m in order:
