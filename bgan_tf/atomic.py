@@ -333,12 +333,6 @@ def recover_dir(target: str | os.PathLike[str], is_ours: IsOurs) -> None:
         os.rename(olds[0], t)
 
 
-def has_backup(target: str | os.PathLike[str], is_ours: IsOurs) -> bool:
-    t = Path(target).absolute()
-    return t.parent.is_dir() and any(p.is_dir() and is_ours(p)
-                                     for p in t.parent.glob(f".{t.name}{OLD_INFIX}*"))
-
-
 def _noop(tmp: Path, target: Path) -> None:
     """Default hook between 'folder complete' and 'swap'."""
 

@@ -79,20 +79,20 @@ def define_service_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     if "host" in fv:
         return
     common.define_shared("max_pixels", flag_values=fv)
-    b = limits.LIMITS  # the bounds create_app checks
+    b, d = limits.LIMITS, limits.DEFAULTS  # the bounds and defaults of create_app
     flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (loopback by default; 0.0.0.0 exposes it).",
                         flag_values=fv)
     flags.DEFINE_integer("port", 8000, "TCP port to listen on (0 picks a free one and prints it).",
                          lower_bound=0, upper_bound=65535, flag_values=fv)
-    flags.DEFINE_integer("max_upload_bytes", 10 * 1024 * 1024, "Largest accepted upload; bigger ones get HTTP 413.",
+    flags.DEFINE_integer("max_upload_bytes", d["max_upload_bytes"], "Largest accepted upload; bigger ones get HTTP 413.",
                          lower_bound=b["max_upload_bytes"][0], upper_bound=b["max_upload_bytes"][1], flag_values=fv)
-    flags.DEFINE_list("allowed_types", ["image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp"],
+    flags.DEFINE_list("allowed_types", list(limits.DEFAULT_TYPES),
                       "Accepted upload content types (image/*); others get HTTP 415.", flag_values=fv)
-    flags.DEFINE_integer("max_k", 100, "Largest k a client may ask for.",
+    flags.DEFINE_integer("max_k", d["max_k"], "Largest k a client may ask for.",
                          lower_bound=b["max_k"][0], upper_bound=b["max_k"][1], flag_values=fv)
-    flags.DEFINE_integer("workers_threads", 2, "Threads that decode uploads off the event loop.",
+    flags.DEFINE_integer("workers_threads", d["search_threads"], "Threads that decode uploads off the event loop.",
                          lower_bound=b["search_threads"][0], upper_bound=b["search_threads"][1], flag_values=fv)
-    flags.DEFINE_integer("max_batch", 64, "Most waiting queries encoded and searched together in one model/index call.",
+    flags.DEFINE_integer("max_batch", d["max_batch"], "Most waiting queries encoded and searched together in one model/index call.",
                          lower_bound=b["max_batch"][0], upper_bound=b["max_batch"][1], flag_values=fv)
     flags.register_validator(
         "allowed_types", _valid_types,
@@ -102,10 +102,8 @@ def define_service_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 def _valid_types(types: list[str] | None) -> bool:
     # An empty list would start a service that refuses every upload with 415.
-    import re
-
     types = [t.strip().lower() for t in (types or []) if t.strip()]
-    return bool(types) and all(re.fullmatch(r"image/[a-z0-9][a-z0-9.+-]*", t) for t in types)
+    return bool(types) and all(limits.is_image_type(t) for t in types)
 
 
 def backend_knobs(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:

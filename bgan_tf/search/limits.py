@@ -16,6 +16,8 @@ import numpy as np
 from bgan_tf.errors import UserError
 
 DEFAULT_TYPES = ("image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp")
+# Defaults of the other create_app knobs; the serve flags default to the same values.
+DEFAULTS = {"max_upload_bytes": 10 * 1024 * 1024, "max_k": 100, "search_threads": 2, "max_batch": 64}
 
 # The service's pixel budget per upload: 16 megapixels (a 48 MB decoded image) takes
 # any phone photo, while the CLI's larger default (data.DEFAULT_MAX_PIXELS) is for
@@ -53,7 +55,12 @@ def check_settings(*, max_upload_bytes: int, allowed_types: Sequence[str], max_k
     if not types:
         raise UserError("allowed_types is empty: the service would refuse every upload; "
                         f"pass image types such as {','.join(DEFAULT_TYPES)}")
-    bad = [t for t in types if not re.fullmatch(r"image/[a-z0-9][a-z0-9.+-]*", t)]
+    bad = [t for t in types if not is_image_type(t)]
     if bad:
         raise UserError(f"allowed_types must be image/* content types, not {', '.join(map(repr, bad))}")
     return types
+
+
+def is_image_type(content_type: str) -> bool:
+    """Whether a (lowercased) content type is an image/* type the service may accept."""
+    return re.fullmatch(r"image/[a-z0-9][a-z0-9.+-]*", content_type) is not None

@@ -51,7 +51,7 @@ from bgan_tf.errors import UserError
 from bgan_tf.inference.encoders import Encoder
 from bgan_tf.search import backends as search_lib
 from bgan_tf.search.binary_index import BinaryIndex
-from bgan_tf.search.limits import DEFAULT_MAX_PIXELS, DEFAULT_TYPES, check_settings
+from bgan_tf.search.limits import DEFAULT_MAX_PIXELS, DEFAULT_TYPES, DEFAULTS, check_settings
 
 _MULTIPART_SLACK = 64 * 1024  # boundary + headers around the file in a multipart body
 _PAGE_FILE = Path(__file__).with_name("static") / "index.html"  # the web page served at GET /
@@ -229,11 +229,11 @@ def create_app(
     index: BinaryIndex,
     encoder: Encoder,
     *,
-    max_upload_bytes: int = 10 * 1024 * 1024,
+    max_upload_bytes: int = DEFAULTS["max_upload_bytes"],
     allowed_types: Sequence[str] = DEFAULT_TYPES,
-    max_k: int = 100,
-    search_threads: int = 2,
-    max_batch: int = 64,
+    max_k: int = DEFAULTS["max_k"],
+    search_threads: int = DEFAULTS["search_threads"],
+    max_batch: int = DEFAULTS["max_batch"],
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> FastAPI:
     """Build the ASGI app around a loaded index and the encoder that built it.
