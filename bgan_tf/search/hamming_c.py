@@ -1,13 +1,16 @@
 """The `ours_exact` kernel: an exact top-k Hamming scan in C, built at first use.
 
-Why: FAISS IndexBinaryFlat reaches ~0.85 G codes/s per core here while an
-AVX-512 VPOPCNTDQ loop can do several times that (measured by
-benchmarks/search_speed.py; docs/search.md). The kernel also gives exact (distance, position) tie order for
-free, because it scans positions in increasing order and keeps per-distance
-buckets of positions.
+Why: FAISS IndexBinaryFlat compares codes one scalar popcount at a time; a SIMD scan
+that tests the admission threshold for 32 codes at once and sends only candidates to
+the top-k does several times more (benchmarks/search_speed.py; docs/search.md). Three
+scan paths, chosen at run time from what the CPU has: AVX-512 VPOPCNTDQ (32/64-bit
+codes), AVX2 (pshufb nibble-table popcount; 32, 64 and 128-bit codes) and scalar
+POPCNT (every width, and the tail of each block). All give the same answer, ties
+included: positions are scanned in increasing order into per-distance buckets.
+BGAN_TF_NO_AVX512=1 / BGAN_TF_NO_AVX2=1 switch paths off (tests, comparisons).
 
-Robustness: the C source below is compiled with the system C compiler into a
-cache folder (BGAN_TF_CACHE or ~/.cache/bgan_tf), keyed by a hash of the source
+Robustness: the C source (hamming.c beside this module) is compiled with the system
+C compiler into a cache folder (BGAN_TF_CACHE or ~/.cache/bgan_tf), keyed by a hash of the source
 and compiler; everything is optional. `load_kernel()` returns None when there is
 no compiler or the build fails, and callers fall back to FAISS/numpy.
 """
@@ -25,162 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-_SOURCE = r"""
-#include <stdint.h>
-#include <string.h>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
-/* Per-query state, all int32 in one scratch block of stride S = 2 + (M+1) + (M+1)*k:
-   [0] tau (current admission threshold), [1] total (#kept with d <= tau),
-   [2 .. 2+M] cnt[d], then buckets[d][0..k) of positions (scan order). */
-
-static inline void accept(int32_t *st, int32_t *cnt, int32_t *bk, int k, int d, int32_t pos) {
-    int tau = st[0];
-    if (d > tau) return;
-    if (d == tau && st[1] >= k) return;   /* k earlier items already rank ahead */
-    bk[(int64_t)d * k + cnt[d]] = pos;
-    cnt[d] += 1;
-    st[1] += 1;
-    /* Shrink tau while the buckets strictly below it already hold >= k items. */
-    while (tau > 0 && st[1] - cnt[tau] >= k) {
-        st[1] -= cnt[tau];
-        cnt[tau] = 0;
-        tau -= 1;
-    }
-    st[0] = tau;
-}
-
-static void init_state(int32_t *st, int M) {
-    st[0] = M; st[1] = 0;
-    memset(st + 2, 0, sizeof(int32_t) * (M + 1));
-}
-
-static void emit(const int32_t *st, int M, int k, int32_t *out_d, int64_t *out_i) {
-    const int32_t *cnt = st + 2;
-    const int32_t *bk = st + 2 + (M + 1);
-    int o = 0;
-    for (int d = 0; d <= st[0] && o < k; d++)
-        for (int j = 0; j < cnt[d] && o < k; j++) { out_d[o] = d; out_i[o] = bk[(int64_t)d * k + j]; o++; }
-    for (; o < k; o++) { out_d[o] = 0x7fffffff; out_i[o] = -1; }
-}
-
-/* ---------------------------------------------------------- portable scalar */
-__attribute__((target("popcnt")))
-static void scan_scalar(const uint8_t *db, int64_t n0, int64_t n1, int W, const uint8_t *q,
-                        int32_t *st, int M, int k) {
-    int32_t *cnt = st + 2, *bk = st + 2 + (M + 1);
-    int nw = W / 8;
-    for (int64_t i = n0; i < n1; i++) {
-        const uint8_t *c = db + i * W;
-        int d = 0;
-        if (W == 4) {
-            uint32_t a, b; memcpy(&a, c, 4); memcpy(&b, q, 4);
-            d = __builtin_popcount(a ^ b);
-        } else {
-            for (int w = 0; w < nw; w++) {
-                uint64_t a, b; memcpy(&a, c + 8 * w, 8); memcpy(&b, q + 8 * w, 8);
-                d += __builtin_popcountll(a ^ b);
-            }
-        }
-        if (d <= st[0]) accept(st, cnt, bk, k, d, (int32_t)i);
-    }
-}
-
-#if defined(__x86_64__)
-/* ------------------------------------------------ AVX-512 VPOPCNTDQ, W = 8 */
-__attribute__((target("avx512f,avx512vpopcntdq,popcnt")))
-static int64_t scan64_avx512(const uint8_t *db, int64_t n0, int64_t n1, const uint8_t *q,
-                             int32_t *st, int M, int k) {
-    int32_t *cnt = st + 2, *bk = st + 2 + (M + 1);
-    uint64_t q64; memcpy(&q64, q, 8);
-    const __m512i qv = _mm512_set1_epi64((long long)q64);
-    int64_t i = n0;
-    for (; i + 32 <= n1; i += 32) {
-        const uint8_t *p = db + i * 8;
-        __m512i t = _mm512_set1_epi64(st[0]);
-        __m512i d0 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p), qv));
-        __m512i d1 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 64), qv));
-        __m512i d2 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 128), qv));
-        __m512i d3 = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + 192), qv));
-        uint32_t m = (uint32_t)_mm512_cmple_epu64_mask(d0, t)
-                   | ((uint32_t)_mm512_cmple_epu64_mask(d1, t) << 8)
-                   | ((uint32_t)_mm512_cmple_epu64_mask(d2, t) << 16)
-                   | ((uint32_t)_mm512_cmple_epu64_mask(d3, t) << 24);
-        if (m) {
-            int64_t ds[32];
-            _mm512_storeu_si512(ds, d0); _mm512_storeu_si512(ds + 8, d1);
-            _mm512_storeu_si512(ds + 16, d2); _mm512_storeu_si512(ds + 24, d3);
-            while (m) { int j = __builtin_ctz(m); m &= m - 1; accept(st, cnt, bk, k, (int)ds[j], (int32_t)(i + j)); }
-        }
-    }
-    return i;
-}
-
-/* ------------------------------------------------ AVX-512 VPOPCNTDQ, W = 4 */
-__attribute__((target("avx512f,avx512vpopcntdq,popcnt")))
-static int64_t scan32_avx512(const uint8_t *db, int64_t n0, int64_t n1, const uint8_t *q,
-                             int32_t *st, int M, int k) {
-    int32_t *cnt = st + 2, *bk = st + 2 + (M + 1);
-    uint32_t q32; memcpy(&q32, q, 4);
-    const __m512i qv = _mm512_set1_epi32((int)q32);
-    int64_t i = n0;
-    for (; i + 32 <= n1; i += 32) {
-        const uint8_t *p = db + i * 4;
-        __m512i t = _mm512_set1_epi32(st[0]);
-        __m512i d0 = _mm512_popcnt_epi32(_mm512_xor_si512(_mm512_loadu_si512(p), qv));
-        __m512i d1 = _mm512_popcnt_epi32(_mm512_xor_si512(_mm512_loadu_si512(p + 64), qv));
-        uint32_t m = (uint32_t)_mm512_cmple_epu32_mask(d0, t)
-                   | ((uint32_t)_mm512_cmple_epu32_mask(d1, t) << 16);
-        if (m) {
-            int32_t ds[32];
-            _mm512_storeu_si512(ds, d0); _mm512_storeu_si512(ds + 16, d1);
-            while (m) { int j = __builtin_ctz(m); m &= m - 1; accept(st, cnt, bk, k, ds[j], (int32_t)(i + j)); }
-        }
-    }
-    return i;
-}
-#endif
-
-int bgan_has_avx512(void) {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
-#else
-    return 0;
-#endif
-}
-
-/* Exact top-k of nq queries over n codes of W bytes (W = 4, or a multiple of 8).
-   Ties are broken by position. The database is scanned in blocks that fit in L2
-   and every query of the batch visits the block before moving on, so codes are
-   read from memory once per batch rather than once per query.
-   scratch: int32 [nq * (2 + (M+1) + (M+1)*k)] with M = 8*W. */
-int bgan_topk(const uint8_t *db, int64_t n, int W, const uint8_t *queries, int64_t nq, int k,
-              int use_simd, int32_t *scratch, int32_t *out_d, int64_t *out_i) {
-    if (k <= 0 || (W != 4 && W % 8 != 0) || n > 0x7fffffff) return -1;
-    const int M = 8 * W;
-    const int64_t S = 2 + (int64_t)(M + 1) + (int64_t)(M + 1) * k;
-    for (int64_t qi = 0; qi < nq; qi++) init_state(scratch + qi * S, M);
-    const int64_t block = (W <= 8) ? 32768 : 262144 / W;
-    for (int64_t b0 = 0; b0 < n; b0 += block) {
-        int64_t b1 = b0 + block < n ? b0 + block : n;
-        for (int64_t qi = 0; qi < nq; qi++) {
-            int32_t *st = scratch + qi * S;
-            const uint8_t *q = queries + qi * W;
-            int64_t i = b0;
-#if defined(__x86_64__)
-            if (use_simd && W == 8) i = scan64_avx512(db, b0, b1, q, st, M, k);
-            else if (use_simd && W == 4) i = scan32_avx512(db, b0, b1, q, st, M, k);
-#endif
-            scan_scalar(db, i, b1, W, q, st, M, k);
-        }
-    }
-    for (int64_t qi = 0; qi < nq; qi++) emit(scratch + qi * S, M, k, out_d + qi * k, out_i + qi * k);
-    return 0;
-}
-"""
+# The C source ships beside this module (package data); its hash keys the build cache.
+_SOURCE = (Path(__file__).parent / "hamming.c").read_text()
 
 _lock = threading.Lock()
 _kernel: "_Kernel | None | bool" = False  # False = not tried yet
@@ -202,6 +51,9 @@ def pad_codes(packed: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+PATHS = ("scalar", "avx2", "avx512")  # scan paths, in order of preference (last = fastest)
+
+
 class _Kernel:
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._fn = lib.bgan_topk
@@ -209,14 +61,41 @@ class _Kernel:
         p = ctypes.c_void_p
         self._fn.argtypes = [p, ctypes.c_int64, ctypes.c_int, p, ctypes.c_int64, ctypes.c_int,
                              ctypes.c_int, p, p, p]
-        lib.bgan_has_avx512.restype = ctypes.c_int
-        self.has_avx512 = bool(lib.bgan_has_avx512()) and os.environ.get("BGAN_TF_NO_AVX512") != "1"
+        lib.bgan_simd_support.restype = ctypes.c_int
+        bits = lib.bgan_simd_support()
+        # What the CPU runs, minus what the environment switches off (tests, comparisons):
+        # BGAN_TF_NO_AVX512=1 leaves AVX2 and scalar, BGAN_TF_NO_AVX2=1 leaves scalar only.
+        no_avx2 = os.environ.get("BGAN_TF_NO_AVX2") == "1"
+        no_avx512 = no_avx2 or os.environ.get("BGAN_TF_NO_AVX512") == "1"
+        self.paths = tuple(name for name, ok in zip(PATHS, (True, bits & 1 and not no_avx2,
+                                                            bits & 2 and not no_avx512)) if ok)
+        self._lib = lib  # tests build a second _Kernel to check the environment switches
+        self.path = self.paths[-1]  # the one topk uses unless told otherwise
+        lib.bgan_add_chain.restype = ctypes.c_int64
+        lib.bgan_add_chain.argtypes = [ctypes.c_int64]
+        lib.bgan_read_bytes.restype = ctypes.c_uint64
+        lib.bgan_read_bytes.argtypes = [ctypes.c_void_p, ctypes.c_int64]
 
-    def topk(self, db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def add_chain(self, rounds: int) -> None:
+        """Run 8 * rounds dependent one-cycle adds (benchmarks time it to measure the clock)."""
+        self._lib.bgan_add_chain(int(rounds))
+
+    def read_bytes(self, arr: np.ndarray) -> int:
+        """Read a C-contiguous array once, 32 bytes at a time (benchmarks time it: bandwidth)."""
+        arr = np.ascontiguousarray(arr)
+        return int(self._lib.bgan_read_bytes(arr.ctypes.data, arr.nbytes // 32 * 32))
+
+    def topk(self, db: np.ndarray, queries: np.ndarray, k: int,
+             path: "str | None" = None) -> tuple[np.ndarray, np.ndarray]:
         """db, queries: padded uint8 [*, W]. Returns (int32 [Q,K], positions int64 [Q,K]), K = min(k, N).
+
+        path: one of self.paths (default self.path); every path returns the same answer.
 
         ctypes drops the GIL during the call, so threads can run batches in parallel.
         """
+        path = self.path if path is None else path
+        if path not in self.paths:
+            raise ValueError(f"scan path {path!r} is not available here; choose one of {self.paths}")
         n, w = db.shape
         nq = queries.shape[0]
         # The per-query scratch grows with k: never ask for more than there are codes.
@@ -233,7 +112,7 @@ class _Kernel:
         for s in range(0, nq, qb):
             e = min(nq, s + qb)
             rc = self._fn(db.ctypes.data, n, w, queries[s:e].ctypes.data, e - s, k,
-                          int(self.has_avx512), scratch.ctypes.data,
+                          PATHS.index(path), scratch.ctypes.data,
                           out_d[s:e].ctypes.data, out_i[s:e].ctypes.data)
             if rc != 0:
                 raise RuntimeError(f"bgan_topk failed with code {rc}")
