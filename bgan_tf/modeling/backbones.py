@@ -81,6 +81,11 @@ class Preprocess(keras.layers.Layer):
             lambda: tf.image.resize(x, (self.size, self.size), method="bilinear"),
         )
         x = tf.ensure_shape(x, (None, self.size, self.size, 3))
+        return self.normalise(x)
+
+    def normalise(self, x):
+        """The normalisation alone, for float32 images already at ``size``: what the
+        backbone sees after the resize (also traced alone into the TFLite feature engine)."""
         if self.normalisation == "unit":
             return x / 255.0
         if self.normalisation == "torch":
