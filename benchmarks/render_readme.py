@@ -43,7 +43,7 @@ def cifar_section(r) -> list[str]:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from cifar10_pbgan import _whole_run_lines
 
-    out += _whole_run_lines(r.get("seconds", {}))
+    out += _whole_run_lines(r)
     if "float_cosine" in methods:
         f = methods["float_cosine"]["float"]
         out += ["", f"Float features with cosine ranking: {f['map_all']:.3f} / {f['map_1000']:.3f}. "
@@ -70,6 +70,30 @@ def _cifar_targets(methods: dict, bits: list[str]) -> list[str]:
     if spread:
         lines.append("- seed 0 vs seed 1 (split, baselines and training all reseeded), mAP@all: " + "; ".join(spread))
     return ["", "Targets (BGAN at least 0.05 above ITQ and not below nbr_only):", ""] + lines if lines else []
+
+
+def search_section(r: dict, name: str, fallback_machine: str | None) -> list[str]:
+    """One machine's search table. Queries/s by CPU time where the run recorded it (it
+    shared the cores), else by wall clock."""
+    m = r.get("machine")
+    if isinstance(m, dict):
+        machine = f"{m.get('cpu')}, SIMD {', '.join(m.get('simd', []))}, ours_exact path {m.get('ours_exact_path')}"
+    else:
+        machine = fallback_machine or str(m)
+    cpu_time = any("qps_cpu" in row for rows in r["bits"].values() for row in rows.values())
+    load = r.get("loadavg_at_start")
+    out = [f"### Search: top-100 queries/s over {r.get('n', 1_000_000):,} codes (one thread), {machine}", "",
+           f"`benchmarks/search_speed.py` -> `benchmarks/results/{name[:-5]}.md`"
+           + (f"; queries/s by process CPU time (load average {load[0]:.1f} at start)" if cpu_time and load else "")
+           + ".", "", "| bits | backend | queries/s | recall@100 | vs faiss_flat |", "|---|---|---|---|---|"]
+    for bits, backends in r["bits"].items():
+        base = backends.get("faiss_flat", {})
+        key = "qps_cpu" if cpu_time else "qps"
+        for backend, row in backends.items():
+            x = row[key] / base[key] if base.get(key) else None
+            ratio = "-" if x is None else f"{x:.1f}x" if x >= 1 else f"{x:.3f}x"
+            out.append(f"| {bits} | {backend} | {row[key]:,.0f} | {row['recall_at_100']:.3f} | {ratio} |")
+    return out
 
 
 def digits_section(r) -> list[str]:
@@ -116,14 +140,10 @@ def main() -> None:
             parts += simple_table(f"Encoder throughput and bit agreement: {title}",
                                   f"benchmarks/results/{name}; code stability under pixel noise in "
                                   "encode_throughput.md", r, ["batch_1", "batch_64", "bytes", "bit_agreement"]) + [""]
-    if (r := _load("search.json")):
-        out = ["### Search: top-100 queries/s over 1,000,000 codes (one thread)", "",
-               "`benchmarks/search_speed.py` -> `benchmarks/results/search.md`", "",
-               "| bits | backend | queries/s | recall@100 |", "|---|---|---|---|"]
-        for bits, backends in r["bits"].items():
-            for name, row in backends.items():
-                out.append(f"| {bits} | {name} | {row['qps']:,.0f} | {row['recall_at_100']:.3f} |")
-        parts += out + [""]
+    for name, fallback in (("search.json", "Intel Xeon, AVX-512 VPOPCNTDQ (ours_exact's AVX-512 path)"),
+                           ("search_avx2.json", None)):
+        if (r := _load(name)):
+            parts += search_section(r, name, fallback) + [""]
     if (r := _load("service_load.json")):
         parts += [f"### HTTP service load test", "", "`benchmarks/service_load.py`: "
                   f"{r['requests']} requests, {r['errors']} errors, {r['rps']:.0f} requests/s, "

@@ -261,7 +261,7 @@ class FlatBackend(_SortedCodes):
 
 
 class OursExactBackend(_SortedCodes):
-    """Exact scan in C (AVX-512 VPOPCNTDQ when the CPU has it), see bgan_tf/search/hamming_c.py.
+    """Exact scan in C (AVX-512 VPOPCNTDQ, else AVX2, else scalar POPCNT: whichever the CPU has), see bgan_tf/search/hamming_c.py.
 
     Raises UserError at construction when no C compiler is available; use
     `make_backend("ours_exact", ..., fallback=True)` to get `flat` instead.
