@@ -42,11 +42,14 @@ def test_a_training_step_counts_the_backward_pass():
     def step(x):
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(second(first(x)))
-        return tape.gradient(loss, first.trainable_variables + second.trainable_variables)
+        return loss, tape.gradient(loss, first.trainable_variables + second.trainable_variables)
 
     matmuls = function_flops(step, tf.TensorSpec((8, 64))).by_type()["MatMul"]
     f1, f2 = 2 * 8 * 64 * 32, 2 * 8 * 32 * 4
     assert matmuls == 2 * f1 + 3 * f2
+    # Without the loss among the outputs its forward matmul is dead (d sum / d y is all ones).
+    no_loss = function_flops(lambda x: step(x)[1], tf.TensorSpec((8, 64))).by_type()["MatMul"]
+    assert no_loss == 2 * f1 + 2 * f2
 
 
 def test_control_flow_bodies_are_named_as_uncounted():
@@ -54,3 +57,23 @@ def test_control_flow_bodies_are_named_as_uncounted():
                            tf.TensorSpec((4, 4)))
     assert "If" in count.calls() or "StatelessIf" in count.calls()
     assert "MatMul" not in count.by_type()
+
+
+def test_only_the_work_that_runs_is_counted():
+    # A repeated stateless op runs once (grappler merges it) and an op nothing uses not at all.
+    def fn(x):
+        tf.matmul(x, x, transpose_b=True)  # dead
+        return tf.matmul(x, x) + tf.matmul(x, x)
+
+    count = function_flops(fn, tf.TensorSpec((4, 4)))
+    assert count.by_type() == {"MatMul": 2 * 4 * 4 * 4, "AddV2": 4 * 4}
+    assert count.graph_total == 3 * 2 * 4 * 4 * 4 + 4 * 4
+
+
+def test_stateful_ops_are_never_merged():
+    # Two reads of a variable may differ (a write can come between): neither the reads nor
+    # the matmuls that use them are one computation.
+    v = tf.Variable(tf.ones((4, 4)))
+    count = function_flops(lambda x: tf.matmul(v.read_value(), x) + tf.matmul(v.read_value(), x),
+                           tf.TensorSpec((4, 4)))
+    assert count.by_type()["MatMul"] == 2 * (2 * 4 * 4 * 4)
