@@ -16,8 +16,13 @@ One process measures, on the same cores and threads:
   ``encode_features`` / ``encode_images`` (the evaluation's and the indexer's paths),
   ``index_build`` / ``index_search`` (bgan_tf.search.BinaryIndex, exact).
 FLOPs are counted from each stage's TensorFlow graph by TensorFlow's profiler
-(benchmarks/flops.py): a training step is the whole traced ``train_step``, forward and
-backward of every network plus the optimizer updates.
+(benchmarks/flops.py), only the ops that run: a training step is the whole traced
+``train_step``, forward and backward of every network plus the optimizer updates.
+
+Other jobs share the cores, so each stage also records its CPU seconds (every thread of
+this process): ``fraction_of_peak`` is wall-clock FLOP/s over the best peak sample, and
+``fraction_of_peak_per_cpu_s`` is FLOPs per CPU-second over the peak's, which contention
+barely moves; ``cpu_use`` says how much of the cores a stage kept busy.
 
 The whole 32-bit run's seconds come from benchmarks/results/cifar10_pbgan.json
 (``whole_run_32``, written by ``benchmarks/cifar10_pbgan.py --whole_run``); this script
@@ -65,16 +70,25 @@ MATMUL_N = 2048
 BANDWIDTH_METHOD = "numpy copyto of 256 MiB, 1 thread, read + write bytes"
 
 
-def repeat(fn, min_seconds: float, min_iters: int = 3) -> tuple[float, int]:
-    """(seconds, calls) of fn() after one warm-up call, repeated until both minimums are met."""
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def now() -> np.ndarray:
+    """(wall seconds, CPU seconds of every thread of this process)."""
+    return np.array([time.perf_counter(), time.process_time()])
+
+
+def repeat(fn, min_seconds: float, min_iters: int = 3) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, calls) of fn() after one warm-up call, repeated until both
+    minimums are met."""
     fn()
-    n, t0 = 0, time.perf_counter()
+    n, t0 = 0, now()
     while True:
         fn()
         n += 1
-        elapsed = time.perf_counter() - t0
-        if n >= min_iters and elapsed >= min_seconds:
-            return elapsed, n
+        wall, cpu = now() - t0
+        if n >= min_iters and wall >= min_seconds:
+            return float(wall), float(cpu), n
 
 
 def cpu_model() -> str:
@@ -94,13 +108,18 @@ class Results:
         self.stages: dict[str, dict] = {}
         self.bandwidth = bandwidth
 
-    def add(self, name: str, seconds: float, items: int, unit: str, flops: FlopCount | None = None,
-            flops_per_item: float | None = None, note: str = "", bytes_per_item: float | None = None,
-            **extra) -> dict:
-        row = {"seconds": round(seconds, 4), "items": int(items), "unit": unit,
+    def add(self, name: str, seconds: float, cpu_seconds: float, items: int, unit: str,
+            flops: FlopCount | None = None, flops_per_item: float | None = None, note: str = "",
+            bytes_per_item: float | None = None, **extra) -> dict:
+        row = {"seconds": round(seconds, 4), "cpu_seconds": round(cpu_seconds, 4),
+               "cpu_use": round(cpu_seconds / seconds / CORES, 3), "items": int(items), "unit": unit,
                "items_per_s": round(items / seconds, 2), "flops_per_s": None, "fraction_of_peak": None}
         if flops_per_item is not None:
-            row.update(flops_per_item=int(flops_per_item), flops_per_s=round(flops_per_item * items / seconds))
+            row.update(flops_per_item=int(flops_per_item), flops_per_s=round(flops_per_item * items / seconds),
+                       flops_per_cpu_s=round(flops_per_item * items / cpu_seconds), fraction_of_peak_per_cpu_s=None)
+        if flops is not None and flops.graph_total != flops.total and flops.total:
+            # The traced graph's sum, duplicates and dead ops included (benchmarks/flops.py).
+            row["traced_graph_flops_per_item"] = int(flops_per_item * flops.graph_total / flops.total)
         if flops is not None and flops.uncounted:
             row["uncounted_ops"] = flops.uncounted
             if flops.calls():
@@ -112,13 +131,15 @@ class Results:
         row["note"] = note
         self.stages[name] = row
         rate = f"{row['flops_per_s'] / 1e9:7.2f} GFLOP/s" if row["flops_per_s"] is not None else "no float work"
-        print(f"{name:34s} {items:>8,d} {unit:8s} {seconds:7.2f} s {row['items_per_s']:>11,.1f}/s  {rate}", flush=True)
+        print(f"{name:34s} {items:>8,d} {unit:8s} {seconds:7.2f} s {row['items_per_s']:>11,.1f}/s  {rate}, "
+              f"CPU use {row['cpu_use']:.0%}", flush=True)
         return row
 
-    def finish(self, peak: float) -> None:
+    def finish(self, peak: float, peak_per_cpu_s: float) -> None:
         for row in self.stages.values():
             if row["flops_per_s"] is not None:
                 row["fraction_of_peak"] = round(row["flops_per_s"] / peak, 4)
+                row["fraction_of_peak_per_cpu_s"] = round(row["flops_per_cpu_s"] / peak_per_cpu_s, 4)
 
 
 # ------------------------------------------------------------------ the limit
@@ -159,17 +180,20 @@ class PeakMeter:
     def sample(self, when: str, min_seconds: float) -> None:
         row = {"when": when}
         for name, (fn, flops, _) in self.kernels.items():
-            sec, n = repeat(fn, min_seconds)
+            sec, cpu, n = repeat(fn, min_seconds)
             row[name] = round(flops * n / sec)
+            row[name + "_per_cpu_s"] = round(flops * n / cpu)
         self.samples.append(row)
-        print(f"peak sample ({when}): matmul {row['matmul'] / 1e9:.1f} GFLOP/s, conv {row['conv'] / 1e9:.1f} GFLOP/s",
-              flush=True)
+        print(f"peak sample ({when}): matmul {row['matmul'] / 1e9:.1f} GFLOP/s, conv {row['conv'] / 1e9:.1f} GFLOP/s; "
+              f"per CPU-second {row['matmul_per_cpu_s'] / 1e9:.1f}, {row['conv_per_cpu_s'] / 1e9:.1f}", flush=True)
 
     def summary(self) -> dict:
-        out = {name: {**info, "flops": flops, "flops_per_s": max(s[name] for s in self.samples)}
+        out = {name: {**info, "flops": flops, "flops_per_s": max(s[name] for s in self.samples),
+                      "flops_per_cpu_s": max(s[name + "_per_cpu_s"] for s in self.samples)}
                for name, (_, flops, info) in self.kernels.items()}
         out["samples"] = self.samples
         out["peak_flops_per_s"] = max(out["matmul"]["flops_per_s"], out["conv"]["flops_per_s"])
+        out["peak_flops_per_cpu_s"] = max(out["matmul"]["flops_per_cpu_s"], out["conv"]["flops_per_cpu_s"])
         return out
 
 
@@ -177,7 +201,7 @@ def measure_bandwidth(min_seconds: float) -> dict:
     """Bytes/s of a numpy copy of 256 MiB (read + write), one thread: the memory-bound stages' limit."""
     src = np.ones(64 << 20, np.float32)
     dst = np.empty_like(src)
-    sec, n = repeat(lambda: np.copyto(dst, src), min_seconds)
+    sec, _, n = repeat(lambda: np.copyto(dst, src), min_seconds)
     return {"method": BANDWIDTH_METHOD, "bytes_per_s": round(2 * src.nbytes * n / sec)}
 
 
@@ -207,9 +231,9 @@ def decode_stage(res: Results, data_dir: str, min_seconds: float) -> np.ndarray:
         source = f"{len(paths):,} synthetic 32x32 PNGs in a temp folder ({data_dir} not found)"
     file_bytes = sum(os.path.getsize(p) for p in paths)
     images = np.stack([load_image_file(p) for p in paths])  # also warms the page cache
-    sec, n = repeat(lambda: [load_image_file(p) for p in paths], min_seconds, 1)
+    sec, cpu, n = repeat(lambda: [load_image_file(p) for p in paths], min_seconds, 1)
     per_item = (file_bytes + images[0].nbytes * len(paths)) / len(paths)
-    res.add("decode", sec, n * len(paths), "images", bytes_per_item=per_item,
+    res.add("decode", sec, cpu, n * len(paths), "images", bytes_per_item=per_item,
             note=f"{source}; page cache warm; integer (entropy) decoding, no float work: fraction_of_peak null; "
                  "bytes_per_s = file bytes read + RGB bytes written; per-file Python/Pillow overhead dominates",
             file_bytes_per_item=round(file_bytes / len(paths)))
@@ -245,19 +269,19 @@ def features_stage(res: Results, images: np.ndarray, spec, extractor, count: Flo
     compute_features(batch, spec, model=extractor)  # warm-up: oneDNN primitives, allocator
     # compute_features traces a new graph function each call: the rate is the marginal one
     # (what 60,000 images cost), the call's fixed cost is reported beside it.
-    small_s, big_s = [], []
+    small_s, big_s = [], []  # (wall, cpu) of each call
     t_end = time.perf_counter() + min_seconds
     while not small_s or time.perf_counter() < t_end:
-        t = time.perf_counter()
+        t = now()
         compute_features(batch, spec, model=extractor)
-        small_s.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        small_s.append(now() - t)
+        t = now()
         compute_features(big, spec, model=extractor)
-        big_s.append(time.perf_counter() - t)
-    sec = (float(np.median(big_s)) - float(np.median(small_s))) * len(big_s)
+        big_s.append(now() - t)
+    sec, cpu = (np.median(big_s, axis=0) - np.median(small_s, axis=0)) * len(big_s)
     items = FEATURE_IMAGES * len(big_s)
-    fixed = float(np.median(small_s)) - sec / items * FEATURE_BATCH
-    res.add("features", sec, items, "images", count, count.total / FEATURE_BATCH,
+    fixed = float(np.median(small_s, axis=0)[0]) - sec / items * FEATURE_BATCH
+    res.add("features", float(sec), float(cpu), items, "images", count, count.total / FEATURE_BATCH,
             note=f"compute_features: MobileNetV2 (torch padding) at {spec.input_size} px from 32x32 uint8, batch "
                  f"{FEATURE_BATCH}, {'ImageNet weights' if spec.weights else 'random init (same FLOPs)'}; marginal "
                  f"rate: median call on {FEATURE_BATCH + FEATURE_IMAGES} minus median call on {FEATURE_BATCH} images, "
@@ -288,11 +312,11 @@ def graph_stage(res: Results, feats: np.ndarray):
     t = time.perf_counter()
     knn(feats, cfg.k1)
     knn_s = time.perf_counter() - t
-    t = time.perf_counter()
+    t = now()
     graph = build_graph(feats, cfg.k1, cfg.k2)
-    sec = time.perf_counter() - t
+    sec, cpu = now() - t
     n = len(feats)
-    res.add("graph", sec, n, "items", count, count.total / n,
+    res.add("graph", float(sec), float(cpu), n, "items", count, count.total / n,
             note=f"build_graph(k1={cfg.k1}, k2={cfg.k2}) on {n:,} synthetic {feats.shape[1]}-d features in 10 "
                  f"clusters, FAISS {threads} thread(s); FLOPs are the exact kNN's distance product only (the "
                  f"overlap and union steps are integer sparse work); kNN alone took {knn_s:.2f} s "
@@ -307,9 +331,9 @@ class _StepTimes:
 
         class Cb(keras.callbacks.Callback):
             def on_train_batch_end(cb, batch, logs=None):
-                self.ends.append(time.perf_counter())
+                self.ends.append(now())
 
-        self.ends: list[float] = []
+        self.ends: list[np.ndarray] = []
         self.callback = Cb()
 
 
@@ -337,15 +361,15 @@ def train_stage(res: Results, name: str, cfg, graph, feats: np.ndarray, images: 
     t = time.perf_counter()
     model.fit(dataset(warm), epochs=1, steps_per_epoch=warm, verbose=0, callbacks=[timer.callback])
     warm_s = time.perf_counter() - t
-    per_step = timer.ends[-1] - timer.ends[-2]
+    per_step = float(timer.ends[-1][0] - timer.ends[-2][0])
     steps = max(min_steps, math.ceil(min_seconds / max(per_step, 1e-4))) + 1
     timer.ends.clear()
     model.fit(dataset(steps), epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer.callback])
-    sec = timer.ends[-1] - timer.ends[0]  # steps 2..n: no fit start-up in the window
+    sec, cpu = timer.ends[-1] - timer.ends[0]  # steps 2..n: no fit start-up in the window
     timed = steps - 1
     nets = f"E, G {cfg.gen_channels} and D {cfg.disc_channels} (phi {cfg.disc_feature_dim})" if cfg.use_gan \
         else "E (hash head only, no G or D)"
-    res.add(name, sec, timed * cfg.batch_size, "images", count, count.total / cfg.batch_size,
+    res.add(name, float(sec), float(cpu), timed * cfg.batch_size, "images", count, count.total / cfg.batch_size,
             note=f"{timed} steps of model.fit at batch {cfg.batch_size} on cached features; one step = forward + "
                  f"backward + Adam of {nets}; {timed / sec:.2f} steps/s; build "
                  f"{build_s:.1f} s, first {warm} steps (tracing) {warm_s:.1f} s",
@@ -362,15 +386,15 @@ def encode_stages(res: Results, cfg, feats: np.ndarray, images: np.ndarray, min_
     feat_batch = 1024  # LoadedEncoder.encode_features' batch
     count = function_flops(lambda v: enc.model.encode_features(v, training=False),
                            tf.TensorSpec((feat_batch, feats.shape[1])))
-    sec, n = repeat(lambda: enc.encode_features(feats), min_seconds, 1)
-    res.add("encode_features", sec, n * len(feats), "items", count, count.total / feat_batch,
+    sec, cpu, n = repeat(lambda: enc.encode_features(feats), min_seconds, 1)
+    res.add("encode_features", sec, cpu, n * len(feats), "items", count, count.total / feat_batch,
             note=f"LoadedEncoder.encode_features (hash head {cfg.hash_hidden} -> {cfg.num_bits} bits) on "
                  f"{len(feats):,} cached features, batch {feat_batch}")
     img_batch = 128  # LoadedEncoder.encode's batch
     batch = np.resize(images, (ENCODE_IMAGES,) + images.shape[1:])
     count = function_flops(lambda v: enc.model(v, training=False), tf.TensorSpec((img_batch,) + images.shape[1:]))
-    sec, n = repeat(lambda: enc.encode(batch), min_seconds, 1)
-    res.add("encode_images", sec, n * len(batch), "images", count, count.total / img_batch,
+    sec, cpu, n = repeat(lambda: enc.encode(batch), min_seconds, 1)
+    res.add("encode_images", sec, cpu, n * len(batch), "images", count, count.total / img_batch,
             note=f"LoadedEncoder.encode: 32x32 uint8 -> resize to {cfg.backbone_input_size} px -> MobileNetV2 -> "
                  f"head -> signs, batch {img_batch}, random init (same FLOPs)")
     return enc.encode_features(feats)
@@ -389,13 +413,13 @@ def index_stages(res: Results, codes: np.ndarray, min_seconds: float) -> None:
         index.add(db)
         return index
 
-    sec, n = repeat(build, min_seconds)
-    res.add("index_build", sec, n * len(db), "codes", bytes_per_item=code_bytes,
+    sec, cpu, n = repeat(build, min_seconds)
+    res.add("index_build", sec, cpu, n * len(db), "codes", bytes_per_item=code_bytes,
             note=f"BinaryIndex.create(flat) + add of {len(db):,} {bits}-bit signs (packing included); no float "
                  "work", threads=get_num_threads())
     index = build()
-    sec, n = repeat(lambda: index.search_arrays(queries, TOP_K), min_seconds)
-    res.add("index_search", sec, n * len(queries), "queries", bytes_per_item=len(db) * code_bytes,
+    sec, cpu, n = repeat(lambda: index.search_arrays(queries, TOP_K), min_seconds)
+    res.add("index_search", sec, cpu, n * len(queries), "queries", bytes_per_item=len(db) * code_bytes,
             note=f"exact top-{TOP_K} (FAISS binary flat) over {len(db):,} codes; Hamming distances are xor + "
                  f"popcount, no float work; bytes_per_s = database bytes scanned (the {len(db) * code_bytes:,}-byte "
                  "database fits in cache, so this can pass the memory bandwidth)",
@@ -424,24 +448,35 @@ def write_markdown(out: dict, path: str) -> None:
              f"Threads: {out['threads']}  ", f"Load average at start / end (1 min): {out['loadavg_at_start'][0]} / "
              f"{out['loadavg_at_end'][0]} (other jobs share the cores)", "",
              "## The limit", "",
-             f"- float32 matmul {peak['matmul']['shape']}: {peak['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s (best sample)",
+             f"- float32 matmul {peak['matmul']['shape']}: {peak['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s (best sample; "
+             f"{peak['matmul']['flops_per_cpu_s'] / 1e9:.1f} GFLOP per CPU-second)",
              f"- {peak['conv']['op']} (the backbone's heaviest conv) input {peak['conv']['input']}, filter "
              f"{peak['conv']['filter']}, strides {peak['conv']['strides']}, {peak['conv']['padding']}: "
-             f"{peak['conv']['flops_per_s'] / 1e9:.1f} GFLOP/s (best sample)",
+             f"{peak['conv']['flops_per_s'] / 1e9:.1f} GFLOP/s (best sample; {peak['conv']['flops_per_cpu_s'] / 1e9:.1f} "
+             "GFLOP per CPU-second)",
              f"- **peak_flops_per_s = {out['peak_flops_per_s'] / 1e9:.1f} GFLOP/s** (the higher of the two, each the "
              f"best of {len(peak['samples'])} samples taken through the run: "
              + "; ".join(f"{x['when']}: matmul {x['matmul'] / 1e9:.1f}, conv {x['conv'] / 1e9:.1f}" for x in peak["samples"])
-             + " GFLOP/s)",
+             + " GFLOP/s); per CPU-second of this process: "
+             f"**{out['peak_flops_per_cpu_s'] / 1e9:.1f} GFLOP**",
              f"- memory bandwidth ({out['memory_bandwidth']['method']}): "
              f"{out['memory_bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s", "",
              "## Stages", "",
              "FLOPs counted from each stage's TensorFlow graph by TensorFlow's profiler (benchmarks/flops.py): "
              "a training step is the whole traced train_step (forward and backward of every network, Adam). "
-             "The count skips cheap elementwise ops TensorFlow has no formula for (activations, their "
-             "gradients, sqrt: listed per stage in the JSON's `uncounted_ops`). Stages without float work give "
+             "Only ops that run count: identical stateless ops once and dead ops not at all, as grappler runs "
+             "the graph (the traced sum is the JSON's traced_graph_flops_per_item). The count skips cheap "
+             "elementwise ops TensorFlow has no formula for (activations, their gradients, sqrt: listed per "
+             "stage in the JSON's `uncounted_ops`). Stages without float work give "
              "a fraction of the memory bandwidth instead.", "",
-             "| stage | items | seconds | items/s | GFLOP/s | fraction of peak | notes |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "Other jobs share these cores, so a stage and the peak samples run under different contention: "
+             "`fraction of peak` (wall clock, what the JSON's fraction_of_peak holds) moves with the load. "
+             "`per CPU-second` divides the stage's FLOPs per CPU-second of this process by the peak's, which "
+             "contention barely moves; `CPU use` is the stage's CPU seconds per wall second per core "
+             f"({out['threads']['cores_available']} cores): below 100% the stage leaves cores idle (or was "
+             "crowded out).", "",
+             "| stage | items | seconds | items/s | GFLOP/s | fraction of peak | per CPU-second | CPU use | notes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in out["stages"].items():
         gf = f"{r['flops_per_s'] / 1e9:.2f}" if r["flops_per_s"] is not None else "-"
         if r["fraction_of_peak"] is not None:
@@ -449,8 +484,9 @@ def write_markdown(out: dict, path: str) -> None:
         else:
             frac = f"null ({r['fraction_of_memory_bandwidth']:.1%} of memory bandwidth)" \
                 if "fraction_of_memory_bandwidth" in r else "null"
+        per_cpu = f"{r['fraction_of_peak_per_cpu_s']:.1%}" if r["fraction_of_peak"] is not None else "-"
         lines.append(f"| {name} | {r['items']:,} {r['unit']} | {r['seconds']:.2f} | {r['items_per_s']:,.1f} | "
-                     f"{gf} | {frac} | {r['note']} |")
+                     f"{gf} | {frac} | {per_cpu} | {r['cpu_use']:.0%} | {r['note']} |")
     lines += ["", "## One whole 32-bit CIFAR-10 run", ""]
     if out["whole_run_32_seconds"] is None:
         lines.append("whole_run_32_seconds: null: benchmarks/results/cifar10_pbgan.json has no `whole_run_32` "
@@ -485,7 +521,7 @@ def main() -> int:
     from bgan_tf.configs import cifar10
 
     weights = args.weights if os.path.isfile(args.weights) else None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = CORES
     threads = {"cores_available": cores, "tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads()
                or f"default ({cores})", "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads()
                or "default", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}
@@ -516,11 +552,12 @@ def main() -> int:
     index_stages(res, codes, args.seconds)
     peak.sample("end", args.seconds)
     peaks = peak.summary()
-    res.finish(peaks["peak_flops_per_s"])
+    res.finish(peaks["peak_flops_per_s"], peaks["peak_flops_per_cpu_s"])
 
     wr = whole_run(args.whole_run_json)
     out = {
         "peak_flops_per_s": peaks.pop("peak_flops_per_s"),
+        "peak_flops_per_cpu_s": peaks.pop("peak_flops_per_cpu_s"),
         "stages": res.stages,
         "whole_run_32_seconds": wr["seconds"] if wr else None,
         "whole_run_32": wr,
@@ -530,7 +567,7 @@ def main() -> int:
         "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs ({cpu_simd()}), {platform.platform()}, "
                    f"Python {platform.python_version()}, TensorFlow {tf.__version__}",
         "cpu_flags": cpu_simd(),
-        "command": "python benchmarks/stage_costs.py " + " ".join(sys.argv[1:]),
+        "command": ("python benchmarks/stage_costs.py " + " ".join(sys.argv[1:])).strip(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "loadavg_at_start": load_start,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
