@@ -261,32 +261,41 @@ def backbone_graph(weights: str | None):
 
 
 def features_stage(res: Results, images: np.ndarray, spec, extractor, count: FlopCount, min_seconds: float) -> None:
-    """compute_features on FEATURE_IMAGES images, as the library computes them."""
-    from bgan_tf.data.features import compute_features
+    """compute_features as a whole run calls it (60,000 images: the XNNPACK engine), and
+    the Keras graph it replaced (``features_keras_graph``), in the same run.
+
+    Each rate is the marginal one, what 60,000 images cost: the median call on a large set
+    minus the median call on FEATURE_BATCH images; the fixed cost of a call (XNNPACK: the
+    TFLite conversion and the parity check; Keras: tracing) is reported beside it."""
+    from bgan_tf.data.features import XNNPACK_MIN_IMAGES, compute_features
 
     batch = np.resize(images, (FEATURE_BATCH,) + images.shape[1:])
-    big = np.resize(images, (FEATURE_BATCH + FEATURE_IMAGES,) + images.shape[1:])
-    compute_features(batch, spec, model=extractor)  # warm-up: oneDNN primitives, allocator
-    # compute_features traces a new graph function each call: the rate is the marginal one
-    # (what 60,000 images cost), the call's fixed cost is reported beside it.
-    small_s, big_s = [], []  # (wall, cpu) of each call
-    t_end = time.perf_counter() + min_seconds
-    while not small_s or time.perf_counter() < t_end:
-        t = now()
-        compute_features(batch, spec, model=extractor)
-        small_s.append(now() - t)
-        t = now()
-        compute_features(big, spec, model=extractor)
-        big_s.append(now() - t)
-    sec, cpu = (np.median(big_s, axis=0) - np.median(small_s, axis=0)) * len(big_s)
-    items = FEATURE_IMAGES * len(big_s)
-    fixed = float(np.median(small_s, axis=0)[0]) - sec / items * FEATURE_BATCH
-    res.add("features", float(sec), float(cpu), items, "images", count, count.total / FEATURE_BATCH,
-            note=f"compute_features: MobileNetV2 (torch padding) at {spec.input_size} px from 32x32 uint8, batch "
-                 f"{FEATURE_BATCH}, {'ImageNet weights' if spec.weights else 'random init (same FLOPs)'}; marginal "
-                 f"rate: median call on {FEATURE_BATCH + FEATURE_IMAGES} minus median call on {FEATURE_BATCH} images, "
-                 f"{len(big_s)} pair(s); each call also costs {fixed:.2f} s fixed (tracing)",
-            fixed_seconds_per_call=round(fixed, 3))
+    for name, engine, extra, kw in (
+            ("features", "xnnpack", XNNPACK_MIN_IMAGES, {}),
+            ("features_keras_graph", "tf", FEATURE_IMAGES, {"model": extractor})):
+        big = np.resize(images, (FEATURE_BATCH + extra,) + images.shape[1:])
+        compute_features(batch, spec, engine=engine, **kw)  # warm-up: oneDNN primitives, allocator
+        small_s, big_s = [], []  # (wall, cpu) of each call
+        t_end = time.perf_counter() + min_seconds
+        while not small_s or time.perf_counter() < t_end:
+            t = now()
+            compute_features(batch, spec, engine=engine, **kw)
+            small_s.append(now() - t)
+            t = now()
+            compute_features(big, spec, engine=engine, **kw)
+            big_s.append(now() - t)
+        sec, cpu = (np.median(big_s, axis=0) - np.median(small_s, axis=0)) * len(big_s)
+        items = extra * len(big_s)
+        fixed = float(np.median(small_s, axis=0)[0]) - sec / items * FEATURE_BATCH
+        what = ("a float32 TFLite copy of the backbone on XNNPACK (the engine for 2,048+ images)" if engine == "xnnpack"
+                else "the Keras graph (tf.function; the engine below 2,048 images, and every run's before this one)")
+        res.add(name, float(sec), float(cpu), items, "images", count, count.total / FEATURE_BATCH,
+                note=f"compute_features(engine={engine!r}): {what}; MobileNetV2 (torch padding) at "
+                     f"{spec.input_size} px from 32x32 uint8, batch {FEATURE_BATCH}, "
+                     f"{'ImageNet weights' if spec.weights else 'random init (same FLOPs)'}; marginal rate: median "
+                     f"call on {FEATURE_BATCH + extra} minus median call on {FEATURE_BATCH} images, {len(big_s)} "
+                     f"pair(s); each call also costs {fixed:.2f} s fixed",
+                fixed_seconds_per_call=round(fixed, 3))
 
 
 def synthetic_features(n: int, seed: int) -> np.ndarray:
