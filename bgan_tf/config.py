@@ -193,7 +193,7 @@ class BGANConfig:
             need(isinstance(self.trainable_from, str) and len(self.trainable_from) <= 200,
                  f"--trainable_from must be a layer name, got {self.trainable_from!r}")
             need(self.freeze_backbone, "--trainable_from trains the backbone's top on cached activations of its "
-                 "frozen bottom: keep --freeze_backbone (drop --nofreeze_backbone)")
+                 "frozen bottom: it needs --freeze_backbone (not --nofreeze_backbone)")
             need(bool(self.backbone_weights), "--trainable_from fine-tunes a pretrained backbone: pass "
                  "--backbone_weights (imagenet or a .weights.h5 file)")
         if not self.freeze_backbone:

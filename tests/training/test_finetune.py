@@ -107,7 +107,7 @@ def test_cut_must_be_a_layer_that_separates_the_backbone(initial_net):
 def test_config_refuses_trainable_from_without_the_frozen_pretrained_path():
     base = BGANConfig(backbone="MobileNetV2", backbone_weights="imagenet", freeze_backbone=True, trainable_from=CUT)
     base.validate()
-    with pytest.raises(UserError, match="keep --freeze_backbone"):
+    with pytest.raises(UserError, match="needs --freeze_backbone"):
         base.replace(freeze_backbone=False).validate()
     with pytest.raises(UserError, match="pass --backbone_weights"):
         base.replace(backbone_weights=None).validate()
