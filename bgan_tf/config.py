@@ -117,6 +117,10 @@ class BGANConfig:
     backbone_input_size: int = 32
     freeze_backbone: bool = False  # True: features computed once and cached
     feature_cache_dir: str | None = None  # default: ~/.cache/bgan_tf/features
+    # Partial fine-tuning (with freeze_backbone): the backbone from this layer on trains on
+    # cached activations of the layers below it; top_bn: its BatchNorms frozen or trained.
+    trainable_from: str = ""
+    top_bn: str = "frozen"  # frozen | train
     hash_hidden: tuple[int, ...] = ()  # MLP layers between backbone and Dense(L)
     hash_norm: bool = False  # batch-normalise Dense(L) outputs before the sign
     num_bits: int = 32
@@ -184,6 +188,14 @@ class BGANConfig:
              f"--gen_channels: {len(self.gen_channels)} widths cannot make {self.image_size}x{self.image_size} "
              f"images (each width after the first doubles the size); give at most "
              f"{self.image_size.bit_length()} widths")
+        need(self.top_bn in ("frozen", "train"), f"--top_bn must be frozen or train, got {self.top_bn!r}")
+        if self.trainable_from:
+            need(isinstance(self.trainable_from, str) and len(self.trainable_from) <= 200,
+                 f"--trainable_from must be a layer name, got {self.trainable_from!r}")
+            need(self.freeze_backbone, "--trainable_from trains the backbone's top on cached activations of its "
+                 "frozen bottom: it needs --freeze_backbone (not --nofreeze_backbone)")
+            need(bool(self.backbone_weights), "--trainable_from fine-tunes a pretrained backbone: pass "
+                 "--backbone_weights (imagenet or a .weights.h5 file)")
         if not self.freeze_backbone:
             # The encoder sees every training batch at the backbone's input size.
             pixels = self.batch_size * self.backbone_input_size ** 2

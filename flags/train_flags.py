@@ -37,6 +37,10 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "backbone_input_size": ("integer", "Square input size the backbone sees (images are resized in the graph)."),
     "freeze_backbone": ("bool", "Keep the backbone fixed; its features are computed once and cached."),
     "feature_cache_dir": ("string", "Where cached backbone features live (default ~/.cache/bgan_tf/features)."),
+    "trainable_from": ("string", "With --freeze_backbone: train the backbone from this layer on (e.g. block_13_expand "
+                       "of MobileNetV2) on cached activations of the layers below it; empty: all frozen."),
+    "top_bn": ("string", "BatchNorm layers of the --trainable_from top: frozen (inference mode, fixed statistics) "
+               "or train (batch statistics)."),
     "hash_hidden": ("list_int", "Widths of MLP layers between the backbone and the Dense(num_bits) hash layer."),
     "hash_norm": ("bool", "Batch-normalise the hash layer's outputs before the sign (keeps them where the surrogate has a gradient)."),
     "num_bits": ("integer", "Code length L in bits."),

@@ -4,6 +4,11 @@ With a frozen backbone, training only needs its pooled features, so they are
 computed once and stored as ``.npy`` keyed by (backbone, weights content
 hash, input size, image fingerprint). A second run with the same key loads
 them in milliseconds instead of rerunning the network.
+
+Partial fine-tuning (``--trainable_from LAYER``) caches the frozen bottom's
+activations instead (`cached_bottom`): float16 ``.npy`` keyed like the features
+plus the cut layer, read back memory-mapped, so N x H x W x C x 2 bytes sit on
+disk, not in RAM.
 """
 
 from __future__ import annotations
@@ -153,6 +158,63 @@ def cached_features(images: np.ndarray, spec: BackboneSpec, data_fingerprint: st
         np.save(f, feats)
     logging.info("features cached at %s", path)
     return feats
+
+
+# Disk one bottom-activation cache may take (CIFAR-10's 50,000 images at MobileNetV2's
+# block_13_expand, 128 px: 8x8x96 float16 = 0.6 GB).
+MAX_BOTTOM_CACHE_BYTES = 16 * 2**30
+# Relative (L2) error float16 storage may add to a batch of activations: in float16's
+# normal range it is about 2**-11 / sqrt(3) = 3e-4.
+MAX_FLOAT16_ERROR = 1e-3
+
+
+def bottom_cache_path(spec: BackboneSpec, layer: str, data_fingerprint: str, cache_dir: str | None = None) -> str:
+    """Where the float16 activations below ``layer`` of this (backbone, data) are cached."""
+    raw = f"{cache_key(spec, data_fingerprint)}|bottom:{layer}|float16"
+    return os.path.join(cache_dir or default_cache_dir(), hashlib.sha256(raw.encode()).hexdigest()[:24] + ".bottom.npy")
+
+
+def cached_bottom(images: np.ndarray, spec: BackboneSpec, layer: str, data_fingerprint: str,
+                  cache_dir: str | None = None, batch_size: int = 100) -> np.ndarray:
+    """float16 [N, H, W, C] activations feeding ``layer`` (the frozen bottom of a backbone
+    split there), memory-mapped read-only from the cache; computed and stored first if absent."""
+    import tensorflow as tf
+
+    from bgan_tf.modeling.backbones import split_backbone
+
+    if not spec.weights:  # random weights differ between builds: nothing to cache
+        raise UserError("--trainable_from caches a pretrained bottom: pass --backbone_weights")
+    path = bottom_cache_path(spec, layer, data_fingerprint, cache_dir)
+    if os.path.isfile(path):  # the key fixes the activation shape: a hit needs no backbone
+        cached = np.load(path, mmap_mode="r")
+        if cached.ndim == 4 and cached.shape[0] == len(images) and cached.dtype == np.float16:
+            logging.info("bottom activations from cache %s", path)
+            return cached
+    bottom, _ = split_backbone(build_backbone(spec), layer)
+    shape = (len(images),) + tuple(int(d) for d in bottom.output.shape[1:])
+    size = int(np.prod(shape, dtype=np.int64)) * 2
+    if size > MAX_BOTTOM_CACHE_BYTES:
+        raise UserError(f"the activations below --trainable_from {layer} of {len(images):,} images are "
+                        f"{shape[1:]} float16, {size / 2**30:.1f} GiB (limit {MAX_BOTTOM_CACHE_BYTES / 2**30:.0f} "
+                        "GiB): cut at a later layer or use fewer images (--max_images)")
+    prep = Preprocess(spec.input_size, spec.normalisation)
+    forward = tf.function(lambda v: bottom(prep(v), training=False), reduce_retracing=True)
+    # Streamed batch by batch into the .npy: one batch in memory, never a half-written entry.
+    with atomic.writing(path) as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": shape})
+        for start in range(0, len(images), batch_size):
+            acts = np.asarray(forward(tf.constant(images[start:start + batch_size].astype(np.float32))))
+            half = acts.astype("<f2")
+            # float16 keeps 11 significant bits (relative rounding <= 2**-11) between 6e-5 and
+            # 65504: refuse activations outside that range rather than cache garbage.
+            err = float(np.linalg.norm(half.astype(np.float32) - acts)) / max(float(np.linalg.norm(acts)), 1e-30)
+            if not np.isfinite(half).all() or err > MAX_FLOAT16_ERROR:
+                raise UserError(f"activations below --trainable_from {layer} do not fit float16 (max |x| "
+                                f"{float(np.abs(acts).max()):.3g}, relative rounding error {err:.2g}); cut at "
+                                "another layer")
+            f.write(half.tobytes())
+    logging.info("bottom activations %s of %d images cached at %s", shape[1:], len(images), path)
+    return np.load(path, mmap_mode="r")
 
 
 def graph_features(config: "BGANConfig", data: "ImageData", backbone_feats: np.ndarray | None) -> np.ndarray:

@@ -23,6 +23,8 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
     run resumed at epoch e sees exactly the batches an uninterrupted run
     would. Batches drop the remainder: every step has the same shape, which
     keeps batch statistics and the neighbourhood block comparable.
+    A memory-mapped ``encoder_inputs`` (cached bottom activations) is read batch by
+    batch instead of being copied into one tensor.
     """
     import tensorflow as tf
 
@@ -30,7 +32,16 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
     if n < batch_size:
         raise UserError(f"{n} training images is fewer than --batch_size {batch_size}; lower --batch_size")
     images_t = tf.constant(gan_images)
-    x_t = tf.constant(encoder_inputs)
+    if isinstance(encoder_inputs, np.memmap):
+        def gather_x(idx):
+            x = tf.numpy_function(lambda i: np.asarray(encoder_inputs[i]),
+                                  [idx], tf.as_dtype(encoder_inputs.dtype), stateful=False)
+            return tf.ensure_shape(x, (None,) + encoder_inputs.shape[1:])
+    else:
+        x_t = tf.constant(encoder_inputs)
+
+        def gather_x(idx):
+            return tf.gather(x_t, idx)
 
     def epoch_indices(e):
         perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
@@ -38,7 +49,7 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
         return tf.data.Dataset.from_tensor_slices(perm).batch(batch_size, drop_remainder=True)
 
     ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_indices)
-    ds = ds.map(lambda idx: {"image": tf.gather(images_t, idx), "x": tf.gather(x_t, idx), "index": idx},
+    ds = ds.map(lambda idx: {"image": tf.gather(images_t, idx), "x": gather_x(idx), "index": idx},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -58,7 +58,8 @@ def _encode(enc, config, data: ImageData, idx: np.ndarray,
             use_cached_features: bool = True) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Codes of data[idx]; also the backbone features when the fast path computed them."""
     feats = None
-    if use_cached_features and config.freeze_backbone and config.backbone_weights:
+    # Not with trainable_from: its pooled features are the pretrained backbone's, not the tuned one's.
+    if use_cached_features and config.freeze_backbone and not config.trainable_from and config.backbone_weights:
         from bgan_tf.data.features import cached_features
         from bgan_tf.modeling.factory import backbone_spec
 

@@ -14,6 +14,9 @@ Names:
   about 5 mAP points on CIFAR-10. Input normalised with the ImageNet mean/std.
 - any ``keras.applications`` model name (``ResNet50``, ``EfficientNetB0``,
   ...), normalised with that application's own ``preprocess_input``.
+
+``split_backbone`` cuts a built backbone at a layer into a frozen bottom and a
+trainable top (partial fine-tuning on cached bottom activations).
 """
 
 from __future__ import annotations
@@ -189,3 +192,76 @@ def build_feature_extractor(spec: BackboneSpec) -> keras.Model:
     x = Preprocess(spec.input_size, spec.normalisation, name="preprocess")(inp)
     out = backbone(x, training=False)
     return keras.Model(inp, out, name=f"features_{spec.name}")
+
+
+TOP_BN_MODES = ("frozen", "train")
+
+
+def _producer(tensor):
+    """The layer that made ``tensor`` and the tensors it consumed (none for an input)."""
+    layer, node_index, _ = tensor._keras_history
+    if isinstance(layer, keras.layers.InputLayer):
+        return layer, []
+    return layer, list(layer._inbound_nodes[node_index].input_tensors)
+
+
+def split_backbone(backbone: keras.Model, layer_name: str) -> tuple[keras.Model, keras.Model]:
+    """``backbone`` as ``bottom`` (input -> the tensor feeding ``layer_name``) and ``top``
+    (that tensor -> the pooled output), two functional models on the backbone's own
+    layers and weights (so ``mobilenet_v2_torch``'s padding is kept and training the top
+    trains the backbone). The cut must be one tensor that every path from the input to
+    the output crosses: a residual add that skips it is refused."""
+    names = [l.name for l in backbone.layers]
+    if layer_name not in names or isinstance(backbone.get_layer(layer_name), keras.layers.InputLayer):
+        hint = [n for n in names if n.endswith("_expand")][-4:] or names[-6:-1]
+        raise UserError(f"--trainable_from {layer_name!r} is not a layer of {backbone.name}: use a layer name "
+                        f"such as {', '.join(hint)}")
+    layer = backbone.get_layer(layer_name)
+    # Keras has no public graph walk: its nodes (each call of a layer) are read directly.
+    # Only this graph's call counts: a split adds calls of the same layers (the top's).
+    graph_nodes = {id(n) for nodes in backbone._nodes_by_depth.values() for n in nodes}
+    calls = [n for n in layer._inbound_nodes if id(n) in graph_nodes]
+    inbound = [t for node in calls for t in node.input_tensors]
+    if len(calls) != 1 or len(inbound) != 1:
+        raise UserError(f"--trainable_from {layer_name!r} takes {len(inbound)} inputs in {backbone.name}; cut at a "
+                        "layer with a single input (e.g. the first layer of a block)")
+    cut = inbound[0]
+    if cut is backbone.input or not _producer(cut)[1]:
+        raise UserError(f"--trainable_from {layer_name!r} leaves nothing frozen; for full fine-tuning use "
+                        "--nofreeze_backbone (needs a GPU), or cut at a later layer")
+    # Walk back from the output; reaching the input without crossing the cut means a
+    # path (a residual connection) that bypasses it.
+    stack, seen = [backbone.output], set()
+    while stack:
+        t = stack.pop()
+        if t is cut or id(t) in seen:
+            continue
+        seen.add(id(t))
+        _, parents = _producer(t)
+        if not parents:
+            raise UserError(f"--trainable_from {layer_name!r} does not separate {backbone.name}: a connection "
+                            f"(e.g. a residual add) bypasses its input; cut at the first layer of a block, after "
+                            f"the previous block's add (e.g. block_13_expand in MobileNetV2)")
+        stack.extend(parents)
+    bottom = keras.Model(backbone.input, cut, name=f"{backbone.name}_bottom")
+    top = keras.Model(cut, backbone.output, name=f"{backbone.name}_top")
+    if not top.weights:
+        raise UserError(f"--trainable_from {layer_name!r} leaves no weights to train; cut at an earlier layer")
+    top_layers = {id(l) for l in top.layers}
+    shared = [l.name for l in bottom.layers if id(l) in top_layers and not isinstance(l, keras.layers.InputLayer)]
+    if shared:  # training it would change the cached bottom's activations
+        raise UserError(f"--trainable_from {layer_name!r}: layer {shared[0]} runs both below and above the cut; "
+                        "cut at another layer")
+    return bottom, top
+
+
+def freeze_bottom(bottom: keras.Model, top: keras.Model, top_bn: str) -> None:
+    """Make only the top trainable; with ``top_bn="frozen"`` its BatchNormalization
+    layers also stay fixed (Keras runs a non-trainable BN in inference mode, so its
+    moving statistics, gamma and beta never change)."""
+    if top_bn not in TOP_BN_MODES:
+        raise UserError(f"--top_bn must be {' or '.join(TOP_BN_MODES)}, got {top_bn!r}")
+    for l in bottom.layers:
+        l.trainable = False
+    for l in top.layers:
+        l.trainable = top_bn == "train" or not isinstance(l, keras.layers.BatchNormalization)

@@ -32,7 +32,7 @@ def build_encoder(config: BGANConfig, weights: str | None | object = _FROM_CONFI
 
     return Encoder(backbone_spec(config, weights), config.num_bits, config.hash_hidden, config.sign_mode,
                    config.ste_surrogate, config.beta_values[0], freeze_backbone=config.freeze_backbone,
-                   hash_norm=config.hash_norm)
+                   hash_norm=config.hash_norm, trainable_from=config.trainable_from, top_bn=config.top_bn)
 
 
 def build_generator(config: BGANConfig):

@@ -3,7 +3,10 @@
 - ``Encoder``: preprocessing + backbone + hash head (MLP, Dense(L)) + sign.
   ``call(images)`` maps [0,255] RGB images to codes; ``encode_features``
   maps cached backbone features to codes, so a frozen backbone is not rerun
-  every epoch while the exported encoder still takes images.
+  every epoch while the exported encoder still takes images. With
+  ``trainable_from`` the backbone is split at that layer: a frozen bottom whose
+  activations are cached, and a trained top; ``encode_bottom`` maps cached
+  bottom activations to codes (top + head + sign).
 - ``Generator``: code -> image in [0, 1] (transposed 5x5 convs, BN + ELU, as
   the released code; widths configurable).
 - ``Discriminator``: image -> (logit, phi), phi being the 1024-d feature layer
@@ -15,7 +18,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from bgan_tf.modeling.backbones import BackboneSpec, Preprocess, build_backbone
+from bgan_tf.modeling.backbones import BackboneSpec, Preprocess, build_backbone, freeze_bottom, split_backbone
 from bgan_tf.modeling.sign import SignActivation
 
 
@@ -39,6 +42,8 @@ class Encoder(keras.Model):
         freeze_backbone: bool = False,
         hash_norm: bool = False,
         build_backbone_net: bool = True,
+        trainable_from: str = "",
+        top_bn: str = "frozen",
         name: str = "encoder",
         **kwargs,
     ):
@@ -49,8 +54,17 @@ class Encoder(keras.Model):
         self.freeze_backbone = bool(freeze_backbone)
         self.preprocess = Preprocess(backbone.input_size, backbone.normalisation, name="preprocess")
         self.backbone = build_backbone(backbone) if build_backbone_net else None
-        if self.backbone is not None and self.freeze_backbone:
+        self.trainable_from = trainable_from or ""
+        self.top_bn = top_bn
+        split = None
+        if self.backbone is not None and self.trainable_from:
+            split = split_backbone(self.backbone, self.trainable_from)
+            freeze_bottom(*split, top_bn)
+        elif self.backbone is not None and self.freeze_backbone:
             self.backbone.trainable = False
+        # Views of self.backbone's own layers, kept out of Keras' tracking: the weights
+        # live (and are saved) once, in self.backbone, as for an unsplit encoder.
+        object.__setattr__(self, "_split", split)
         self.head_layers = []
         for i, h in enumerate(self.hidden):
             self.head_layers.append(keras.layers.Dense(h, name=f"head_dense{i}"))
@@ -68,8 +82,28 @@ class Encoder(keras.Model):
         x = self.preprocess(images)
         # A frozen backbone always runs in inference mode (BN uses its moving
         # statistics), the standard fine-tuning rule for pretrained nets.
-        bb_training = training and not self.freeze_backbone
+        # A split backbone's bottom layers are non-trainable, which keeps their BN in
+        # inference mode even when training is passed down.
+        bb_training = training and (not self.freeze_backbone or bool(self.trainable_from))
         return self.backbone(x, training=bb_training)
+
+    def bottom_activations(self, images):
+        """[0,255] images -> the frozen bottom's activations (what the cache stores)."""
+        return self._split[0](self.preprocess(images), training=False)
+
+    def encode_bottom(self, activations, training=False):
+        """Cached bottom activations (float16 or float32) -> codes through top + head + sign."""
+        if self._split is None:
+            raise ValueError("encode_bottom needs an encoder built with trainable_from")
+        feats = self._split[1](tf.cast(activations, "float32"), training=training)
+        return self.encode_features(feats, training=training)
+
+    def encode_cached(self, x, training=False):
+        """What training feeds when the backbone is (partly) cached: bottom activations
+        with trainable_from, the pooled features of a frozen backbone otherwise."""
+        if self._split is not None:
+            return self.encode_bottom(x, training=training)
+        return self.encode_features(x, training=training)
 
     def pre_sign(self, features, training=False):
         x = features

@@ -8,7 +8,8 @@ it with callbacks.
 Batches are dicts: ``image`` (float32 [b, S, S, 3] in [0, 1], what G makes
 and D judges), ``x`` (the encoder input: [0,255] images, or cached backbone
 features when the backbone is frozen) and ``index`` (int64 item ids, for
-the neighbourhood block S_B).
+the neighbourhood block S_B); ``Encoder.encode_cached`` maps cached features (or,
+with ``trainable_from``, cached bottom activations) to codes.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class BGAN(keras.Model):
         """Create every weight with one forward pass (Model.build(shape) would
         not create sub-model weights)."""
         x = tf.convert_to_tensor(x_example[:2])
-        z = self.encoder.encode_features(x) if self.features_input else self.encoder(x)
+        z = self.encoder.encode_cached(x) if self.features_input else self.encoder(x)
         if self.generator is not None:
             img = self.generator(z)
             self.discriminator(img)
@@ -105,7 +106,7 @@ class BGAN(keras.Model):
 
     # -- one step --------------------------------------------------------------
     def call(self, x, training=False):
-        return self.encoder.encode_features(x, training=training) if self.features_input else self.encoder(x, training=training)
+        return self.encoder.encode_cached(x, training=training) if self.features_input else self.encoder(x, training=training)
 
     def _prior_codes(self, batch):
         """Released-code fakes: G fed Gaussian noise. Stateless and seeded by

@@ -38,6 +38,7 @@ RUN_WHAT = "training run folder"
 # Knobs that shape the networks or the optimizer state: a checkpoint written with other
 # values cannot be restored (or would restore into different networks).
 ARCHITECTURE_FIELDS = ("num_bits", "image_size", "backbone", "backbone_input_size", "freeze_backbone",
+                       "trainable_from", "top_bn",
                        "hash_hidden", "hash_norm", "use_gan", "gen_channels", "disc_channels",
                        "disc_feature_dim", "noise_dim", "mixed_precision")
 # Upper bound on the neighbourhood graph's candidate pairs, N * K2 * (K1 + 1) (scipy's
@@ -185,7 +186,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     import keras
     import tensorflow as tf
 
-    from bgan_tf.data.features import cached_features, graph_features
+    from bgan_tf.data.features import cached_bottom, cached_features, graph_features
     from bgan_tf.modeling.factory import backbone_spec
     from bgan_tf.training.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples, fit_resumable
     from bgan_tf.training.distribute import shard_by_data
@@ -203,8 +204,10 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
 
     t = time.time()
     spec = backbone_spec(config)
-    backbone_feats = None
-    if config.freeze_backbone:
+    backbone_feats = bottom = None
+    if config.trainable_from:  # the top trains on the frozen bottom's cached activations
+        bottom = cached_bottom(data.images, spec, config.trainable_from, data.fingerprint(), config.feature_cache_dir)
+    elif config.freeze_backbone:
         backbone_feats = cached_features(data.images, spec, data.fingerprint(), config.feature_cache_dir)
     seconds["features"] = time.time() - t
 
@@ -217,8 +220,9 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
                  "" if agreement is None else f", {100 * agreement:.1f}% of pairs share a label")
 
     gan_images = images_for_gan(data.images, config.image_size)
-    features_input = backbone_feats is not None
-    x = backbone_feats if features_input else data.images.astype(np.float32)
+    cached = bottom if bottom is not None else backbone_feats
+    features_input = cached is not None
+    x = cached if features_input else data.images.astype(np.float32)
 
     t = time.time()
     rank1 = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -261,7 +265,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), write_graph=False))
         if model.generator is not None:
             n = min(8, len(data))
-            encode = (lambda v: model.encoder.encode_features(v, training=False)) if features_input else \
+            encode = (lambda v: model.encoder.encode_cached(v, training=False)) if features_input else \
                 (lambda v: model.encoder(v, training=False))
             callbacks.append(ReconstructionSamples(encode, model.generator, gan_images[:n], x[:n],
                                                    os.path.join(out_dir, "samples"),
