@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -227,6 +228,8 @@ def main() -> int:
             "loadavg_at_start": [round(v, 2) for v in load_at_start],
             "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
             "command": "benchmarks/cifar10_pbgan.py --whole_run",
+            "commit": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                     text=True).stdout.strip() or None,
         }
     _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
     print(open(args.out + ".md").read())
