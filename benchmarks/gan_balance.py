@@ -180,7 +180,7 @@ def main() -> int:
         with open(RESULT + ".json") as f:
             old = json.load(f)
     if args.render:
-        atomic.write_text(RESULT + ".md", render(old))
+        finish(old)
         return 0
     keep = old.get("runs", {}) if old.get("epochs") == args.epochs else {}
     res = {"command": "nice -n 10 python benchmarks/gan_balance.py " + " ".join(sys.argv[1:]),
@@ -193,14 +193,18 @@ def main() -> int:
             res["num_queries"], res["num_database"] = r["num_queries"], r["num_database"]
             print(json.dumps({k: r[k] for k in ("name", "seed", "last_epoch", "reconstruction", "map_all",
                                                 "train_seconds")}), flush=True)
-            atomic.write_json(RESULT + ".json", res)  # after every run: a killed benchmark keeps what it measured
+            finish(res)  # after every run: a killed benchmark keeps what it measured
+    return 0
+
+
+def finish(res: dict) -> None:
+    from bgan_tf import atomic
+
     order = {f"{n}/seed{s}": i for i, (s, n) in enumerate((s, n) for s in (0, 1, 2) for n in REMEDIES)}
     res["runs"] = dict(sorted(res["runs"].items(), key=lambda kv: order.get(kv[0], 999)))
     res["meets_target"] = {k: r["max_fake_accuracy"] < TARGET for k, r in res["runs"].items()}
     atomic.write_json(RESULT + ".json", res)
     atomic.write_text(RESULT + ".md", render(res))
-    print(render(res))
-    return 0
 
 
 if __name__ == "__main__":

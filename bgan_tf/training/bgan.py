@@ -15,10 +15,10 @@ loss_g, loss_d) and D's accuracy (logit > 0 counts as "real"): on the real
 images (d_acc_real), on G(code) (d_acc_recon) and on G(prior noise)
 (d_acc_prior), the fraction judged fake for the last two. Counts are summed over
 replicas, so the numbers are the global batch's. When D does not train on prior
-fakes (fake_source=codes), d_acc_prior judges a few of G's inference-mode prior
-images per step (`_prior_judged_fake`): G's batch-norm statistics are not touched,
-and training follows the same path (its floats may differ in the last bits, as
-the extra pass changes how TensorFlow schedules the graph).
+fakes (fake_source=codes), d_acc_prior is D's inference-mode verdict on a few of
+G's inference-mode prior images per step (`_prior_judged_fake`): no network state
+moves, so training follows the same path (its floats may differ in the last bits,
+as the extra pass changes how TensorFlow schedules the graph).
 
 The remedies against a dominant D (docs/METHOD.md) are config knobs: gan_loss,
 disc_spectral_norm (networks.Discriminator), d_label_smoothing, instance_noise
@@ -216,13 +216,13 @@ class BGAN(keras.Model):
 
     def _prior_judged_fake(self, prior_codes, prior_logit):
         """(prior fakes D calls fake, prior fakes judged). Without prior fakes in
-        training (fake_source=codes) this costs an extra pass, so it judges the first
-        MONITOR_BATCH codes only, with G in inference mode (its batch-norm statistics
-        stay those of training) and D in training mode, as it judges every batch it
-        learns from (D's moving statistics are never read in training)."""
+        training (fake_source=codes) this is an extra pass, so it judges the first
+        MONITOR_BATCH codes only, with G and D in inference mode: neither's batch-norm
+        statistics nor D's spectral-norm estimate move, so the measurement leaves
+        training as it was (and replicas, which draw different codes, stay in step)."""
         if prior_logit is None:
             codes = prior_codes[:MONITOR_BATCH]
-            prior_logit = self.discriminator(self.generator(codes, training=False), training=True)[0]
+            prior_logit = self.discriminator(self.generator(codes, training=False), training=False)[0]
         return losses.judged_right(prior_logit, real=False), tf.cast(tf.shape(prior_logit)[0], tf.float32)
 
     def train_step(self, data):
