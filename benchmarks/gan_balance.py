@@ -144,6 +144,9 @@ def render(res: dict) -> str:
             f"| {r['name']} | {r['seed']} | {a['d_acc_real']:.3f} | {a['d_acc_recon']:.3f} | {a['d_acc_prior']:.3f} "
             f"| {r['per_epoch']['loss_d'][-1]:.4f} | {r['per_epoch']['adv_g'][-1]:.3f} | {q['psnr_db']:.2f} "
             f"| {q['ssim']:.3f} | {r['map_all']['BGAN']:.4f} | {r['map_all']['ITQ']:.4f} | {r['train_seconds']:.0f} |")
+    missing = [n for n in REMEDIES if not any(r["name"] == n for r in runs.values())]
+    if missing:
+        lines += ["", f"Not measured in this file (run was stopped before them): {', '.join(missing)}."]
     lines += ["", "What each run changes:", ""]
     for name, (what, over) in REMEDIES.items():
         lines.append(f"- `{name}`: {what} (`{json.dumps(over)}`)")
