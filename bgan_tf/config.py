@@ -59,6 +59,11 @@ FLOAT_LIMITS: dict[str, tuple[float, float, bool]] = {
     "adam_beta_1": (0.0, 0.999999, True),
     "adam_epsilon": (0.0, 1e3, False),
 }
+# --- discriminator balance (issue 14): bounds of the remedies' knobs ----------------
+INT_LIMITS.update(g_steps=(1, 5), instance_noise_steps=(0, 10_000_000))
+FLOAT_LIMITS.update(d_label_smoothing=(0.0, 0.5, True), instance_noise=(0.0, 1.0, True))
+GAN_LOSSES = ("bce", "hinge")
+# ----------------------------------------------------------------------------------
 BETA_LIMITS = (1, 100, 1e4)  # fewest, most values; largest slope (each > 0)
 # Pixels of one training batch at the backbone's input size (an unfrozen backbone sees them
 # all every step): 64 x 1024^2, or 4096 x 128^2.
@@ -149,6 +154,13 @@ class BGANConfig:
     w_adv: float = 1.0
     fake_source: str = "prior"  # codes | prior | both
     adv_to_encoder: bool = False  # let the adversarial gradient reach the encoder (through G(code))
+    # --- discriminator balance (issue 14; docs/METHOD.md): defaults train as before -----
+    gan_loss: str = "bce"  # bce: non-saturating cross-entropy | hinge: max(0, 1 -+ D) for D, -D for G
+    disc_spectral_norm: bool = False  # SpectralNormalization on D's convs and dense layers, D's batch norm off
+    d_label_smoothing: float = 0.0  # one-sided: D's target on real images is 1 - this (bce only)
+    instance_noise: float = 0.0  # std of Gaussian noise added to every image D sees, annealed linearly to 0
+    instance_noise_steps: int = 0  # steps over which that std falls to 0 (0: the whole run)
+    g_steps: int = 1  # generator updates per training step (encoder and D update once)
     # --- optimisation ------------------------------------------------------
     batch_size: int = 40
     epochs: int = 30
@@ -183,6 +195,9 @@ class BGANConfig:
         need(self.graph_features in ("backbone", "pixels"), f"--graph_features must be backbone or pixels, got {self.graph_features!r}")
         need(self.strategy in ("one_device", "mirrored", "multi_worker_mirrored"),
              f"--strategy must be one_device, mirrored or multi_worker_mirrored, got {self.strategy!r}")
+        need(self.gan_loss in GAN_LOSSES, f"--gan_loss must be {' or '.join(GAN_LOSSES)}, got {self.gan_loss!r}")
+        need(self.gan_loss == "bce" or not self.d_label_smoothing,
+             "--d_label_smoothing applies to --gan_loss bce (a hinge loss has no target); set it to 0")
         ups = len(self.gen_channels) - 1  # each later width doubles the resolution from 4x4-ish up
         need(self.image_size % 2 ** ups == 0 and self.image_size // 2 ** ups >= 1,
              f"--gen_channels: {len(self.gen_channels)} widths cannot make {self.image_size}x{self.image_size} "

@@ -71,6 +71,10 @@ def main(argv: list[str]) -> None:
         print("warning: the split's training set is not the model's training data; queries may have been seen "
               "in training (use the training --seed/--dataset/--max_images)")
     print(ev_lib.format_table(result["results"]))
+    quality = result["reconstruction_quality"]
+    print(f"reconstructions not measured: {quality['skipped']}" if "skipped" in quality else
+          f"G(code) vs {quality['num_images']} query images: PSNR {quality['psnr_db']:.2f} dB, "
+          f"SSIM {quality['ssim']:.4f}")
     out = ev_lib.write_evaluation_report(report_dir, result)
     print(f"report written to {out} (index.md, metrics.json)")
 

@@ -9,7 +9,8 @@ backbone's features with the weights named in the model's config.json): LSH, PCA
 ITQ at the model's code length, and float cosine ranking of those features (the
 reference the codes compress). It also draws the top-10 retrieved images of a few
 queries (wrong ones framed red) and, when the model has a generator, originals next
-to G(code).
+to G(code) and PSNR/SSIM of G(code) against every query image
+(`reconstruction.reconstruction_quality`; the queries are the held-out images).
 
 Why the split comes from the protocol and the seed (`inputs.build_split`): numbers
 are comparable only on the same split, and the holdout protocol with the training
@@ -45,7 +46,7 @@ MODEL_NAME = "BGAN"
 FLOAT_NAME = "float cosine"
 MAX_EXAMPLES = 100  # example-grid rows: 100 x (1 + top_k) images of >= 64 px is ~50 MB of RGB
 MAX_TOP_K = 100
-REPORT_KEYS = ("results", "example_grid", "reconstructions", "title", "notes")
+REPORT_KEYS = ("results", "example_grid", "reconstructions", "reconstruction_quality", "title", "notes")
 _FAST_PATH_CHECK = 16  # items encoded both ways before trusting encode_features
 
 
@@ -141,6 +142,7 @@ def evaluate_model(
         cosine), the model first as "BGAN"; each entry also holds how it was made.
       example_grid: uint8 image (top-`top_k` of `num_examples` queries) or None.
       reconstructions: (originals, G(code)) uint8 images, or None without generator.
+      reconstruction_quality: PSNR/SSIM of G(code) on the queries, or {"skipped": why}.
       title, notes: report title and Markdown notes (split, features, checks).
     and `info`: the same facts as a dict (model id, split sizes, paths taken).
     use_cached_features=False always encodes images (no frozen-backbone fast path).
@@ -212,9 +214,14 @@ def evaluate_model(
         example_grid = retrieval_grid(_display(data.images[split.query[shown]]),
                                       _display(data.images[split.database[uniq]]),
                                       inverse.reshape(ids.shape), rel)
+    from bgan_tf.evaluation.reconstruction import NO_GENERATOR, reconstruction_quality
+
     reconstructions = None
+    quality: dict[str, Any] = {"skipped": NO_GENERATOR}
     gen = load_generator(model_dir)
     if gen is not None:
+        quality = reconstruction_quality(gen, q_codes, images_for_gan(data.images[split.query], config.image_size))
+        quality["images"] = f"the split's queries (up to the first {quality['num_images']})"
         rec_pos = (shown if shown.size else example_queries(split.query.size, num_reconstructions))
         rec_pos = rec_pos[:num_reconstructions]
         if rec_pos.size:
@@ -242,6 +249,7 @@ def evaluate_model(
         "results": results,
         "example_grid": example_grid,
         "reconstructions": reconstructions,
+        "reconstruction_quality": quality,
         "title": f"Retrieval evaluation: {os.path.basename(os.path.dirname(os.path.abspath(model_dir)))}"
                  f"/{os.path.basename(os.path.abspath(model_dir))} ({enc.num_bits} bits) on {split.name}",
         "notes": _notes(info, metadata, top_k),

@@ -9,7 +9,8 @@ other non-empty folder, or a file, is refused untouched (`check_report_dir` says
 before a slow evaluation starts).
 
 Layout of `out_dir`:
-  metrics.json            the results dict as given (numpy converted, keys as strings)
+  metrics.json            the results dict as given (numpy converted, keys as strings), and
+                          "reconstruction": PSNR/SSIM of G(code) or why they are missing
   pr_curve.png            precision vs recall over Hamming radii, one line per method
   precision_at_k.png      precision@K per method (log K axis)
   retrieval_examples.png  optional: top-k retrieved per query, wrong ones in red
@@ -237,6 +238,20 @@ def _table(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _quality_lines(quality: Mapping[str, Any] | None) -> list[str]:
+    if quality is None:
+        return []
+    lines = ["## Reconstruction quality", ""]
+    if "skipped" in quality:
+        return lines + [f"Not measured: {quality['skipped']}.", ""]
+    return lines + [
+        f"G(code) against {quality.get('images', 'the query images')} ({quality['num_images']} images at "
+        f"{quality['resolution']}x{quality['resolution']}, pixels in [0, 1]):", "",
+        "| PSNR (dB) mean | median | SSIM mean | median |", "|---|---|---|---|",
+        f"| {_fmt(quality['psnr_db'])} | {_fmt(quality['psnr_db_median'])} | {_fmt(quality['ssim'])} "
+        f"| {_fmt(quality['ssim_median'])} |", ""]
+
+
 def _save_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
@@ -269,6 +284,7 @@ def write_report(
     *,
     example_grid: np.ndarray | None = None,
     reconstructions: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None,
+    reconstruction_quality: Mapping[str, Any] | None = None,
     title: str = "Retrieval evaluation",
     notes: str | None = None,
 ) -> Path:
@@ -280,14 +296,18 @@ def write_report(
     results: method name -> metrics dict from `evaluate_codes` / `evaluate_float`
     (extra keys are kept in metrics.json). example_grid: an image from
     `retrieval_grid`. reconstructions: (originals, reconstructions) image arrays, or a
-    ready image from `reconstruction_grid`. notes: Markdown put under the title
+    ready image from `reconstruction_grid`. reconstruction_quality: PSNR/SSIM of
+    G(code) (`reconstruction.reconstruction_quality`) or {"skipped": reason}. notes: Markdown put under the title
     (protocol, seed, features used...).
     """
     if not results:
         raise UserError("no results to report: pass at least one method's metrics")
     with atomic.staged_dir(out_dir, what=REPORT_WHAT, is_ours=is_report_dir) as tmp:
         with open(tmp / "metrics.json", "w", encoding="utf-8") as f:
-            json.dump({"title": title, "results": _jsonable(results)}, f, indent=2, allow_nan=False)
+            doc = {"title": title, "results": _jsonable(results)}
+            if reconstruction_quality is not None:
+                doc["reconstruction"] = _jsonable(reconstruction_quality)
+            json.dump(doc, f, indent=2, allow_nan=False)
             f.write("\n")
         images: list[tuple[str, str]] = []
         if plot_pr_curves(results, tmp / "pr_curve.png"):
@@ -317,6 +337,7 @@ def write_report(
             "of such queries). Full numbers: [metrics.json](metrics.json).",
             "",
         ]
+        lines += _quality_lines(reconstruction_quality)
         for caption, name in images:
             lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
         (tmp / "index.md").write_text("\n".join(lines), encoding="utf-8")

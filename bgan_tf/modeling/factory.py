@@ -46,4 +46,5 @@ def build_discriminator(config: BGANConfig):
     """D: image -> (real/fake logit, phi features)."""
     from bgan_tf.modeling.networks import Discriminator
 
-    return Discriminator(config.disc_channels, config.disc_feature_dim, config.sync_batch_norm)
+    return Discriminator(config.disc_channels, config.disc_feature_dim, config.sync_batch_norm,
+                         spectral_norm=config.disc_spectral_norm)

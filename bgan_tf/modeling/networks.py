@@ -159,28 +159,43 @@ class Generator(keras.Model):
 
 
 class Discriminator(keras.Model):
-    """image [N, S, S, 3] in [0, 1] -> (logit [N, 1], phi [N, F])."""
+    """image [N, S, S, 3] in [0, 1] -> (logit [N, 1], phi [N, F]).
+
+    ``spectral_norm``: every conv and dense layer is wrapped in
+    ``keras.layers.SpectralNormalization`` (each training call divides its kernel by
+    a power-iteration estimate of its largest singular value), which bounds D's
+    Lipschitz constant so it cannot sharpen without limit against G. D's batch norm
+    is then off: it would rescale the activations SN bounds (SN-GAN's D has none).
+    """
 
     def __init__(self, channels: tuple[int, ...] = (32, 128, 256, 256), feature_dim: int = 1024,
-                 sync_batch_norm: bool = False, name: str = "discriminator", **kwargs):
+                 sync_batch_norm: bool = False, spectral_norm: bool = False, name: str = "discriminator",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
+        self.spectral_norm = bool(spectral_norm)
+
+        def wrap(layer):
+            # dtype: the wrapper casts its output to its input dtype, so the float32 logit stays float32.
+            return keras.layers.SpectralNormalization(layer, dtype=layer.dtype_policy, name=f"sn_{layer.name}") \
+                if self.spectral_norm else layer
+
         self.convs = []
         self.bns = []
         for i, c in enumerate(channels):
             stride = 1 if i == 0 else 2  # released code: 32 s1, then stride 2
-            self.convs.append(keras.layers.Conv2D(int(c), 5, strides=stride, padding="same", name=f"conv{i}"))
+            self.convs.append(wrap(keras.layers.Conv2D(int(c), 5, strides=stride, padding="same", name=f"conv{i}")))
             # No BN on the first layer (DCGAN practice: keeps the input scale).
-            self.bns.append(None if i == 0 else _batch_norm(sync_batch_norm, f"bn{i}"))
+            self.bns.append(None if i == 0 or self.spectral_norm else _batch_norm(sync_batch_norm, f"bn{i}"))
         self.flatten = keras.layers.Flatten(name="flatten")
-        self.feature = keras.layers.Dense(int(feature_dim), name="phi")
-        self.logit = keras.layers.Dense(1, dtype="float32", name="logit")
+        self.feature = wrap(keras.layers.Dense(int(feature_dim), name="phi"))
+        self.logit = wrap(keras.layers.Dense(1, dtype="float32", name="logit"))
 
     def call(self, images, training=False):
         x = images * 2.0 - 1.0
         for conv, bn in zip(self.convs, self.bns):
-            x = conv(x)
+            x = conv(x, training=training)  # SN updates its estimate in training calls only
             if bn is not None:
                 x = bn(x, training=training)
             x = keras.activations.elu(x)
-        phi = keras.activations.elu(self.feature(self.flatten(x)))
-        return self.logit(phi), tf.cast(phi, "float32")
+        phi = keras.activations.elu(self.feature(self.flatten(x), training=training))
+        return self.logit(phi, training=training), tf.cast(phi, "float32")

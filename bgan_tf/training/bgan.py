@@ -10,6 +10,22 @@ and D judges), ``x`` (the encoder input: [0,255] images, or cached backbone
 features when the backbone is frozen) and ``index`` (int64 item ids, for
 the neighbourhood block S_B); ``Encoder.encode_cached`` maps cached features (or,
 with ``trainable_from``, cached bottom activations) to codes.
+
+Besides the loss terms, every step logs each network's total loss (loss_e,
+loss_g, loss_d) and D's accuracy (logit > 0 counts as "real"): on the real
+images (d_acc_real), on G(code) (d_acc_recon) and on G(prior noise)
+(d_acc_prior), the fraction judged fake for the last two. Counts are summed over
+replicas, so the numbers are the global batch's. When D does not train on prior
+fakes (fake_source=codes), d_acc_prior is D's inference-mode verdict on a few of
+G's inference-mode prior images per step (`_prior_judged_fake`): no network state
+moves, so training follows the same path (its floats may differ in the last bits,
+as the extra pass changes how TensorFlow schedules the graph).
+
+The remedies against a dominant D (docs/METHOD.md) are config knobs: gan_loss,
+disc_spectral_norm (networks.Discriminator), d_label_smoothing, instance_noise
+(Gaussian noise on every image D sees, its std falling linearly to 0 over the
+run) and g_steps (extra generator updates per step). Their defaults train
+exactly as before.
 """
 
 from __future__ import annotations
@@ -24,7 +40,20 @@ from bgan_tf.training.graph import NeighbourGraph, block_lookup
 from bgan_tf.modeling.factory import build_discriminator, build_generator
 from bgan_tf.modeling.networks import Encoder
 
-LOSS_NAMES = ("loss_e", "nbr", "quant", "pixel", "feature", "adv_g", "loss_d")
+LOSS_NAMES = ("loss_e", "loss_g", "nbr", "quant", "pixel", "feature", "adv_g", "loss_d")
+ACCURACY_NAMES = ("d_acc_real", "d_acc_recon", "d_acc_prior")
+NOISE_STD_NAME = "d_noise_std"
+# Seed streams of the per-step stateless draws: prior codes use the config seed itself
+# (as before), instance noise these offsets (config seeds are < 2**31, so none collide).
+_NOISE_STREAMS = (2**31, 2**32)
+MONITOR_BATCH = 16  # prior fakes per replica and step judged only for d_acc_prior
+
+
+def instance_noise_std(initial: float, step, total_steps: int) -> tf.Tensor:
+    """The instance-noise std at ``step``: ``initial`` falling linearly to 0 at
+    ``total_steps`` and 0 after (late training sees the clean images)."""
+    frac = 1.0 - tf.cast(step, tf.float32) / float(max(int(total_steps), 1))
+    return tf.constant(float(initial), tf.float32) * tf.maximum(frac, 0.0)
 
 
 def _replica_context():
@@ -64,7 +93,15 @@ class BGAN(keras.Model):
         else:
             self.generator = None
             self.discriminator = None
-        self.trackers = {n: keras.metrics.Mean(name=n) for n in LOSS_NAMES}
+        names = LOSS_NAMES
+        if config.use_gan:
+            names += ACCURACY_NAMES + ((NOISE_STD_NAME,) if config.instance_noise else ())
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self.run_steps = 0  # steps of the whole run (set_run_length): the instance-noise schedule's length
+
+    def set_run_length(self, steps: int) -> None:
+        """Total training steps of the run (epochs x steps per epoch), before fit()."""
+        self.run_steps = int(steps)
 
     # -- building ------------------------------------------------------------
     def build_all(self, x_example: np.ndarray) -> None:
@@ -108,15 +145,86 @@ class BGAN(keras.Model):
     def call(self, x, training=False):
         return self.encoder.encode_cached(x, training=training) if self.features_input else self.encoder(x, training=training)
 
-    def _prior_codes(self, batch):
-        """Released-code fakes: G fed Gaussian noise. Stateless and seeded by
-        (seed, step, replica), so runs are repeatable and resumable."""
+    def _step_seed(self, offset: int = 0) -> tf.Tensor:
+        """Seed of this step's draws on this replica: (seed + offset, step, replica), so
+        runs are repeatable and resumable."""
         ctx = _replica_context()
         replica = ctx.replica_id_in_sync_group if ctx is not None else 0
         replicas = ctx.num_replicas_in_sync if ctx is not None else 1
         step = tf.cast(self.e_optimizer.iterations, tf.int64)
-        seed = tf.stack([tf.constant(self.config.seed, tf.int64), step * replicas + tf.cast(replica, tf.int64)])
-        return tf.random.stateless_normal((batch, self.encoder.num_bits), seed=seed)
+        return tf.stack([tf.constant(self.config.seed + offset, tf.int64),
+                         step * replicas + tf.cast(replica, tf.int64)])
+
+    def _prior_codes(self, batch):
+        """Released-code fakes: G fed Gaussian noise."""
+        return tf.random.stateless_normal((batch, self.encoder.num_bits), seed=self._step_seed())
+
+    def _instance_noise(self, image):
+        """(noise for real images and their reconstructions, noise for prior fakes) and
+        its std, or None when instance noise is off."""
+        cfg = self.config
+        if not cfg.instance_noise:
+            return None
+        total = cfg.instance_noise_steps or self.run_steps
+        if total < 1:
+            raise ValueError("instance noise anneals over the run: call set_run_length(steps) before fit()")
+        std = instance_noise_std(cfg.instance_noise, self.e_optimizer.iterations, total)
+        draws = [std * tf.random.stateless_normal(tf.shape(image), seed=self._step_seed(o), dtype=image.dtype)
+                 for o in _NOISE_STREAMS]
+        return draws[0], draws[1], std
+
+    def _judge(self, images, noise):
+        return self.discriminator(images if noise is None else images + noise, training=True)
+
+    def _gan_pass(self, z, image, prior_codes, noise):
+        """G(code) and D's view of the real images, G(code) and, when D trains on
+        them, G(prior). A reconstruction gets its original's noise, so their D
+        features differ only by what differs in the images (the content loss)."""
+        real_noise, prior_noise = (noise[0], noise[1]) if noise is not None else (None, None)
+        recon = self.generator(z, training=True)
+        real_logit, phi_real = self._judge(image, real_noise)
+        rec_logit, phi_rec = self._judge(recon, real_noise)
+        prior_logit = None
+        if self.config.fake_source in ("prior", "both"):
+            prior_logit = self._judge(self.generator(prior_codes, training=True), prior_noise)[0]
+        return recon, real_logit, phi_real, rec_logit, phi_rec, prior_logit
+
+    def _fakes(self, rec_logit, prior_logit) -> list:
+        """The fakes D trains on (fake_source)."""
+        return [f for f, use in ((rec_logit, self.config.fake_source in ("codes", "both")),
+                                 (prior_logit, prior_logit is not None)) if use]
+
+    def _generator_terms(self, image, recon, phi_real, phi_rec, fakes, g_batch):
+        cfg = self.config
+        pixel = feature = tf.constant(0.0)
+        if cfg.w_pixel:
+            pixel = losses.pixel_loss(image, recon, g_batch)
+        if cfg.w_feature:
+            feature = losses.feature_loss(phi_real, phi_rec, cfg.image_size * cfg.image_size * 3, g_batch)
+        adv_g = (1.0 / len(fakes)) * tf.add_n([losses.generator_adv_loss(f, g_batch, cfg.gan_loss) for f in fakes])
+        return pixel, feature, adv_g
+
+    def _generator_step(self, z, image, prior_codes, noise, g_batch) -> None:
+        """One more generator update on this batch against the current D (g_steps > 1)."""
+        cfg = self.config
+        g_vars = self.generator.trainable_variables
+        with tf.GradientTape() as tape:
+            recon, _, phi_real, rec_logit, phi_rec, prior_logit = self._gan_pass(z, image, prior_codes, noise)
+            pixel, feature, adv_g = self._generator_terms(image, recon, phi_real, phi_rec,
+                                                          self._fakes(rec_logit, prior_logit), g_batch)
+            scaled = self.g_optimizer.scale_loss(cfg.w_pixel * pixel + cfg.w_feature * feature + cfg.w_adv * adv_g)
+        self.g_optimizer.apply_gradients(zip(tape.gradient(scaled, g_vars), g_vars))
+
+    def _prior_judged_fake(self, prior_codes, prior_logit):
+        """(prior fakes D calls fake, prior fakes judged). Without prior fakes in
+        training (fake_source=codes) this is an extra pass, so it judges the first
+        MONITOR_BATCH codes only, with G and D in inference mode: neither's batch-norm
+        statistics nor D's spectral-norm estimate move, so the measurement leaves
+        training as it was (and replicas, which draw different codes, stay in step)."""
+        if prior_logit is None:
+            codes = prior_codes[:MONITOR_BATCH]
+            prior_logit = self.discriminator(self.generator(codes, training=False), training=False)[0]
+        return losses.judged_right(prior_logit, real=False), tf.cast(tf.shape(prior_logit)[0], tf.float32)
 
     def train_step(self, data):
         cfg = self.config
@@ -126,6 +234,11 @@ class BGAN(keras.Model):
         replicas = ctx.num_replicas_in_sync if ctx is not None else 1
         g_batch = b * replicas
         enc_vars = self.encoder.trainable_variables
+        gan = self.generator is not None
+        # Drawn before any update moves the step counter.
+        prior_codes = self._prior_codes(b) if gan else None
+        noise = self._instance_noise(image) if gan else None
+        counts = {}
         with tf.GradientTape(persistent=True) as tape:
             z = self(x, training=True)
             z_all = _gather(z)
@@ -136,23 +249,19 @@ class BGAN(keras.Model):
             quant = losses.quantization_loss(z, g_batch)
             zero = tf.constant(0.0)
             pixel = feature = adv_g = loss_d = zero
-            if self.generator is not None:
-                recon = self.generator(z, training=True)
-                real_logit, phi_real = self.discriminator(image, training=True)
-                rec_logit, phi_rec = self.discriminator(recon, training=True)
-                if cfg.w_pixel:
-                    pixel = losses.pixel_loss(image, recon, g_batch)
-                if cfg.w_feature:
-                    feature = losses.feature_loss(phi_real, phi_rec, cfg.image_size * cfg.image_size * 3, g_batch)
-                fake_logits = []
-                if cfg.fake_source in ("codes", "both"):
-                    fake_logits.append(rec_logit)
-                if cfg.fake_source in ("prior", "both"):
-                    prior_img = self.generator(self._prior_codes(b), training=True)
-                    fake_logits.append(self.discriminator(prior_img, training=True)[0])
-                share = 1.0 / len(fake_logits)
-                adv_g = share * tf.add_n([losses.generator_adv_loss(f, g_batch) for f in fake_logits])
-                loss_d = share * tf.add_n([losses.discriminator_loss(real_logit, f, g_batch) for f in fake_logits])
+            if gan:
+                recon, real_logit, phi_real, rec_logit, phi_rec, prior_logit = self._gan_pass(
+                    z, image, prior_codes, noise)
+                fakes = self._fakes(rec_logit, prior_logit)
+                pixel, feature, adv_g = self._generator_terms(image, recon, phi_real, phi_rec, fakes, g_batch)
+                real_target = 1.0 - cfg.d_label_smoothing
+                loss_d = (1.0 / len(fakes)) * tf.add_n(
+                    [losses.discriminator_loss(real_logit, f, g_batch, cfg.gan_loss, real_target) for f in fakes])
+                with tape.stop_recording():
+                    seen = tf.cast(b, tf.float32)
+                    counts = {"d_acc_real": (losses.judged_right(real_logit, real=True), seen),
+                              "d_acc_recon": (losses.judged_right(rec_logit, real=False), seen),
+                              "d_acc_prior": self._prior_judged_fake(prior_codes, prior_logit)}
             content = cfg.w_pixel * pixel + cfg.w_feature * feature
             loss_g = content + cfg.w_adv * adv_g
             # The encoder always learns from the neighbourhood, quantization and
@@ -164,12 +273,12 @@ class BGAN(keras.Model):
             # Under mixed precision the optimizers are LossScaleOptimizers: scale
             # inside the tape, and apply_gradients unscales (a no-op otherwise).
             scaled_e = self.e_optimizer.scale_loss(loss_e)
-            if self.generator is not None:
+            if gan:
                 scaled_g = self.g_optimizer.scale_loss(loss_g)
                 scaled_d = self.d_optimizer.scale_loss(loss_d)
         e_grads = tape.gradient(scaled_e, enc_vars)
         self.e_optimizer.apply_gradients(zip(e_grads, enc_vars))
-        if self.generator is not None:
+        if gan:
             g_vars = self.generator.trainable_variables
             d_vars = self.discriminator.trainable_variables
             g_grads = tape.gradient(scaled_g, g_vars)
@@ -177,12 +286,22 @@ class BGAN(keras.Model):
             self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
             self.d_optimizer.apply_gradients(zip(d_grads, d_vars))
         del tape
-        values = dict(loss_e=loss_e, nbr=nbr, quant=quant, pixel=pixel, feature=feature, adv_g=adv_g, loss_d=loss_d)
+        if gan:
+            for _ in range(cfg.g_steps - 1):  # unrolled: no collective inside a tf.cond
+                self._generator_step(tf.stop_gradient(z), image, prior_codes, noise, g_batch)
+        values = dict(loss_e=loss_e, loss_g=loss_g, nbr=nbr, quant=quant, pixel=pixel, feature=feature,
+                      adv_g=adv_g, loss_d=loss_d)
         logs = {}
         for name, v in values.items():
             total = _sum_over_replicas(tf.cast(v, tf.float32))
             self.trackers[name].update_state(total)
             logs[name] = self.trackers[name].result()
+        for name, (right, seen) in counts.items():  # the global batch's fraction
+            self.trackers[name].update_state(_sum_over_replicas(right) / _sum_over_replicas(seen))
+            logs[name] = self.trackers[name].result()
+        if noise is not None:
+            self.trackers[NOISE_STD_NAME].update_state(noise[2])
+            logs[NOISE_STD_NAME] = self.trackers[NOISE_STD_NAME].result()
         if self.rank1_logs:
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs

@@ -40,7 +40,7 @@ RUN_WHAT = "training run folder"
 ARCHITECTURE_FIELDS = ("num_bits", "image_size", "backbone", "backbone_input_size", "freeze_backbone",
                        "trainable_from", "top_bn",
                        "hash_hidden", "hash_norm", "use_gan", "gen_channels", "disc_channels",
-                       "disc_feature_dim", "noise_dim", "mixed_precision")
+                       "disc_feature_dim", "noise_dim", "mixed_precision", "disc_spectral_norm")
 # Upper bound on the neighbourhood graph's candidate pairs, N * K2 * (K1 + 1) (scipy's
 # product and the pair list hold ~20 bytes each: 2 GB).
 MAX_GRAPH_PAIRS = 100_000_000
@@ -251,6 +251,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         atomic.write_text(os.path.join(out_dir, "config.json"), config.to_json())
     steps = config.steps_per_epoch or len(data) // config.batch_size
     per_pass = len(data) // config.batch_size
+    model.set_run_length(config.epochs * steps)  # the instance-noise schedule spans the whole run
 
     def make_dataset(start, stop):
         # fit() keeps one iterator across epochs, so fit epoch e reads batches

@@ -52,6 +52,30 @@ def test_library_reports_model_and_baselines(tiny_model_dir, digits_subset, tmp_
     assert metrics["results"]["BGAN"]["split"]["sizes"]["query"] == 30
     index = (out / "index.md").read_text()
     assert "| LSH |" in index and "holdout" in index and "retrieval_examples.png" in index
+    # PSNR/SSIM of G(code) on every held-out query, recomputed here from the saved generator.
+    from bgan_tf.data.pipeline import images_for_gan
+    from bgan_tf.inference.keras_model import load_encoder, load_generator
+
+    q = digits_subset.images[split.query]
+    real = images_for_gan(q, 32)
+    recon = np.asarray(load_generator(tiny_model_dir)(load_encoder(tiny_model_dir).encode(q), training=False))
+    want_psnr = np.mean(10 * np.log10(1.0 / np.mean((real - recon) ** 2, axis=(1, 2, 3))))
+    quality = metrics["reconstruction"]
+    assert quality["num_images"] == 30 and quality["resolution"] == 32
+    assert quality["psnr_db"] == pytest.approx(want_psnr, rel=1e-4)
+    assert -1.0 <= quality["ssim"] <= 1.0
+    assert "## Reconstruction quality" in index and f"{quality['psnr_db']:.4f}" in index
+
+
+def test_model_without_generator_reports_why_psnr_is_missing(tmp_path, digits_subset):
+    model_dir = build_tiny_model(str(tmp_path), use_gan=False, steps_per_epoch=2)
+    split = eval_inputs.build_split("holdout", digits_subset.labels, 0, holdout_per_class=2)
+    ev = ev_lib.evaluate_model(model_dir, digits_subset, split, baselines=(), num_examples=0)
+    assert ev["reconstructions"] is None and "no generator" in ev["reconstruction_quality"]["skipped"]
+    out = ev_lib.write_evaluation_report(str(tmp_path / "report"), ev)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["reconstruction"]) == {"skipped"}
+    assert "Not measured: the model folder has no generator" in (out / "index.md").read_text()
 
 
 def test_holdout_split_is_what_train_held_out(digits_subset):

@@ -12,8 +12,9 @@ to sleep after every step, so a test can kill the run mid-epoch),
 first distributed batch).
 
 The npz holds every encoder/generator/discriminator weight (keys
-"<network>/<variable path>"), the optimizers' iteration counts and the codes
-of the first 64 training images.
+"<network>/<variable path>"), the optimizers' iteration counts, the fit history
+(keys "history/<log name>", one value per epoch) and the codes of the first 64
+training images.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ def main() -> None:
         seconds = time.time() - t
         import keras
 
-        extra = {"train_seconds": np.asarray(result.seconds.get("train", seconds)), **initial,
+        history = {f"history/{k}": np.asarray(v, np.float64) for k, v in result.history.items()}
+        extra = {"train_seconds": np.asarray(result.seconds.get("train", seconds)), **initial, **history,
                  "policy": np.asarray(keras.mixed_precision.global_policy().name)}
         if spec.get("first_batch"):
             extra.update(_first_batch(config))

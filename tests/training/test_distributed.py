@@ -89,6 +89,21 @@ def test_mirrored_two_cpus_matches_one_device(local_pair):
     _assert_same_training(mirrored, one, "mirrored (2 logical CPUs)")
 
 
+def test_mirrored_logs_the_global_batch_accuracy(local_pair):
+    """D's accuracy counts are summed over replicas: the mirrored run logs the global
+    batch's fractions (those of the one-device run), not one replica's."""
+    one, mirrored = local_pair
+    for name in ("d_acc_real", "d_acc_recon", "d_acc_prior", "loss_g", "loss_d", "loss_e"):
+        assert f"history/{name}" in mirrored.files, name
+    for name in ("d_acc_real", "d_acc_recon", "d_acc_prior"):
+        a, b = float(mirrored[f"history/{name}"][0]), float(one[f"history/{name}"][0])
+        assert 0.0 <= a <= 1.0, (name, a)
+        # One step of 16 images: a float-noise flip of a logit at 0 may move one image.
+        assert abs(a - b) <= 1 / 16 + 1e-6, (name, a, b)
+    for name in ("loss_g", "loss_d"):
+        np.testing.assert_allclose(mirrored[f"history/{name}"], one[f"history/{name}"], rtol=1e-4, err_msg=name)
+
+
 def test_two_workers_match_each_other_and_one_device(local_pair, tmp_path):
     one, _ = local_pair
     ports = [free_port(), free_port()]
