@@ -10,26 +10,45 @@ Definition (method notes, "Neighbourhood matrix S"):
 4. s_ij = s_ji = +1 for j in P(i), else -1 (symmetrised).
 
 The released code did this with Python sets in O(N^2 K) and a dense N x N
-matrix. Here kNN comes from FAISS, the overlap counts from a sparse product
-(only pairs sharing a neighbour can overlap), and only the positive pairs
-are stored, as sorted int64 keys ``i * N + j``: memory O(N K1 K2) at worst,
-and a batch block S_B is a ``searchsorted`` away, inside the TF graph.
+matrix. Here kNN comes from FAISS: exact (``IndexFlatL2``, O(N^2 D)) up to
+``EXACT_KNN_MAX_ITEMS`` items, an inverted file (``IndexIVFFlat``) above it,
+whose recall against exact search `knn_recall` measures on sampled queries.
+The overlap counts come from a sparse product (only pairs sharing a neighbour
+can overlap), computed in row chunks sized by each row's candidate count, so
+peak memory is one chunk plus the result; no step loops over items in Python.
+Only the positive pairs are stored, as sorted int64 keys ``i * N + j`` (8
+bytes a pair: the in-graph lookup needs one sorted array to search), and a
+batch block S_B is a ``searchsorted`` away, inside the TF graph.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import faiss
 import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
 
+from bgan_tf.config import EXACT_KNN_MAX_ITEMS, KNN_METHODS
+from bgan_tf.errors import UserError
+
+# Queries whose exact neighbours `build_graph` computes to report the approximate recall.
+RECALL_SAMPLE = 1000
+# Candidate pairs per row chunk of the overlap product (~16 bytes each across scipy's
+# product and the sort): ~256 MB a chunk, whatever N is.
+CHUNK_PAIRS = 1 << 24
+# Rows per FAISS search call: bounds the distance/index arrays at (k + 1) x rows.
+_SEARCH_ENTRIES = 1 << 24
+
 
 @dataclasses.dataclass
 class NeighbourGraph:
     num_items: int
     keys: np.ndarray  # sorted unique int64 keys i * num_items + j of positive pairs (symmetric)
+    knn_method: str = "exact"  # how the K1 lists were found: exact | approximate
+    knn_recall: float | None = None  # approximate only: recall@K1 on sampled queries
 
     @property
     def num_positive_pairs(self) -> int:
@@ -65,54 +84,174 @@ class NeighbourGraph:
             return cls(int(z["num_items"]), z["keys"].astype(np.int64))
 
 
-def knn(features: np.ndarray, k: int) -> np.ndarray:
-    """Indices [N, k] of each item's k nearest other items (Euclidean, exact)."""
-    x = np.ascontiguousarray(features, dtype=np.float32)
-    n = x.shape[0]
-    k = min(k, n - 1)
+def resolve_knn(method: str, num_items: int) -> str:
+    """``auto`` -> exact up to EXACT_KNN_MAX_ITEMS items, else approximate."""
+    if method not in KNN_METHODS:
+        raise UserError(f"--knn must be one of {', '.join(KNN_METHODS)}, got {method!r}")
+    if method == "auto":
+        return "exact" if num_items <= EXACT_KNN_MAX_ITEMS else "approximate"
+    return method
+
+
+def ivf_settings(num_items: int) -> tuple[int, int]:
+    """(cells, cells probed) of the approximate search for N items: ~sqrt(N) k-means cells
+    of ~sqrt(N) items, so each cell's search is one dense BLAS product."""
+    cells = int(min(16384, max(1, round(math.sqrt(num_items)))))
+    return cells, min(cells, 8)
+
+
+def _drop_self(idx: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """[Q, k+1] search results -> [Q, k]: each row without its own id wherever FAISS put it
+    (duplicates can tie), else without its last entry. A row holds each id at most once."""
+    is_self = idx == ids[:, None]
+    is_self[~is_self.any(1), k] = True
+    return idx[~is_self].reshape(len(ids), k)
+
+
+def _search(index, x: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """[len(ids), k+1] neighbour ids of x[ids], searched in row chunks."""
+    step = max(1, _SEARCH_ENTRIES // (k + 1))
+    return np.concatenate([index.search(x[ids[s:s + step]], k + 1)[1] for s in range(0, len(ids), step)])
+
+
+def _exact_search(x: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x)
-    _, idx = index.search(x, k + 1)
-    out = np.empty((n, k), np.int64)
-    for r in range(n):
-        row = idx[r]
-        row = row[row != r]  # drop self wherever FAISS put it (duplicates can tie)
-        out[r] = row[:k]
+    return _drop_self(_search(index, x, ids, k), ids, k)
+
+
+def _approximate_search(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """[N, k+1] ids (-1 where a row's probed cells hold fewer items): an inverted file
+    searched cell by cell. Items are put in the cell of their nearest k-means centroid;
+    the items of a cell are searched exactly against those of its ``nprobe`` nearest cells.
+    Searching a whole cell's queries at once makes it matrix products (FAISS' IVF search
+    scans each query's lists alone: memory-bound, ~10x slower at 1280-d)."""
+    n, d = x.shape
+    cells, nprobe = ivf_settings(n)
+    # Seeded k-means on a seeded sample of 64 items per cell; ~10 rounds barely move it more.
+    kmeans = faiss.Kmeans(d, cells, niter=10, seed=seed, max_points_per_centroid=64)
+    kmeans.train(x)
+    centroids = kmeans.centroids
+    cell = np.concatenate([faiss.knn(x[s:s + _SEARCH_ENTRIES // d], centroids, 1)[1][:, 0]
+                           for s in range(0, n, _SEARCH_ENTRIES // d)])
+    probe = faiss.knn(centroids, centroids, nprobe)[1]  # each cell's nearest cells, itself first
+    order = np.argsort(cell, kind="stable")
+    starts = np.searchsorted(cell[order], np.arange(cells + 1))
+    out = np.full((n, k + 1), -1, np.int64)
+    for c in range(cells):  # ~sqrt(N) cells, each one BLAS search
+        queries = order[starts[c]:starts[c + 1]]
+        if queries.size:
+            base = np.concatenate([order[starts[p]:starts[p + 1]] for p in probe[c] if p >= 0])
+            kk = min(k + 1, base.size)
+            out[queries, :kk] = base[faiss.knn(x[queries], x[base], kk)[1]]
     return out
 
 
-def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30) -> NeighbourGraph:
-    """Features [N, D] -> the symmetric positive-pair graph of the BGAN definition."""
+def knn(features: np.ndarray, k: int, method: str = "exact", seed: int = 0) -> np.ndarray:
+    """Indices [N, k] of each item's k nearest other items (Euclidean).
+
+    ``approximate``: `_approximate_search` with `ivf_settings`, its k-means seeded by
+    ``seed``; the same features, seed and FAISS thread count give the same lists. Rows
+    the probed cells could not fill are searched exactly.
+    """
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    n = x.shape[0]
+    k = min(k, n - 1)
+    ids = np.arange(n)
+    if resolve_knn(method, n) == "exact":
+        return _exact_search(x, ids, k)
+    idx = _approximate_search(x, k, seed)
+    short = (idx < 0).any(1)
+    out = np.empty((n, k), np.int64)
+    out[~short] = _drop_self(idx[~short], ids[~short], k)
+    if short.any():
+        out[short] = _exact_search(x, ids[short], k)
+    return out
+
+
+def knn_recall(features: np.ndarray, approx_idx: np.ndarray, sample: int = RECALL_SAMPLE, seed: int = 0) -> float:
+    """Recall@k of ``approx_idx`` [N, k] against exact kNN on ``sample`` seeded queries
+    (only those queries are searched exactly: O(sample N D))."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    n, k = approx_idx.shape
+    q = np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
+    exact = _exact_search(x, q, k)
+    row = np.arange(q.size)[:, None] * np.int64(n)
+    hits = np.intersect1d(row + approx_idx[q], row + exact, assume_unique=True).size
+    return hits / exact.size
+
+
+def _chunks(cost: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Row ranges [lo, hi) whose summed cost stays within budget (a costlier row alone)."""
+    ends = np.searchsorted(np.cumsum(cost), np.arange(budget, int(cost.sum()) + budget, budget), side="right")
+    bounds = np.unique(np.concatenate([[0], np.maximum(ends, 1), [cost.size]]).clip(0, cost.size))
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+
+def expand(nbrs: np.ndarray, k2: int, chunk_pairs: int = CHUNK_PAIRS) -> sp.csr_matrix:
+    """K1 lists [N, K1] -> the (unsymmetrised) positive pattern P as a CSR of ones.
+
+    Rows are processed in chunks of about ``chunk_pairs`` overlap candidates: row i has at
+    most sum over m in N(i) of |{j : m in N(j)}| of them.
+    """
+    n, k1 = nbrs.shape
+    nb = np.concatenate([np.arange(n, dtype=np.int32)[:, None], nbrs.astype(np.int32)], axis=1)
+    k2 = min(k2, n)
+    # A[i, m] = 1 iff m in N(i) (self included); a row of FAISS results holds each id once.
+    a = sp.csr_matrix((np.ones(nb.size, np.int32), nb.ravel(), np.arange(0, nb.size + 1, k1 + 1)), shape=(n, n))
+    at = a.T.tocsr()
+    indegree = np.bincount(nb.ravel(), minlength=n)
+    cost = indegree[nb].sum(1) + k2 * (k1 + 1)
+    pieces, counts = [], []
+    for lo, hi in _chunks(cost, chunk_pairs):
+        ov = a[lo:hi] @ at  # ov[i, j] = |N(i) & N(j)|
+        rows = np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(ov.indptr))
+        # Highest overlap first, then smaller j: one int64 sort of (row, K1+1-count, j).
+        order = np.sort((rows * (k1 + 2) + (k1 + 1 - ov.data)) * n + ov.indices)
+        rank = np.arange(order.size) - np.repeat(ov.indptr[:-1], np.diff(ov.indptr))
+        top = order[rank < k2]
+        trow, tcol = top // n // (k1 + 2), top % n
+        # P(i) = union of N(j) over i's top-K2 j.
+        pk = np.unique((trow[:, None] * n + nb[tcol]).ravel())
+        pieces.append((pk % n).astype(np.int32))
+        counts.append(np.bincount(pk // n, minlength=hi - lo))
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))])
+    cols = np.concatenate(pieces)
+    return sp.csr_matrix((np.ones(cols.size, np.int8), cols, indptr), shape=(n, n))
+
+
+def _keys(s: sp.csr_matrix) -> np.ndarray:
+    """Sorted int64 keys i * N + j of a CSR pattern with sorted rows, built in row chunks."""
+    n = s.shape[0]
+    keys = np.empty(s.nnz, np.int64)
+    step = max(1, CHUNK_PAIRS * n // max(s.nnz, 1))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        a, b = s.indptr[lo], s.indptr[hi]
+        rows = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(s.indptr[lo:hi + 1]))
+        keys[a:b] = rows * n + s.indices[a:b]
+    return keys
+
+
+def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30, knn_method: str = "exact",
+                seed: int = 0, recall_sample: int = RECALL_SAMPLE) -> NeighbourGraph:
+    """Features [N, D] -> the symmetric positive-pair graph of the BGAN definition.
+
+    ``knn_method``: exact, approximate, or auto (`resolve_knn`); an approximate graph
+    carries its kNN recall on ``recall_sample`` seeded queries.
+    """
     n = int(features.shape[0])
     if n < 2:
         raise ValueError("the neighbourhood graph needs at least two items")
-    nbrs = knn(features, k1)
-    # A[i, j] = 1 iff j in N(i) (self included).
-    rows = np.repeat(np.arange(n), nbrs.shape[1] + 1)
-    cols = np.concatenate([np.arange(n)[:, None], nbrs], axis=1).ravel()
-    a = sp.csr_matrix((np.ones(rows.size, np.int32), (rows, cols)), shape=(n, n))
-    a.sum_duplicates()
-    a.data[:] = 1
-    overlap = (a @ a.T).tocsr()  # overlap[i, j] = |N(i) & N(j)|
-    k2 = min(k2, n)
-    top_rows, top_cols = [], []
-    for i in range(n):
-        start, end = overlap.indptr[i], overlap.indptr[i + 1]
-        js = overlap.indices[start:end]
-        counts = overlap.data[start:end]
-        # Highest overlap first, then smaller j: lexsort keys are last-major.
-        order = np.lexsort((js, -counts))[:k2]
-        top_rows.append(np.full(order.size, i))
-        top_cols.append(js[order])
-    t = sp.csr_matrix(
-        (np.ones(sum(r.size for r in top_rows), np.int32), (np.concatenate(top_rows), np.concatenate(top_cols))),
-        shape=(n, n),
-    )
-    p = (t @ a).tocoo()  # P(i) = union of N(j), j in top-K2(i)
-    i = p.row.astype(np.int64)
-    j = p.col.astype(np.int64)
-    keys = np.unique(np.concatenate([i * n + j, j * n + i]))
-    return NeighbourGraph(n, keys)
+    method = resolve_knn(knn_method, n)
+    nbrs = knn(features, k1, method, seed)
+    recall = knn_recall(features, nbrs, recall_sample, seed) if method == "approximate" else None
+    p = expand(nbrs, k2)
+    del nbrs
+    s = p + p.T.tocsr()  # s_ij = s_ji: the union of P and its transpose
+    del p
+    s.sort_indices()
+    return NeighbourGraph(n, _keys(s), method, recall)
 
 
 def block_lookup(keys: tf.Tensor, num_items: int, rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:

@@ -189,7 +189,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     from bgan_tf.modeling.factory import backbone_spec
     from bgan_tf.training.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples, fit_resumable
     from bgan_tf.training.distribute import shard_by_data
-    from bgan_tf.training.graph import build_graph
+    from bgan_tf.training.graph import RECALL_SAMPLE, build_graph
 
     seconds: dict[str, float] = {}
     out_dir = config.output_dir if chief else tempfile.mkdtemp(prefix="bgan_worker_")
@@ -209,8 +209,12 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     seconds["features"] = time.time() - t
 
     t = time.time()
-    graph = build_graph(graph_features(config, data, backbone_feats), config.k1, config.k2)
+    graph = build_graph(graph_features(config, data, backbone_feats), config.k1, config.k2, config.knn, config.seed)
     seconds["graph"] = time.time() - t
+    if graph.knn_recall is not None:
+        logging.info("neighbourhood graph: approximate kNN (--knn %s), recall@%d %.3f against exact search "
+                     "on %d sampled images", config.knn, min(config.k1, len(data) - 1), graph.knn_recall,
+                     min(RECALL_SAMPLE, len(data)))
     agreement = graph.label_agreement(data.labels) if data.labels is not None and data.labels.ndim == 1 else None
     logging.info("neighbourhood graph: %d positive pairs (%.1f per item)%s", graph.num_positive_pairs,
                  graph.num_positive_pairs / len(data),
