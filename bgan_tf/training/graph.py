@@ -108,16 +108,12 @@ def _drop_self(idx: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     return idx[~is_self].reshape(len(ids), k)
 
 
-def _search(index, x: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """[len(ids), k+1] neighbour ids of x[ids], searched in row chunks."""
-    step = max(1, _SEARCH_ENTRIES // (k + 1))
-    return np.concatenate([index.search(x[ids[s:s + step]], k + 1)[1] for s in range(0, len(ids), step)])
-
-
 def _exact_search(x: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
-    return _drop_self(_search(index, x, ids, k), ids, k)
+    """[len(ids), k] exact neighbours of x[ids], self dropped. faiss.knn is the search
+    IndexFlatL2 runs, without copying the N x D features into an index."""
+    step = max(1, _SEARCH_ENTRIES // (k + 1))
+    idx = np.concatenate([faiss.knn(x[ids[s:s + step]], x, k + 1)[1] for s in range(0, len(ids), step)])
+    return _drop_self(idx, ids, k)
 
 
 def _approximate_search(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -202,7 +198,9 @@ def expand(nbrs: np.ndarray, k2: int, chunk_pairs: int = CHUNK_PAIRS) -> sp.csr_
     at = a.T.tocsr()
     indegree = np.bincount(nb.ravel(), minlength=n)
     cost = indegree[nb].sum(1) + k2 * (k1 + 1)
-    pieces, counts = [], []
+    # An upper bound on P's size; pages never written cost no memory, and resize gives back the rest.
+    cols = np.empty(n * k2 * (k1 + 1), np.int32)
+    filled, counts = 0, []
     for lo, hi in _chunks(cost, chunk_pairs):
         ov = a[lo:hi] @ at  # ov[i, j] = |N(i) & N(j)|
         rows = np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(ov.indptr))
@@ -213,23 +211,31 @@ def expand(nbrs: np.ndarray, k2: int, chunk_pairs: int = CHUNK_PAIRS) -> sp.csr_
         trow, tcol = top // n // (k1 + 2), top % n
         # P(i) = union of N(j) over i's top-K2 j.
         pk = np.unique((trow[:, None] * n + nb[tcol]).ravel())
-        pieces.append((pk % n).astype(np.int32))
+        cols[filled:filled + pk.size] = pk % n
+        filled += pk.size
         counts.append(np.bincount(pk // n, minlength=hi - lo))
+    cols.resize(filled, refcheck=False)
     indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))])
-    cols = np.concatenate(pieces)
-    return sp.csr_matrix((np.ones(cols.size, np.int8), cols, indptr), shape=(n, n))
+    return sp.csr_matrix((np.ones(filled, np.int8), cols, indptr), shape=(n, n))
 
 
-def _keys(s: sp.csr_matrix) -> np.ndarray:
-    """Sorted int64 keys i * N + j of a CSR pattern with sorted rows, built in row chunks."""
-    n = s.shape[0]
-    keys = np.empty(s.nnz, np.int64)
-    step = max(1, CHUNK_PAIRS * n // max(s.nnz, 1))
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        a, b = s.indptr[lo], s.indptr[hi]
-        rows = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(s.indptr[lo:hi + 1]))
-        keys[a:b] = rows * n + s.indices[a:b]
+def symmetric_keys(p: sp.csr_matrix, chunk_pairs: int = CHUNK_PAIRS) -> np.ndarray:
+    """Sorted unique int64 keys i * N + j of the pattern P | P^T, built in row chunks
+    straight into the one output array (no N x N sum, no second copy of the keys)."""
+    n = p.shape[0]
+    pt = p.T.tocsr()
+    keys = np.empty(p.nnz + pt.nnz, np.int64)  # upper bound, as in `expand`
+    filled = 0
+    for lo, hi in _chunks(np.diff(p.indptr) + np.diff(pt.indptr), chunk_pairs):
+        part = []
+        for m in (p, pt):
+            a, b = m.indptr[lo], m.indptr[hi]
+            rows = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(m.indptr[lo:hi + 1]))
+            part.append(rows * n + m.indices[a:b])
+        chunk = np.unique(np.concatenate(part))
+        keys[filled:filled + chunk.size] = chunk
+        filled += chunk.size
+    keys.resize(filled, refcheck=False)
     return keys
 
 
@@ -248,10 +254,7 @@ def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30, knn_method: st
     recall = knn_recall(features, nbrs, recall_sample, seed) if method == "approximate" else None
     p = expand(nbrs, k2)
     del nbrs
-    s = p + p.T.tocsr()  # s_ij = s_ji: the union of P and its transpose
-    del p
-    s.sort_indices()
-    return NeighbourGraph(n, _keys(s), method, recall)
+    return NeighbourGraph(n, symmetric_keys(p), method, recall)  # s_ij = s_ji
 
 
 def block_lookup(keys: tf.Tensor, num_items: int, rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
