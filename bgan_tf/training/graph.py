@@ -10,9 +10,10 @@ Definition (method notes, "Neighbourhood matrix S"):
 4. s_ij = s_ji = +1 for j in P(i), else -1 (symmetrised).
 
 The released code did this with Python sets in O(N^2 K) and a dense N x N
-matrix. Here kNN comes from FAISS: exact (``IndexFlatL2``, O(N^2 D)) up to
-``EXACT_KNN_MAX_ITEMS`` items, an inverted file (``IndexIVFFlat``) above it,
-whose recall against exact search `knn_recall` measures on sampled queries.
+matrix. Here kNN comes from FAISS: exact (O(N^2 D)) up to ``EXACT_KNN_MAX_ITEMS``
+items (``--knn auto``), above it an inverted file of ~sqrt(N) k-means cells searched
+cell by cell (O(N^1.5 D)), whose recall against exact search `knn_recall`
+measures on sampled queries.
 The overlap counts come from a sparse product (only pairs sharing a neighbour
 can overlap), computed in row chunks sized by each row's candidate count, so
 peak memory is one chunk plus the result; no step loops over items in Python.
@@ -177,8 +178,17 @@ def knn_recall(features: np.ndarray, approx_idx: np.ndarray, sample: int = RECAL
     return hits / exact.size
 
 
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique by one in-place sort (NumPy 2's hash-based np.unique was ~10x slower here)."""
+    a.sort()
+    keep = np.empty(a.size, bool)
+    keep[:1] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
 def _chunks(cost: np.ndarray, budget: int) -> list[tuple[int, int]]:
-    """Row ranges [lo, hi) whose summed cost stays within budget (a costlier row alone)."""
+    """Row ranges [lo, hi) covering the rows, each costing at most budget plus one row."""
     ends = np.searchsorted(np.cumsum(cost), np.arange(budget, int(cost.sum()) + budget, budget), side="right")
     bounds = np.unique(np.concatenate([[0], np.maximum(ends, 1), [cost.size]]).clip(0, cost.size))
     return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
@@ -205,12 +215,13 @@ def expand(nbrs: np.ndarray, k2: int, chunk_pairs: int = CHUNK_PAIRS) -> sp.csr_
         ov = a[lo:hi] @ at  # ov[i, j] = |N(i) & N(j)|
         rows = np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(ov.indptr))
         # Highest overlap first, then smaller j: one int64 sort of (row, K1+1-count, j).
-        order = np.sort((rows * (k1 + 2) + (k1 + 1 - ov.data)) * n + ov.indices)
+        order = (rows * (k1 + 2) + (k1 + 1 - ov.data)) * n + ov.indices
+        order.sort()
         rank = np.arange(order.size) - np.repeat(ov.indptr[:-1], np.diff(ov.indptr))
         top = order[rank < k2]
         trow, tcol = top // n // (k1 + 2), top % n
         # P(i) = union of N(j) over i's top-K2 j.
-        pk = np.unique((trow[:, None] * n + nb[tcol]).ravel())
+        pk = _sorted_unique((trow[:, None] * n + nb[tcol]).ravel())
         cols[filled:filled + pk.size] = pk % n
         filled += pk.size
         counts.append(np.bincount(pk // n, minlength=hi - lo))
@@ -232,7 +243,7 @@ def symmetric_keys(p: sp.csr_matrix, chunk_pairs: int = CHUNK_PAIRS) -> np.ndarr
             a, b = m.indptr[lo], m.indptr[hi]
             rows = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(m.indptr[lo:hi + 1]))
             part.append(rows * n + m.indices[a:b])
-        chunk = np.unique(np.concatenate(part))
+        chunk = _sorted_unique(np.concatenate(part))
         keys[filled:filled + chunk.size] = chunk
         filled += chunk.size
     keys.resize(filled, refcheck=False)
