@@ -65,7 +65,8 @@ def child(args: argparse.Namespace) -> None:
     if recall is None:  # exact: measured the same way, outside the timing
         recall = graph.knn_recall(x, graph.knn(x, args.k1, "exact"), args.recall_sample, args.seed)
     print(json.dumps({"seconds": round(seconds, 1), "peak_rss_gb": round(peak_gb, 2), "knn_recall": round(recall, 4),
-                      "knn_method": g.knn_method, "positive_pairs": g.num_positive_pairs,
+                      "knn_method": g.knn_method,
+                      "stage_seconds": {k: round(v, 1) for k, v in g.seconds.items()}, "positive_pairs": g.num_positive_pairs,
                       "pairs_per_item": round(g.num_positive_pairs / args.child, 1),
                       "key_bytes_gb": round(g.keys.nbytes / 1e9, 3), "feature_seconds": round(gen_s, 1),
                       "feature_gb": round(x.nbytes / 1e9, 2), "ivf_cells_probed": list(graph.ivf_settings(args.child))
