@@ -120,37 +120,46 @@ def main() -> None:
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT).stdout
         results["n"][str(n)] = json.loads(out.strip().splitlines()[-1])
         print(n, results["n"][str(n)], flush=True)
+        write(args, results, load, started, faiss.__version__, faiss.omp_get_max_threads(), EXACT_KNN_MAX_ITEMS,
+              atomic)  # after every size, so a stopped run keeps the sizes it finished
+
+
+def write(args, results: dict, load: list, started: str, faiss_version: str, threads: int, exact_max: int,
+          atomic) -> None:
     results.update(
-        machine=machine(), faiss=faiss.__version__, faiss_threads=faiss.omp_get_max_threads(),
+        machine=machine(), faiss=faiss_version, faiss_threads=threads,
         command="nice -n 10 .venv/bin/python benchmarks/graph_scale.py " + " ".join(sys.argv[1:]),
         date=started, loadavg_at_start=load, loadavg_at_end=[round(v, 2) for v in os.getloadavg()],
         settings={k: getattr(args, k) for k in ("dim", "clusters", "k1", "k2", "knn", "recall_sample", "seed")},
-        exact_knn_max_items=EXACT_KNN_MAX_ITEMS,
+        exact_knn_max_items=exact_max,
     )
     big = results["n"].get(str(TARGET_ITEMS))
-    if big:
-        met = big["seconds"] < TARGET_SECONDS and big["peak_rss_gb"] < TARGET_GB and big["knn_recall"] >= TARGET_RECALL
-        results["target"] = {"items": TARGET_ITEMS, "seconds": TARGET_SECONDS, "peak_rss_gb": TARGET_GB,
-                             "knn_recall": TARGET_RECALL, "met": met}
+    results["target"] = {"items": TARGET_ITEMS, "seconds": TARGET_SECONDS, "peak_rss_gb": TARGET_GB,
+                         "knn_recall": TARGET_RECALL,
+                         "met": None if big is None else big["seconds"] < TARGET_SECONDS and
+                         big["peak_rss_gb"] < TARGET_GB and big["knn_recall"] >= TARGET_RECALL}
     lines = [f"# Neighbourhood graph at scale ({args.dim}-d clustered synthetic features, K1={args.k1}, K2={args.k2})",
              "", f"Command: `{results['command']}`  ", f"Date: {started}  ", f"Machine: {results['machine']}, "
-             f"FAISS {faiss.__version__} ({results['faiss_threads']} threads)  ",
+             f"FAISS {faiss_version} ({threads} threads)  ",
              f"Load average at start: {load} (other jobs share the cores), at end: {results['loadavg_at_end']}  ",
-             f"--knn {args.knn}: exact up to {EXACT_KNN_MAX_ITEMS:,} items, approximate (k-means cells, "
+             f"--knn {args.knn}: exact up to {exact_max:,} items, approximate (k-means cells, "
              "cell-by-cell search) above; recall@K1 against exact search on "
              f"{args.recall_sample} sampled queries.", "",
-             "| items | kNN | seconds | peak RSS (GB) | features (GB) | kNN recall | positive pairs / item | keys (GB) |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| items | kNN | seconds | kNN / recall / expand / symmetrise s | peak RSS (GB) | features (GB) | "
+             "kNN recall | positive pairs / item | keys (GB) |",
+             "|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for n, r in results["n"].items():
-        lines.append(f"| {int(n):,} | {r['knn_method']} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | "
+        st = r["stage_seconds"]
+        stages = " / ".join(str(st.get(k, "-")) for k in ("knn", "recall", "expand", "symmetrise"))
+        lines.append(f"| {int(n):,} | {r['knn_method']} | {r['seconds']:.1f} | {stages} | {r['peak_rss_gb']:.2f} | "
                      f"{r['feature_gb']:.2f} | {r['knn_recall']:.4f} | {r['pairs_per_item']} | {r['key_bytes_gb']:.3f} |")
-    if big:
-        lines += ["", f"Target at {TARGET_ITEMS:,} items (under {TARGET_SECONDS // 60} min, under {TARGET_GB:.0f} GB, "
-                  f"recall >= {TARGET_RECALL}): {'met' if results['target']['met'] else 'NOT met'}."]
+    verdict = "not measured in this run" if big is None else ("met" if results["target"]["met"] else "NOT met")
+    lines += ["", f"Target at {TARGET_ITEMS:,} items (under {TARGET_SECONDS // 60} min, under {TARGET_GB:.0f} GB, "
+              f"recall >= {TARGET_RECALL}): {verdict}."]
     os.makedirs(args.out, exist_ok=True)
     atomic.write_json(os.path.join(args.out, args.name + ".json"), results)
     atomic.write_text(os.path.join(args.out, args.name + ".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

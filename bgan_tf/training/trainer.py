@@ -40,9 +40,11 @@ RUN_WHAT = "training run folder"
 ARCHITECTURE_FIELDS = ("num_bits", "image_size", "backbone", "backbone_input_size", "freeze_backbone",
                        "hash_hidden", "hash_norm", "use_gan", "gen_channels", "disc_channels",
                        "disc_feature_dim", "noise_dim", "mixed_precision")
-# Upper bound on the neighbourhood graph's candidate pairs, N * K2 * (K1 + 1) (scipy's
-# product and the pair list hold ~20 bytes each: 2 GB).
-MAX_GRAPH_PAIRS = 100_000_000
+# Upper bound on the neighbourhood graph's candidate pairs, N * K2 * (K1 + 1): 1M images at
+# the default K1/K2. build_graph works in row chunks, so what grows with it is the result:
+# P, its transpose and the keys, at most ~26 bytes a pair when every P(i) is full and
+# disjoint from its transpose; benchmarks/results/graph_scale.md measures real graphs.
+MAX_GRAPH_PAIRS = 640_000_000
 
 
 def _stored_config(run_dir: Path) -> dict[str, Any] | None:
