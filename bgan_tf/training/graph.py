@@ -12,7 +12,7 @@ Definition (method notes, "Neighbourhood matrix S"):
 The released code did this with Python sets in O(N^2 K) and a dense N x N
 matrix. Here kNN comes from FAISS: exact (O(N^2 D)) up to ``EXACT_KNN_MAX_ITEMS``
 items (``--knn auto``), above it an inverted file of ~sqrt(N) k-means cells searched
-cell by cell (O(N^1.5 D)), whose recall against exact search `knn_recall`
+cell by cell (O(N^1.5 D) when the cells are balanced), whose recall against exact search `knn_recall`
 measures on sampled queries.
 The overlap counts come from a sparse product (only pairs sharing a neighbour
 can overlap), computed in row chunks sized by each row's candidate count, so
