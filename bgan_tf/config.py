@@ -68,6 +68,12 @@ BETA_LIMITS = (1, 100, 1e4)  # fewest, most values; largest slope (each > 0)
 # Pixels of one training batch at the backbone's input size (an unfrozen backbone sees them
 # all every step): 64 x 1024^2, or 4096 x 128^2.
 MAX_BATCH_PIXELS = 2**26
+# --- neighbourhood graph's kNN (bgan_tf.training.graph) ---------------------------------
+# --knn: exact FAISS search (O(N^2 D)), an inverted file (approximate; its recall against
+# exact search is measured on sampled queries and logged), or auto: exact up to
+# EXACT_KNN_MAX_ITEMS training items (whose graphs are the exact ones), approximate above.
+KNN_METHODS = ("auto", "exact", "approximate")
+EXACT_KNN_MAX_ITEMS = 50_000
 
 
 def _is_int(v: Any) -> bool:
@@ -133,6 +139,7 @@ class BGANConfig:
     graph_features: str = "backbone"  # backbone | pixels
     k1: int = 20
     k2: int = 30
+    knn: str = "auto"  # auto | exact | approximate (KNN_METHODS)
     # --- sign activation ---------------------------------------------------
     sign_mode: str = "tanh"  # tanh | app | ste
     ste_surrogate: str = "tanh"
@@ -193,6 +200,8 @@ class BGANConfig:
         need(self.nbr_form in ("released", "paper"), f"--nbr_form must be released or paper, got {self.nbr_form!r}")
         need(self.fake_source in ("codes", "prior", "both"), f"--fake_source must be codes, prior or both, got {self.fake_source!r}")
         need(self.graph_features in ("backbone", "pixels"), f"--graph_features must be backbone or pixels, got {self.graph_features!r}")
+        need(self.knn in KNN_METHODS, f"--knn must be {', '.join(KNN_METHODS[:-1])} or {KNN_METHODS[-1]}, "
+             f"got {self.knn!r}")
         need(self.strategy in ("one_device", "mirrored", "multi_worker_mirrored"),
              f"--strategy must be one_device, mirrored or multi_worker_mirrored, got {self.strategy!r}")
         need(self.gan_loss in GAN_LOSSES, f"--gan_loss must be {' or '.join(GAN_LOSSES)}, got {self.gan_loss!r}")

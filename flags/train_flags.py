@@ -17,7 +17,7 @@ import dataclasses
 
 from absl import flags
 
-from bgan_tf.config import INT_LIMITS, LOSS_PRESETS, BGANConfig, apply_preset, check_value
+from bgan_tf.config import EXACT_KNN_MAX_ITEMS, INT_LIMITS, KNN_METHODS, LOSS_PRESETS, BGANConfig, apply_preset, check_value
 from bgan_tf.configs import NAMES as CONFIG_NAMES
 from bgan_tf.errors import UserError
 from flags import common
@@ -47,6 +47,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "graph_features": ("string", "Features for the neighbourhood graph: backbone (pretrained) or pixels."),
     "k1": ("integer", "Nearest neighbours per image in the neighbourhood graph (K1)."),
     "k2": ("integer", "Images with the largest neighbour overlap whose neighbours become positives (K2)."),
+    "knn": ("enum", f"Neighbour search for the graph: {', '.join(KNN_METHODS)}. auto is exact up to "
+                    f"{EXACT_KNN_MAX_ITEMS:,} images and a FAISS inverted file above (its recall is logged)."),
     "sign_mode": ("string", "Sign relaxation during training: tanh, app (clip) or ste (straight-through)."),
     "ste_surrogate": ("string", "Surrogate whose gradient the straight-through estimator uses: tanh or app."),
     "beta_values": ("list_float", "Sign slopes of the continuation schedule, e.g. 1,2.5,5,7.5,10."),
@@ -85,6 +87,9 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "save_every_steps": ("integer", "Also checkpoint every N steps inside an epoch, so a killed run resumes mid-epoch (0: epoch ends only)."),
 }
 
+# Allowed values of the "enum" flags, from their owners.
+_ENUM_VALUES: dict[str, tuple[str, ...]] = {"knn": KNN_METHODS}
+
 
 def _validator(name: str, parse):
     """An absl checker that gives BGANConfig's own message for a bad value."""
@@ -109,6 +114,8 @@ def _define(name: str, kind: str, help_text: str, fv: flags.FlagValues) -> None:
     default = getattr(_D, name)
     if kind == "string":
         flags.DEFINE_string(name, default, help_text, flag_values=fv)
+    elif kind == "enum":
+        flags.DEFINE_enum(name, default, _ENUM_VALUES[name], help_text, flag_values=fv)
     elif kind == "bool":
         flags.DEFINE_bool(name, default, help_text, flag_values=fv)
     elif kind == "integer":

@@ -10,26 +10,48 @@ Definition (method notes, "Neighbourhood matrix S"):
 4. s_ij = s_ji = +1 for j in P(i), else -1 (symmetrised).
 
 The released code did this with Python sets in O(N^2 K) and a dense N x N
-matrix. Here kNN comes from FAISS, the overlap counts from a sparse product
-(only pairs sharing a neighbour can overlap), and only the positive pairs
-are stored, as sorted int64 keys ``i * N + j``: memory O(N K1 K2) at worst,
-and a batch block S_B is a ``searchsorted`` away, inside the TF graph.
+matrix. Here kNN comes from FAISS: exact (O(N^2 D)) up to ``EXACT_KNN_MAX_ITEMS``
+items (``--knn auto``), above it an inverted file of ~sqrt(N) k-means cells searched
+cell by cell (O(N^1.5 D) when the cells are balanced), whose recall against exact search `knn_recall`
+measures on sampled queries.
+The overlap counts come from a sparse product (only pairs sharing a neighbour
+can overlap), computed in row chunks sized by each row's candidate count, so
+peak memory is one chunk plus the result; no step loops over items in Python.
+Only the positive pairs are stored, as sorted int64 keys ``i * N + j`` (8
+bytes a pair: the in-graph lookup needs one sorted array to search), and a
+batch block S_B is a ``searchsorted`` away, inside the TF graph.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 
 import faiss
 import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
 
+from bgan_tf.config import EXACT_KNN_MAX_ITEMS, KNN_METHODS
+from bgan_tf.errors import UserError
+
+# Queries whose exact neighbours `build_graph` computes to report the approximate recall.
+RECALL_SAMPLE = 1000
+# Candidate pairs per row chunk of the overlap product (~16 bytes each across scipy's
+# product and the sort): ~256 MB a chunk, whatever N is.
+CHUNK_PAIRS = 1 << 24
+# Rows per FAISS search call: bounds the distance/index arrays at (k + 1) x rows.
+_SEARCH_ENTRIES = 1 << 24
+
 
 @dataclasses.dataclass
 class NeighbourGraph:
     num_items: int
     keys: np.ndarray  # sorted unique int64 keys i * num_items + j of positive pairs (symmetric)
+    knn_method: str = "exact"  # how the K1 lists were found: exact | approximate
+    knn_recall: float | None = None  # approximate only: recall@K1 on sampled queries
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # build_graph's stages
 
     @property
     def num_positive_pairs(self) -> int:
@@ -65,54 +87,213 @@ class NeighbourGraph:
             return cls(int(z["num_items"]), z["keys"].astype(np.int64))
 
 
-def knn(features: np.ndarray, k: int) -> np.ndarray:
-    """Indices [N, k] of each item's k nearest other items (Euclidean, exact)."""
-    x = np.ascontiguousarray(features, dtype=np.float32)
-    n = x.shape[0]
-    k = min(k, n - 1)
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
-    _, idx = index.search(x, k + 1)
-    out = np.empty((n, k), np.int64)
-    for r in range(n):
-        row = idx[r]
-        row = row[row != r]  # drop self wherever FAISS put it (duplicates can tie)
-        out[r] = row[:k]
+def resolve_knn(method: str, num_items: int) -> str:
+    """``auto`` -> exact up to EXACT_KNN_MAX_ITEMS items, else approximate."""
+    if method not in KNN_METHODS:
+        raise UserError(f"--knn must be one of {', '.join(KNN_METHODS)}, got {method!r}")
+    if method == "auto":
+        return "exact" if num_items <= EXACT_KNN_MAX_ITEMS else "approximate"
+    return method
+
+
+def ivf_settings(num_items: int) -> tuple[int, int]:
+    """(cells, cells probed) of the approximate search for N items: ~sqrt(N) k-means cells
+    of ~sqrt(N) items, so each cell's search is one dense BLAS product."""
+    cells = int(min(16384, max(1, round(math.sqrt(num_items)))))
+    return cells, min(cells, 8)
+
+
+def _drop_self(idx: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """[Q, k+1] search results -> [Q, k]: each row without its own id wherever FAISS put it
+    (duplicates can tie), else without its last entry. A row holds each id at most once."""
+    is_self = idx == ids[:, None]
+    is_self[~is_self.any(1), k] = True
+    return idx[~is_self].reshape(len(ids), k)
+
+
+def _exact_search(x: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """[len(ids), k] exact neighbours of x[ids], self dropped. faiss.knn is the search
+    IndexFlatL2 runs, without copying the N x D features into an index."""
+    step = max(1, _SEARCH_ENTRIES // (k + 1))
+    idx = np.concatenate([faiss.knn(x[ids[s:s + step]], x, k + 1)[1] for s in range(0, len(ids), step)])
+    return _drop_self(idx, ids, k)
+
+
+def _nearest(xq: np.ndarray, xb: np.ndarray, sq_norms_b: np.ndarray, k: int) -> np.ndarray:
+    """[Q, k] positions in xb of each query's k nearest, by (distance, position): one BLAS
+    product (faiss.knn took ~50x longer on these cell-sized calls on shared cores)."""
+    d = sq_norms_b[None, :] - 2.0 * (xq @ xb.T)  # ||q||^2 is the same along a row
+    part = np.argpartition(d, k - 1, axis=1)[:, :k] if k < d.shape[1] else np.broadcast_to(
+        np.arange(d.shape[1]), d.shape).copy()
+    order = np.lexsort((part, np.take_along_axis(d, part, 1)), axis=1)
+    return np.take_along_axis(part, order, 1)
+
+
+def _approximate_search(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """[N, k+1] ids (-1 where a row's probed cells hold fewer items): an inverted file
+    searched cell by cell. Items are put in the cell of their nearest k-means centroid;
+    the items of a cell are searched exactly against those of its ``nprobe`` nearest cells.
+    Searching a whole cell's queries at once makes it one matrix product (FAISS' IVF search
+    scans each query's lists alone: memory-bound, ~10x slower at 1280-d)."""
+    n, d = x.shape
+    cells, nprobe = ivf_settings(n)
+    # Seeded k-means on a seeded sample of 64 items per cell; ~10 rounds barely move it more.
+    kmeans = faiss.Kmeans(d, cells, niter=10, seed=seed, max_points_per_centroid=64)
+    kmeans.train(x)
+    centroids = kmeans.centroids
+    cell = np.concatenate([faiss.knn(x[s:s + _SEARCH_ENTRIES // d], centroids, 1)[1][:, 0]
+                           for s in range(0, n, _SEARCH_ENTRIES // d)])
+    probe = faiss.knn(centroids, centroids, nprobe)[1]  # each cell's nearest cells, itself first
+    order = np.argsort(cell, kind="stable")
+    starts = np.searchsorted(cell[order], np.arange(cells + 1))
+    sq_norms = np.einsum("ij,ij->i", x, x)
+    out = np.full((n, k + 1), -1, np.int64)
+    for c in range(cells):  # ~sqrt(N) cells, each one matrix product
+        queries = order[starts[c]:starts[c + 1]]
+        base = np.concatenate([order[starts[p]:starts[p + 1]] for p in probe[c] if p >= 0])
+        kk = min(k + 1, base.size)
+        for s in range(0, queries.size, 4096):  # bounds the distance block of an outsized cell
+            q = queries[s:s + 4096]
+            out[q, :kk] = base[_nearest(x[q], x[base], sq_norms[base], kk)]
     return out
 
 
-def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30) -> NeighbourGraph:
-    """Features [N, D] -> the symmetric positive-pair graph of the BGAN definition."""
+def knn(features: np.ndarray, k: int, method: str = "exact", seed: int = 0) -> np.ndarray:
+    """Indices [N, k] of each item's k nearest other items (Euclidean).
+
+    ``approximate``: `_approximate_search` with `ivf_settings`, its k-means seeded by
+    ``seed``; the same features, seed and FAISS thread count give the same lists. Rows
+    the probed cells could not fill are searched exactly.
+    """
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    n = x.shape[0]
+    k = min(k, n - 1)
+    ids = np.arange(n)
+    if resolve_knn(method, n) == "exact":
+        return _exact_search(x, ids, k)
+    idx = _approximate_search(x, k, seed)
+    short = (idx < 0).any(1)
+    out = np.empty((n, k), np.int64)
+    out[~short] = _drop_self(idx[~short], ids[~short], k)
+    if short.any():
+        out[short] = _exact_search(x, ids[short], k)
+    return out
+
+
+def knn_recall(features: np.ndarray, approx_idx: np.ndarray, sample: int = RECALL_SAMPLE, seed: int = 0) -> float:
+    """Recall@k of ``approx_idx`` [N, k] against exact kNN on ``sample`` seeded queries
+    (only those queries are searched exactly: O(sample N D))."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    n, k = approx_idx.shape
+    q = np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
+    exact = _exact_search(x, q, k)
+    row = np.arange(q.size)[:, None] * np.int64(n)
+    hits = np.intersect1d(row + approx_idx[q], row + exact, assume_unique=True).size
+    return hits / exact.size
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique by one in-place sort (NumPy 2's hash-based np.unique was ~10x slower here)."""
+    a.sort()
+    keep = np.empty(a.size, bool)
+    keep[:1] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
+def _chunks(cost: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Row ranges [lo, hi) covering the rows, each costing at most budget plus one row."""
+    ends = np.searchsorted(np.cumsum(cost), np.arange(budget, int(cost.sum()) + budget, budget), side="right")
+    bounds = np.unique(np.concatenate([[0], np.maximum(ends, 1), [cost.size]]).clip(0, cost.size))
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+
+def expand(nbrs: np.ndarray, k2: int, chunk_pairs: int = CHUNK_PAIRS) -> sp.csr_matrix:
+    """K1 lists [N, K1] -> the (unsymmetrised) positive pattern P as a CSR of ones.
+
+    Rows are processed in chunks of about ``chunk_pairs`` overlap candidates: row i has at
+    most sum over m in N(i) of |{j : m in N(j)}| of them.
+    """
+    n, k1 = nbrs.shape
+    nb = np.concatenate([np.arange(n, dtype=np.int32)[:, None], nbrs.astype(np.int32)], axis=1)
+    k2 = min(k2, n)
+    # A[i, m] = 1 iff m in N(i) (self included); a row of FAISS results holds each id once.
+    a = sp.csr_matrix((np.ones(nb.size, np.int32), nb.ravel(), np.arange(0, nb.size + 1, k1 + 1)), shape=(n, n))
+    at = a.T.tocsr()
+    indegree = np.bincount(nb.ravel(), minlength=n)
+    cost = indegree[nb].sum(1) + k2 * (k1 + 1)
+    # An upper bound on P's size; pages never written cost no memory, and resize gives back the rest.
+    cols = np.empty(n * k2 * (k1 + 1), np.int32)
+    filled, counts = 0, []
+    for lo, hi in _chunks(cost, chunk_pairs):
+        ov = a[lo:hi] @ at  # ov[i, j] = |N(i) & N(j)|
+        rows = np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(ov.indptr))
+        # Highest overlap first, then smaller j: one int64 sort of (row, K1+1-count, j).
+        order = (rows * (k1 + 2) + (k1 + 1 - ov.data)) * n + ov.indices
+        order.sort()
+        rank = np.arange(order.size) - np.repeat(ov.indptr[:-1], np.diff(ov.indptr))
+        top = order[rank < k2]
+        trow, tcol = top // n // (k1 + 2), top % n
+        # P(i) = union of N(j) over i's top-K2 j.
+        pk = _sorted_unique((trow[:, None] * n + nb[tcol]).ravel())
+        cols[filled:filled + pk.size] = pk % n
+        filled += pk.size
+        counts.append(np.bincount(pk // n, minlength=hi - lo))
+    cols.resize(filled, refcheck=False)
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))])
+    return sp.csr_matrix((np.ones(filled, np.int8), cols, indptr), shape=(n, n))
+
+
+def symmetric_keys(p: sp.csr_matrix, chunk_pairs: int = CHUNK_PAIRS) -> np.ndarray:
+    """Sorted unique int64 keys i * N + j of the pattern P | P^T, built in row chunks
+    straight into the one output array (no N x N sum, no second copy of the keys)."""
+    n = p.shape[0]
+    pt = p.T.tocsr()
+    keys = np.empty(p.nnz + pt.nnz, np.int64)  # upper bound, as in `expand`
+    filled = 0
+    for lo, hi in _chunks(np.diff(p.indptr) + np.diff(pt.indptr), chunk_pairs):
+        part = []
+        for m in (p, pt):
+            a, b = m.indptr[lo], m.indptr[hi]
+            rows = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(m.indptr[lo:hi + 1]))
+            part.append(rows * n + m.indices[a:b])
+        chunk = _sorted_unique(np.concatenate(part))
+        keys[filled:filled + chunk.size] = chunk
+        filled += chunk.size
+    keys.resize(filled, refcheck=False)
+    return keys
+
+
+def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30, knn_method: str = "exact",
+                seed: int = 0, recall_sample: int = RECALL_SAMPLE) -> NeighbourGraph:
+    """Features [N, D] -> the symmetric positive-pair graph of the BGAN definition.
+
+    ``knn_method``: exact, approximate, or auto (`resolve_knn`); an approximate graph
+    carries its kNN recall on ``recall_sample`` seeded queries.
+    """
     n = int(features.shape[0])
     if n < 2:
         raise ValueError("the neighbourhood graph needs at least two items")
-    nbrs = knn(features, k1)
-    # A[i, j] = 1 iff j in N(i) (self included).
-    rows = np.repeat(np.arange(n), nbrs.shape[1] + 1)
-    cols = np.concatenate([np.arange(n)[:, None], nbrs], axis=1).ravel()
-    a = sp.csr_matrix((np.ones(rows.size, np.int32), (rows, cols)), shape=(n, n))
-    a.sum_duplicates()
-    a.data[:] = 1
-    overlap = (a @ a.T).tocsr()  # overlap[i, j] = |N(i) & N(j)|
-    k2 = min(k2, n)
-    top_rows, top_cols = [], []
-    for i in range(n):
-        start, end = overlap.indptr[i], overlap.indptr[i + 1]
-        js = overlap.indices[start:end]
-        counts = overlap.data[start:end]
-        # Highest overlap first, then smaller j: lexsort keys are last-major.
-        order = np.lexsort((js, -counts))[:k2]
-        top_rows.append(np.full(order.size, i))
-        top_cols.append(js[order])
-    t = sp.csr_matrix(
-        (np.ones(sum(r.size for r in top_rows), np.int32), (np.concatenate(top_rows), np.concatenate(top_cols))),
-        shape=(n, n),
-    )
-    p = (t @ a).tocoo()  # P(i) = union of N(j), j in top-K2(i)
-    i = p.row.astype(np.int64)
-    j = p.col.astype(np.int64)
-    keys = np.unique(np.concatenate([i * n + j, j * n + i]))
-    return NeighbourGraph(n, keys)
+    method = resolve_knn(knn_method, n)
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return clock[-1] - clock[-2]
+
+    nbrs = knn(features, k1, method, seed)
+    seconds = {"knn": lap()}
+    recall = None
+    if method == "approximate":
+        recall = knn_recall(features, nbrs, recall_sample, seed)
+        seconds["recall"] = lap()
+    p = expand(nbrs, k2)
+    del nbrs
+    seconds["expand"] = lap()
+    keys = symmetric_keys(p)  # s_ij = s_ji
+    seconds["symmetrise"] = lap()
+    return NeighbourGraph(n, keys, method, recall, seconds)
+
 
 
 def block_lookup(keys: tf.Tensor, num_items: int, rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:

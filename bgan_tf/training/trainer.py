@@ -41,9 +41,11 @@ ARCHITECTURE_FIELDS = ("num_bits", "image_size", "backbone", "backbone_input_siz
                        "trainable_from", "top_bn",
                        "hash_hidden", "hash_norm", "use_gan", "gen_channels", "disc_channels",
                        "disc_feature_dim", "noise_dim", "mixed_precision", "disc_spectral_norm")
-# Upper bound on the neighbourhood graph's candidate pairs, N * K2 * (K1 + 1) (scipy's
-# product and the pair list hold ~20 bytes each: 2 GB).
-MAX_GRAPH_PAIRS = 100_000_000
+# Upper bound on the neighbourhood graph's candidate pairs, N * K2 * (K1 + 1): 1M images at
+# the default K1/K2. build_graph works in row chunks, so what grows with it is the result:
+# P, its transpose and the keys, at most ~26 bytes a pair when every P(i) is full and
+# disjoint from its transpose; benchmarks/results/graph_scale.md measures real graphs.
+MAX_GRAPH_PAIRS = 640_000_000
 
 
 def _stored_config(run_dir: Path) -> dict[str, Any] | None:
@@ -190,7 +192,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     from bgan_tf.modeling.factory import backbone_spec
     from bgan_tf.training.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples, fit_resumable
     from bgan_tf.training.distribute import shard_by_data
-    from bgan_tf.training.graph import build_graph
+    from bgan_tf.training.graph import RECALL_SAMPLE, build_graph
 
     seconds: dict[str, float] = {}
     out_dir = config.output_dir if chief else tempfile.mkdtemp(prefix="bgan_worker_")
@@ -212,8 +214,12 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     seconds["features"] = time.time() - t
 
     t = time.time()
-    graph = build_graph(graph_features(config, data, backbone_feats), config.k1, config.k2)
+    graph = build_graph(graph_features(config, data, backbone_feats), config.k1, config.k2, config.knn, config.seed)
     seconds["graph"] = time.time() - t
+    if graph.knn_recall is not None:
+        logging.info("neighbourhood graph: approximate kNN (--knn %s), recall@%d %.3f against exact search "
+                     "on %d sampled images", config.knn, min(config.k1, len(data) - 1), graph.knn_recall,
+                     min(RECALL_SAMPLE, len(data)))
     agreement = graph.label_agreement(data.labels) if data.labels is not None and data.labels.ndim == 1 else None
     logging.info("neighbourhood graph: %d positive pairs (%.1f per item)%s", graph.num_positive_pairs,
                  graph.num_positive_pairs / len(data),

@@ -1,9 +1,17 @@
 """Neighbourhood graph: FAISS + sparse implementation vs the definition."""
 
+import faiss
 import numpy as np
+import pytest
+import scipy.sparse as sp
 import tensorflow as tf
+from absl import flags
 
-from bgan_tf.training.graph import NeighbourGraph, block_lookup, build_graph
+from bgan_tf.config import EXACT_KNN_MAX_ITEMS, BGANConfig
+from bgan_tf.errors import UserError
+from bgan_tf.training.graph import (NeighbourGraph, block_lookup, build_graph, expand, knn, knn_recall,
+                                    resolve_knn)
+from flags.train_flags import define_train_flags
 
 
 def brute_force_positive_sets(features, k1, k2):
@@ -77,3 +85,143 @@ def test_label_agreement_on_separated_clusters():
     feats = (centers[labels] + rng.normal(size=(120, 6))).astype(np.float32)
     g = build_graph(feats, k1=5, k2=5)
     assert g.label_agreement(labels) > 0.95
+
+
+# --- the vectorised, chunked expansion and the approximate kNN ------------------------------
+
+def _todays_knn(features, k):
+    """knn as it was before approximate search: FAISS exact search, self dropped row by row."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    n = x.shape[0]
+    k = min(k, n - 1)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    _, idx = index.search(x, k + 1)
+    out = np.empty((n, k), np.int64)
+    for r in range(n):
+        row = idx[r]
+        out[r] = row[row != r][:k]
+    return out
+
+
+def _todays_build_graph(nbrs, k2):
+    """build_graph's expansion as it was before the chunked one: a Python loop over rows."""
+    n = len(nbrs)
+    rows = np.repeat(np.arange(n), nbrs.shape[1] + 1)
+    cols = np.concatenate([np.arange(n)[:, None], nbrs], axis=1).ravel()
+    a = sp.csr_matrix((np.ones(rows.size, np.int32), (rows, cols)), shape=(n, n))
+    a.sum_duplicates()
+    a.data[:] = 1
+    overlap = (a @ a.T).tocsr()
+    top_rows, top_cols = [], []
+    for i in range(n):
+        js = overlap.indices[overlap.indptr[i]:overlap.indptr[i + 1]]
+        counts = overlap.data[overlap.indptr[i]:overlap.indptr[i + 1]]
+        order = np.lexsort((js, -counts))[:min(k2, n)]
+        top_rows.append(np.full(order.size, i))
+        top_cols.append(js[order])
+    t = sp.csr_matrix((np.ones(sum(r.size for r in top_rows), np.int32),
+                       (np.concatenate(top_rows), np.concatenate(top_cols))), shape=(n, n))
+    p = (t @ a).tocoo()
+    i, j = p.row.astype(np.int64), p.col.astype(np.int64)
+    return np.unique(np.concatenate([i * n + j, j * n + i]))
+
+
+def _reference_keys(nbrs, k2):
+    """Steps 2-4 of the module docstring with Python sets, from given K1 lists. Items that
+    share no neighbour with i are never ranked (the sparse product does not see them; this
+    matters only when fewer than K2 items overlap)."""
+    n = len(nbrs)
+    nbr = [set(nbrs[i].tolist()) | {i} for i in range(n)]
+    pos = [set() for _ in range(n)]
+    for i in range(n):
+        overlapping = [j for j in range(n) if nbr[i] & nbr[j]]
+        for j in sorted(overlapping, key=lambda j: (-len(nbr[i] & nbr[j]), j))[:k2]:
+            pos[i] |= nbr[j]
+    keys = {i * n + j for i in range(n) for j in pos[i]} | {j * n + i for i in range(n) for j in pos[i]}
+    return np.array(sorted(keys), np.int64)
+
+
+def _tied_features(seed, n=70):
+    # Small integer grid: many equal distances, and exact duplicates.
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, size=(n, 3)).astype(np.float32)
+    x[n // 2:n // 2 + 5] = x[0]
+    return x
+
+
+@pytest.mark.parametrize("k1,k2", [(1, 1), (3, 2), (4, 7), (10, 70)])
+def test_expansion_equals_reference_with_ties_and_duplicates(k1, k2):
+    feats = _tied_features(k1 + k2)
+    nbrs = _todays_knn(feats, k1)
+    np.testing.assert_array_equal(knn(feats, k1, "exact"), nbrs)  # self dropped the same way
+    g = build_graph(feats, k1, k2, knn_method="exact")
+    np.testing.assert_array_equal(g.keys, _reference_keys(nbrs, k2))
+    np.testing.assert_array_equal(g.keys, _todays_build_graph(nbrs, k2))
+    assert g.knn_method == "exact" and g.knn_recall is None
+
+
+def test_row_chunks_do_not_change_the_expansion():
+    rng = np.random.default_rng(5)
+    nbrs = knn(rng.normal(size=(300, 4)).astype(np.float32), 6)
+    whole = expand(nbrs, 5)
+    tiny = expand(nbrs, 5, chunk_pairs=50)  # dozens of chunks, some of a single row
+    assert (whole != tiny).nnz == 0
+
+
+def test_auto_is_exact_up_to_the_threshold():
+    assert resolve_knn("auto", EXACT_KNN_MAX_ITEMS) == "exact"
+    assert resolve_knn("auto", EXACT_KNN_MAX_ITEMS + 1) == "approximate"
+    feats = _tied_features(9, n=120)
+    np.testing.assert_array_equal(build_graph(feats, 5, 4, knn_method="auto").keys,
+                                  _reference_keys(_todays_knn(feats, 5), 4))
+    with pytest.raises(UserError, match="--knn"):
+        resolve_knn("fast", 10)
+
+
+def _clusters(n=3000, d=32, clusters=30, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(clusters, d))
+    labels = rng.integers(0, clusters, n)
+    return (centers[labels] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_approximate_knn_recall_and_a_valid_symmetric_graph():
+    feats = _clusters()
+    approx = knn(feats, 10, "approximate", seed=1)
+    assert approx.shape == (3000, 10)
+    assert not (approx == np.arange(3000)[:, None]).any()
+    assert knn_recall(feats, approx, sample=300, seed=0) >= 0.9
+    g = build_graph(feats, 10, 5, knn_method="approximate", seed=1, recall_sample=300)
+    assert g.knn_method == "approximate" and g.knn_recall >= 0.9
+    i, j = g.keys // g.num_items, g.keys % g.num_items
+    assert np.array_equal(np.sort(j * g.num_items + i), g.keys)  # symmetric
+    assert np.all(np.diff(g.keys) > 0)  # sorted, unique
+    assert np.array_equal(np.unique(i), np.arange(3000)) and (g.block(np.arange(50), np.arange(50)).diagonal() == 1).all()
+    # Same seed, same lists.
+    np.testing.assert_array_equal(knn(feats, 10, "approximate", seed=1), approx)
+
+
+def test_knn_recall_counts_the_exact_neighbours_found():
+    feats = _clusters(n=400, d=8)
+    exact = knn(feats, 5)
+    assert knn_recall(feats, exact, sample=100) == 1.0
+    wrong = np.roll(exact, 1, axis=0)  # another item's neighbours: mostly not ours
+    assert knn_recall(feats, wrong, sample=400) < 0.5
+    half = exact.copy()
+    half[:, 3:] = (np.arange(400)[:, None] + [200, 201]) % 400  # 2 of 5 replaced by other items
+    assert 0.6 <= knn_recall(feats, half, sample=400) <= 0.65
+
+
+def test_knn_flag_and_config_validation():
+    BGANConfig(knn="approximate").validate()
+    with pytest.raises(UserError, match="--knn must be auto, exact or approximate, got 'fast'"):
+        BGANConfig(knn="fast").validate()
+    fv = flags.FlagValues()
+    define_train_flags(fv)
+    fv(["train", "--knn", "exact"])
+    assert fv.knn == "exact"
+    fv2 = flags.FlagValues()
+    define_train_flags(fv2)
+    with pytest.raises(flags.IllegalFlagValueError):
+        fv2(["train", "--knn", "fast"])
