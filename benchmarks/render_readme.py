@@ -28,10 +28,11 @@ def cifar_section(r) -> list[str]:
     out = ["### CIFAR-10, P-BGAN protocol (mAP@all / mAP@1000)", "",
            "`benchmarks/cifar10_pbgan.py` -> `benchmarks/results/cifar10_pbgan.md`. "
            f"{r.get('setup', {}).get('backbone', '')}; 1,000 queries, 59,000 database, 10,000 training images. "
-           "Rerun everything with `.venv/bin/python benchmarks/cifar10_pbgan.py` (needs ../shared; each GAN "
-           "row took 11-19 min on 2 shared cores, timed with oneDNN off and glibc's malloc defaults, before the speed-ups in "
-           "benchmarks/results/allocator.md; see the cost table there), or one row with `--bits 32 --methods bgan_paper`; rows merge "
-           "into the results file.", "",
+           "Rerun everything with `.venv/bin/python benchmarks/cifar10_pbgan.py` (needs ../shared), or one row with "
+           "`--bits 32 --methods bgan_paper`; rows merge into the results file. The bgan_paper and ITQ rows at 32 bits "
+           "come from the whole run timed below, with today's code; the other rows and their training seconds (the cost "
+           "table in cifar10_pbgan.md: 11-19 min per GAN row) predate oneDNN, the allocator settings "
+           "(benchmarks/results/allocator.md) and the XNNPACK features.", "",
            "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
     for m in order:
         cells = [f"{methods[m][b]['map_all']:.3f} / {methods[m][b]['map_1000']:.3f}" if b in methods[m] else "-"
