@@ -73,6 +73,29 @@ def _cifar_targets(methods: dict, bits: list[str]) -> list[str]:
     return ["", "Targets (BGAN at least 0.05 above ITQ and not below nbr_only):", ""] + lines if lines else []
 
 
+def stage_costs_section(r: dict) -> list[str]:
+    """What each stage of the CIFAR-10 job costs, as a fraction of the peak measured in the same run."""
+    out = ["### What each stage costs (CIFAR-10 job, 2 cores)", "",
+           f"`benchmarks/stage_costs.py` -> `benchmarks/results/stage_costs.md` ({r['date']}, {r['machine']}, "
+           f"load average {r['loadavg_at_start'][0]:.1f} at start). Peak measured in the same run: "
+           f"{r['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (float32 matmul and the backbone's heaviest conv in TF).", "",
+           "| stage | items/s | GFLOP/s | fraction of peak |", "|---|---:|---:|---:|"]
+    for name, row in r["stages"].items():
+        gflops = f"{row['flops_per_s'] / 1e9:.1f}" if row.get("flops_per_s") else "-"
+        frac = f"{row['fraction_of_peak']:.0%}" if row.get("fraction_of_peak") is not None else "-"
+        out.append(f"| {name} | {row['items_per_s']:,.1f} {row['unit']} | {gflops} | {frac} |")
+    shipped, wide = r["stages"].get("train_step_paper"), r["stages"].get("train_step_paper_released_widths")
+    if shipped and wide:
+        # The cifar10 config trains 6 epochs of 10,000 images: 60,000 image-steps.
+        out += ["", f"G and D at the released code's widths make a paper-preset step "
+                    f"{shipped['items_per_s'] / wide['items_per_s']:.1f}x slower than at the widths the cifar10 config "
+                    f"ships (an eighth / a quarter): the steps of its 6 epochs alone would take about "
+                    f"{60_000 / wide['items_per_s'] / 60:.0f} min instead of {60_000 / shipped['items_per_s'] / 60:.0f}, "
+                    "so the shipped config keeps the narrow widths and `--gen_channels 256,256,128,32 "
+                    "--disc_channels 32,128,256,256 --disc_feature_dim 1024` restores the released ones."]
+    return out
+
+
 def search_section(r: dict, name: str, fallback_machine: str | None) -> list[str]:
     """One machine's search table. Queries/s by CPU time where the run recorded it (it
     shared the cores), else by wall clock."""
@@ -131,6 +154,8 @@ def main() -> None:
         parts += digits_section(r) + [""]
     if (r := _load("cifar10_pbgan.json")):
         parts += cifar_section(r) + [""]
+    if (r := _load("stage_costs.json")):
+        parts += stage_costs_section(r) + [""]
     if (r := _load("encode_throughput.json")):
         parts += simple_table("Encoder throughput (images/s) and TFLite bit agreement",
                               "benchmarks/encode_throughput.py -> benchmarks/results/encode_throughput.md",
