@@ -62,9 +62,10 @@ def throughput(fn, batch: np.ndarray, min_seconds: float, min_iters: int) -> flo
 def cpu_simd() -> str:
     """The vector extensions int8 speed depends on (XNNPACK's int8 kernels gain most with
     AVX-512 VNNI / AVX-VNNI on x86, dot-product instructions on ARM)."""
-    try:
-        flags = set(open("/proc/cpuinfo").read().split())
-    except OSError:
+    from cpuinfo import cpu_flags
+
+    flags = cpu_flags()
+    if not flags:
         return "CPU flags unknown"
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
     have = [f for f in wanted if f in flags]

@@ -47,18 +47,11 @@ HISTORY_KEYS = ("loss_d", "adv_g", "loss_g", "loss_e", "d_acc_real", "d_acc_reco
 
 
 def machine() -> dict:
-    cpu, simd = platform.machine(), []
-    try:
-        text = open("/proc/cpuinfo").read()
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = set(text.split())
-        simd = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd, "python": platform.python_version()}
+    from cpuinfo import cpu_flags, cpu_model
+
+    flags = cpu_flags()
+    simd = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "simd": simd, "python": platform.python_version()}
 
 
 def child(name: str, epochs: int, seed: int, out_json: str) -> None:

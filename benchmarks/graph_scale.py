@@ -74,15 +74,9 @@ def child(args: argparse.Namespace) -> None:
 
 
 def machine() -> str:
-    cpu, flags = "unknown CPU", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and cpu == "unknown CPU":
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from cpuinfo import cpu_flags, cpu_model
+
+    cpu, flags = cpu_model(), cpu_flags()
     simd = [f for f in ("avx2", "fma", "avx512f") if f in flags]
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{cpu}, {os.cpu_count()} logical CPUs, SIMD: {', '.join(simd) or 'none of avx2/fma/avx512f'}, "

@@ -111,15 +111,9 @@ def _knobs(b, name: str) -> dict:
 
 def machine() -> dict:
     """CPU model, logical CPUs and SIMD extensions (Linux /proc/cpuinfo), OS, Python, scan path."""
-    cpu, flags = "unknown CPU", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and cpu == "unknown CPU":
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from cpuinfo import cpu_flags, cpu_model
+
+    cpu, flags = cpu_model(), cpu_flags()
     kernel = load_kernel()
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "simd": [f for f in SIMD_FLAGS if f in flags],
             "ours_exact_path": kernel.path if kernel else "unavailable (no C compiler)",

@@ -54,6 +54,7 @@ sys.path.insert(0, HERE)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 RESULTS = os.path.join(HERE, "results")
 
+from cpuinfo import cpu_model  # noqa: E402
 from encode_throughput import cpu_simd  # noqa: E402  (one home for the SIMD flags line)
 from flops import FlopCount, function_flops, graph_flops  # noqa: E402
 
@@ -89,16 +90,6 @@ def repeat(fn, min_seconds: float, min_iters: int = 3) -> tuple[float, float, in
         wall, cpu = now() - t0
         if n >= min_iters and wall >= min_seconds:
             return float(wall), float(cpu), n
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class Results:
