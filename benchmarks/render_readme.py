@@ -86,11 +86,16 @@ def stage_costs_section(r: dict) -> list[str]:
         out.append(f"| {name} | {row['items_per_s']:,.1f} {row['unit']} | {gflops} | {frac} |")
     shipped, wide = r["stages"].get("train_step_paper"), r["stages"].get("train_step_paper_released_widths")
     if shipped and wide:
-        # The cifar10 config trains 6 epochs of 10,000 images: 60,000 image-steps.
+        from bgan_tf.configs import get_config
+
+        # The cifar10 config's epochs over the P-BGAN protocol's 10,000 training images.
+        epochs = get_config("cifar10").epochs
+        image_steps = epochs * 10_000
         out += ["", f"G and D at the released code's widths make a paper-preset step "
                     f"{shipped['items_per_s'] / wide['items_per_s']:.1f}x slower than at the widths the cifar10 config "
-                    f"ships (an eighth / a quarter): the steps of its 6 epochs alone would take about "
-                    f"{60_000 / wide['items_per_s'] / 60:.0f} min instead of {60_000 / shipped['items_per_s'] / 60:.0f}, "
+                    f"ships (an eighth / a quarter): the steps of its {epochs} epochs alone would take about "
+                    f"{image_steps / wide['items_per_s'] / 60:.0f} min instead of "
+                    f"{image_steps / shipped['items_per_s'] / 60:.0f}, "
                     "so the shipped config keeps the narrow widths and `--gen_channels 256,256,128,32 "
                     "--disc_channels 32,128,256,256 --disc_feature_dim 1024` restores the released ones."]
     return out
