@@ -73,6 +73,15 @@ MAX_BATCH_PIXELS = 2**26
 # exact search is measured on sampled queries and logged), or auto: exact up to
 # EXACT_KNN_MAX_ITEMS training items (whose graphs are the exact ones), approximate above.
 KNN_METHODS = ("auto", "exact", "approximate")
+# Forms of the neighbourhood term: (inner products scaled by 1/L, diagonal pairs i == j
+# included). The released code and the paper differ in both; the two mixed forms exist to
+# tell which difference matters (the released-code ablation in benchmarks/cifar10_pbgan.py).
+NBR_FORMS = {
+    "released": (False, True),
+    "paper": (True, False),
+    "released_scaled": (True, True),
+    "released_off_diagonal": (False, False),
+}
 EXACT_KNN_MAX_ITEMS = 50_000
 
 
@@ -153,7 +162,7 @@ class BGANConfig:
     noise_dim: int = 0  # 0: prior fakes are G(random sign codes); >0 unused
     sync_batch_norm: bool = False
     # --- losses --------------------------------------------------------------
-    nbr_form: str = "released"  # released: mean((ZZ^T - S)^2); paper: ((1/L) z.z - s)^2 off-diagonal
+    nbr_form: str = "released"  # NBR_FORMS: released mean((ZZ^T - S)^2); paper ((1/L) z.z - s)^2 off-diagonal
     w_nbr: float = 10.0
     w_quant: float = 1.0
     w_pixel: float = 0.0
@@ -197,7 +206,7 @@ class BGANConfig:
         need(self.image_size in (32, 64), f"--image_size must be 32 or 64, got {self.image_size}")
         need(self.sign_mode in ("tanh", "app", "ste"), f"--sign_mode must be tanh, app or ste, got {self.sign_mode!r}")
         need(self.ste_surrogate in ("tanh", "app"), f"--ste_surrogate must be tanh or app, got {self.ste_surrogate!r}")
-        need(self.nbr_form in ("released", "paper"), f"--nbr_form must be released or paper, got {self.nbr_form!r}")
+        need(self.nbr_form in NBR_FORMS, f"--nbr_form must be one of {', '.join(NBR_FORMS)}, got {self.nbr_form!r}")
         need(self.fake_source in ("codes", "prior", "both"), f"--fake_source must be codes, prior or both, got {self.fake_source!r}")
         need(self.graph_features in ("backbone", "pixels"), f"--graph_features must be backbone or pixels, got {self.graph_features!r}")
         need(self.knn in KNN_METHODS, f"--knn must be {', '.join(KNN_METHODS[:-1])} or {KNN_METHODS[-1]}, "

@@ -17,7 +17,7 @@ import dataclasses
 
 from absl import flags
 
-from bgan_tf.config import EXACT_KNN_MAX_ITEMS, INT_LIMITS, KNN_METHODS, LOSS_PRESETS, BGANConfig, apply_preset, check_value
+from bgan_tf.config import EXACT_KNN_MAX_ITEMS, INT_LIMITS, KNN_METHODS, LOSS_PRESETS, NBR_FORMS, BGANConfig, apply_preset, check_value
 from bgan_tf.configs import NAMES as CONFIG_NAMES
 from bgan_tf.errors import UserError
 from flags import common
@@ -58,7 +58,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "disc_channels": ("list_int", "Discriminator conv widths (5x5; first stride 1, then stride 2)."),
     "disc_feature_dim": ("integer", "Width of the discriminator feature layer phi used by the content loss."),
     "sync_batch_norm": ("bool", "Synchronise batch-norm statistics across replicas (multi-GPU)."),
-    "nbr_form": ("string", "Neighbourhood loss: released (mean((ZZ^T-S)^2)) or paper (((1/L)z.z-s)^2 off-diagonal)."),
+    "nbr_form": ("enum", "Neighbourhood loss: released (mean((ZZ^T-S)^2)), paper (((1/L)z.z-s)^2 off-diagonal), "
+                 "released_scaled (released with 1/L) or released_off_diagonal (released without i == j)."),
     "w_nbr": ("float", "Weight of the neighbourhood-structure loss."),
     "w_quant": ("float", "Weight of the quantization loss mean((z - sgn z)^2)."),
     "w_pixel": ("float", "Weight of the pixel MSE content loss."),
@@ -88,7 +89,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
 }
 
 # Allowed values of the "enum" flags, from their owners.
-_ENUM_VALUES: dict[str, tuple[str, ...]] = {"knn": KNN_METHODS}
+_ENUM_VALUES: dict[str, tuple[str, ...]] = {"knn": KNN_METHODS, "nbr_form": tuple(NBR_FORMS)}
 
 
 def _validator(name: str, parse):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from bgan_tf.config import NBR_FORMS
+
 
 def _bce_logits(logits, target: float):
     return tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(logits), target), logits=logits)
@@ -36,6 +38,8 @@ def neighbourhood_loss(
     - ``released``: mean over the B x B block of (z_i . z_j - s_ij)^2, no 1/L,
       diagonal included (the 2017 code).
     - ``paper``: mean over off-diagonal pairs of ((1/L) z_i . z_j - s_ij)^2.
+    - ``released_scaled``: the released block mean with 1/L; ``released_off_diagonal``:
+      without 1/L over off-diagonal pairs (`NBR_FORMS`: one difference each).
 
     Gradient: the full block loss is symmetric, so its gradient w.r.t. z_i is
     twice the row term's. Each replica differentiates only its rows against
@@ -47,15 +51,15 @@ def neighbourhood_loss(
     g = tf.cast(tf.shape(z_global)[0], dtype)
     s_block = tf.cast(s_block, dtype)
     inner = tf.matmul(z_local, tf.stop_gradient(z_global), transpose_b=True)
-    if form == "released":
-        sq = tf.square(inner - s_block)
+    if form not in NBR_FORMS:
+        raise ValueError(f"unknown neighbourhood form {form!r}")
+    scaled, diagonal = NBR_FORMS[form]
+    sq = tf.square((inner / num_bits if scaled else inner) - s_block)
+    if diagonal:
         row_loss = tf.reduce_sum(sq) / (g * g)
-    elif form == "paper":
-        sq = tf.square(inner / num_bits - s_block)
+    else:
         off = 1.0 - tf.cast(same_item, dtype)
         row_loss = tf.reduce_sum(sq * off) / tf.maximum(g * (g - 1.0), tf.ones_like(g))
-    else:
-        raise ValueError(f"unknown neighbourhood form {form!r}")
     return 2.0 * row_loss - tf.stop_gradient(row_loss)
 
 

@@ -7,16 +7,24 @@ import tensorflow as tf
 from bgan_tf.training import losses
 
 
+# (scaled by 1/L, diagonal included), written out here rather than read from NBR_FORMS.
+FORMS = {"released": (False, True), "paper": (True, False), "released_scaled": (True, True),
+         "released_off_diagonal": (False, False)}
+
+
 def _full_block(z, s, form):
-    l = z.shape[1]
-    inner = z @ z.T
-    if form == "released":
-        return np.mean((inner - s) ** 2)
-    off = ~np.eye(len(z), dtype=bool)
-    return np.mean(((inner / l - s) ** 2)[off])
+    scaled, diagonal = FORMS[form]
+    sq = (z @ z.T / (z.shape[1] if scaled else 1) - s) ** 2
+    return np.mean(sq if diagonal else sq[~np.eye(len(z), dtype=bool)])
 
 
-@pytest.mark.parametrize("form", ["released", "paper"])
+def test_every_configurable_form_is_tested():
+    from bgan_tf.config import NBR_FORMS
+
+    assert set(NBR_FORMS) == set(FORMS)
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
 def test_neighbourhood_value_and_gradient_match_full_block(form):
     rng = np.random.default_rng(0)
     z = rng.uniform(-1, 1, (6, 5)).astype(np.float64)
@@ -32,15 +40,13 @@ def test_neighbourhood_value_and_gradient_match_full_block(form):
     zt2 = tf.Variable(z)
     with tf.GradientTape() as tape:
         inner = tf.matmul(zt2, zt2, transpose_b=True)
-        if form == "released":
-            ref = tf.reduce_mean((inner - s) ** 2)
-        else:
-            off = 1 - np.eye(6)
-            ref = tf.reduce_sum(((inner / 5 - s) ** 2) * off) / 30
+        scaled, diagonal = FORMS[form]
+        sq = ((inner / 5 if scaled else inner) - s) ** 2
+        ref = tf.reduce_mean(sq) if diagonal else tf.reduce_sum(sq * (1 - np.eye(6))) / 30
     np.testing.assert_allclose(grad, tape.gradient(ref, zt2).numpy(), rtol=1e-10)
 
 
-@pytest.mark.parametrize("form", ["released", "paper"])
+@pytest.mark.parametrize("form", sorted(FORMS))
 def test_two_replica_split_sums_to_one_device_value_and_gradient(form):
     """Each replica scores its rows against the gathered batch; the sums must
     equal the one-device loss and gradient (what tf.distribute adds up)."""
