@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from absl import logging
@@ -84,28 +84,40 @@ def _tf_features(images: np.ndarray, spec: BackboneSpec, batch_size: int, model=
 def _xnnpack_features(images: np.ndarray, spec: BackboneSpec, batch_size: int) -> np.ndarray | None:
     """Features through a TFLite copy of the backbone on XNNPACK, or None (logged) when
     the backbone does not convert or its TFLite features disagree with the Keras graph."""
+    run = xnnpack_forward(build_backbone(spec), spec, images[:8], spec.name)
+    if run is None:
+        return None
+    feats = [run(images[start:start + batch_size]) for start in range(0, len(images), batch_size)]
+    logging.info("features of %d images on XNNPACK", len(images))
+    return np.concatenate(feats).astype(np.float32)
+
+
+def xnnpack_forward(net, spec: BackboneSpec, probe: np.ndarray, what: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """images [n,H,W,3] -> net(preprocessed images) as float32, through a TFLite copy of the
+    Keras model ``net`` (a backbone or its bottom) run with XNNPACK; or None (logged) when
+    it does not convert or its outputs on ``probe`` images differ from the Keras graph's
+    (so a delegate that computes something else costs a few images, not the whole set)."""
     import tensorflow as tf
 
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        logging.warning("ai-edge-litert is not installed; computing features with TensorFlow")
+        logging.warning("ai-edge-litert is not installed; computing %s with TensorFlow", what)
         return None
     size = spec.input_size
-    backbone = build_backbone(spec)
     prep = Preprocess(size, spec.normalisation)
-    forward = tf.function(lambda x: backbone(prep.normalise(x), training=False),
+    forward = tf.function(lambda x: net(prep.normalise(x), training=False),
                           input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     # The converter freezes the variables it finds through this object: Keras 3
     # models do not expose their tf.Variables to tf.Module tracking themselves.
     holder = tf.Module()
-    holder.weights = [v.value for v in backbone.weights]
+    holder.weights = [v.value for v in net.weights]
     try:
         content = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()],
                                                                   holder).convert()
         interpreter = Interpreter(model_content=content, num_threads=len(os.sched_getaffinity(0)))
     except Exception as e:  # noqa: BLE001 -- any conversion failure falls back to the Keras graph
-        logging.warning("%s does not convert to TFLite (%s); computing features with TensorFlow", spec.name,
+        logging.warning("%s does not convert to TFLite (%s); computing it with TensorFlow", what,
                         (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
         return None
     inp = interpreter.get_input_details()[0]["index"]
@@ -125,19 +137,15 @@ def _xnnpack_features(images: np.ndarray, spec: BackboneSpec, batch_size: int) -
         interpreter.invoke()
         return interpreter.get_tensor(out).copy()
 
-    # The first batch is checked against the Keras graph before the rest runs, so a
-    # delegate that computes something else costs one batch, not the whole set.
-    feats = [run(images[:batch_size])]
-    probe = images[:8]
-    ref = np.asarray(backbone(prep(tf.constant(probe.astype(np.float32))), training=False))
-    err = float(np.max(np.abs(feats[0][:len(probe)] - ref))) if len(probe) else 0.0
-    if not np.isfinite(err) or err > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
-        logging.warning("TFLite features of %s differ from the Keras graph's by %.3g; computing features with "
-                        "TensorFlow", spec.name, err)
-        return None
-    feats += [run(images[start:start + batch_size]) for start in range(batch_size, len(images), batch_size)]
-    logging.info("features of %d images on XNNPACK (max difference from the Keras graph %.2g)", len(images), err)
-    return np.concatenate(feats).astype(np.float32)
+    if len(probe):
+        ref = np.asarray(net(prep(tf.constant(probe.astype(np.float32))), training=False))
+        err = float(np.max(np.abs(run(probe) - ref)))
+        if not np.isfinite(err) or err > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
+            logging.warning("TFLite %s differs from the Keras graph's by %.3g; computing it with TensorFlow",
+                            what, err)
+            return None
+        logging.info("%s on XNNPACK (max difference from the Keras graph %.2g)", what, err)
+    return run
 
 
 def cache_path(spec: BackboneSpec, data_fingerprint: str, cache_dir: str | None = None) -> str:
@@ -200,12 +208,20 @@ def cached_bottom(images: np.ndarray, spec: BackboneSpec, layer: str, data_finge
                         f"{shape[1:]} float16, {size / 2**30:.1f} GiB (limit {MAX_BOTTOM_CACHE_BYTES / 2**30:.0f} "
                         "GiB): cut at a later layer or use fewer images (--max_images)")
     prep = Preprocess(spec.input_size, spec.normalisation)
-    forward = tf.function(lambda v: bottom(prep(v), training=False), reduce_retracing=True)
+    # From XNNPACK_MIN_IMAGES on, the bottom runs on XNNPACK like the features (checked
+    # against the Keras graph first); below, or when that fails, on the Keras graph.
+    run = xnnpack_forward(bottom, spec, images[:8], f"the bottom below {layer}") \
+        if len(images) >= XNNPACK_MIN_IMAGES else None
+    if run is None:
+        graph_forward = tf.function(lambda v: bottom(prep(v), training=False), reduce_retracing=True)
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return np.asarray(graph_forward(tf.constant(batch.astype(np.float32))))
     # Streamed batch by batch into the .npy: one batch in memory, never a half-written entry.
     with atomic.writing(path) as f:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": shape})
         for start in range(0, len(images), batch_size):
-            acts = np.asarray(forward(tf.constant(images[start:start + batch_size].astype(np.float32))))
+            acts = run(images[start:start + batch_size])
             half = acts.astype("<f2")
             # float16 keeps 11 significant bits (relative rounding <= 2**-11) between 6e-5 and
             # 65504: refuse activations outside that range rather than cache garbage.

@@ -148,6 +148,26 @@ def test_bottom_cache_is_float16_memory_mapped_and_reused(small_mobilenet, initi
     np.testing.assert_allclose(acts.astype(np.float32), ref, rtol=2**-11, atol=1e-5 * float(np.abs(ref).max()))
 
 
+def test_large_sets_cache_the_bottom_through_xnnpack_with_the_same_activations(small_mobilenet, initial_net,
+                                                                               tmp_path, monkeypatch):
+    images = np.random.default_rng(4).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    used = []
+    real = features_lib.xnnpack_forward
+
+    def spy(*args):
+        run = real(*args)
+        used.append((args[3], run is not None))
+        return run
+
+    monkeypatch.setattr(features_lib, "xnnpack_forward", spy)
+    monkeypatch.setattr(features_lib, "XNNPACK_MIN_IMAGES", 8)  # these 9 images count as a large set
+    acts = features_lib.cached_bottom(images, small_mobilenet, CUT, "fp9", str(tmp_path), batch_size=4)
+    assert used == [(f"the bottom below {CUT}", True)], "the bottom did not run on XNNPACK"
+    bottom, _ = split_backbone(initial_net, CUT)
+    ref = np.asarray(bottom(backbones.Preprocess(SIZE, "torch")(images.astype(np.float32))))
+    np.testing.assert_allclose(acts.astype(np.float32), ref, rtol=2**-10, atol=1e-4 * float(np.abs(ref).max()))
+
+
 def test_cached_path_and_model_folder_give_the_in_memory_encoders_codes(finetuned, small_mobilenet):
     from bgan_tf.inference.keras_model import load_encoder
 
