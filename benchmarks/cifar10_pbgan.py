@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/cifar10_pbgan.py                # everything
     .venv/bin/python benchmarks/cifar10_pbgan.py --bits 32      # one code length
+    .venv/bin/python benchmarks/cifar10_pbgan.py --bits 32 --methods nbr_only,bgan_paper \
+        --trainable_from block_13_expand                         # the fine-tuned rows
 
 Protocol (bgan_tf.evaluation.protocols.cifar10_pbgan, seed fixed): the 60,000 images
 pooled; 1,000 queries (100 per class); the other 59,000 are the database;
@@ -10,10 +12,29 @@ same class; Hamming ranking, ties scored by their expectation.
 
 Stages: load images -> frozen ImageNet MobileNetV2 features (torchvision
 weights with torch padding, ../shared/weights) for all 60,000, cached ->
-neighbourhood graph on the 10,000 training features -> for each code length,
-LSH / PCAH / ITQ fitted on the training features, and BGAN trained with each
-preset on the training images (encoder = hash head over the frozen features)
--> mAP@all and mAP@1000 of every method; float cosine ranking as reference.
+(with --trainable_from) the float16 activations below that layer for all
+60,000, cached and memory-mapped -> neighbourhood graph on the 10,000 training
+features -> for each code length, LSH / PCAH / ITQ fitted on the training
+features, and BGAN trained with each preset on the training images -> mAP@all
+and mAP@1000 of every method; float cosine ranking as reference.
+
+Learned rows: by default the encoder is a hash head over the frozen pooled
+features, and the codes come from those cached features. With --trainable_from
+LAYER (and --top_bn frozen|train) the backbone from LAYER on trains too (on
+cached bottom activations); those rows are named <method>_ft (before --variant
+and --suffix: nbr_only_ft, bgan_paper_ft_seed1), record trainable_from/top_bn,
+and their codes come from the cached bottom activations through the tuned top
+(encode_bottom), after a check that the first 16 queries get the same codes
+from their images (at most one bit position may differ: float16 rounding of a
+pre-sign value right at zero).
+
+Every learned row with a GAN (use_gan) also records how healthy the GAN ended:
+psnr_db / ssim = mean PSNR (dB) and SSIM of G(code) against the 1,000 query
+images at the GAN's resolution (bgan_tf.evaluation.reconstruction), and
+d_acc_last = D's accuracy in the last training epoch on real images
+(d_acc_real) and the fraction of reconstructions G(code) (d_acc_recon) and of
+prior fakes G(noise) (d_acc_prior) it judged fake (bgan_tf.training.bgan);
+d_acc_last is absent when the run was already finished and not retrained.
 
 Writes benchmarks/results/cifar10_pbgan.{json,md} (merging with earlier runs
 of other code lengths/methods, so the table can be filled in pieces). Needs
@@ -66,6 +87,8 @@ def bgan_config(method: str, bits: int, args, out_dir: str):
     cfg = cfg.replace(num_bits=bits, backbone_weights=args.weights, backbone_input_size=args.input_size,
                       epochs=args.epochs or cfg.epochs, seed=args.seed, output_dir=out_dir, dataset="cifar10 (P-BGAN train)",
                       feature_cache_dir=args.cache)
+    if args.trainable_from:
+        cfg = cfg.replace(trainable_from=args.trainable_from, top_bn=args.top_bn)
     return cfg.replace(**parse_override(args.override))
 
 
@@ -98,6 +121,11 @@ def main() -> int:
                    "'w_pixel=0.1,w_feature=0.1'; needs --variant")
     p.add_argument("--variant", default="", help="name appended to the learned rows only (e.g. _content0.1); "
                    "the baselines of this seed are not rewritten")
+    p.add_argument("--trainable_from", default="", help="fine-tune the backbone from this layer on (e.g. "
+                   "block_13_expand) in the learned rows, named <method>_ft; evaluated through the cached "
+                   "bottom activations of all 60,000 images")
+    p.add_argument("--top_bn", default="frozen", choices=("frozen", "train"),
+                   help="with --trainable_from: the top's BatchNorms frozen or trained")
     p.add_argument("--cache", default=os.path.join(ROOT, "benchmarks", "work", "features"))
     p.add_argument("--work", default=os.path.join(ROOT, "benchmarks", "work"))
     p.add_argument("--out", default=os.path.join(RESULTS, "cifar10_pbgan"))
@@ -124,8 +152,9 @@ def main() -> int:
     if args.whole_run:
         import tempfile
 
-        if args.override or args.variant or args.epochs:
-            print("--whole_run times the cifar10 config as shipped: drop --override/--variant/--epochs")
+        if args.override or args.variant or args.epochs or args.trainable_from:
+            print("--whole_run times the cifar10 config as shipped: drop --override/--variant/--epochs/"
+                  "--trainable_from")
             return 2
         bits_list, methods, baselines = [32], ["bgan_paper"], ("ITQ",)
         os.makedirs(args.work, exist_ok=True)
@@ -137,7 +166,7 @@ def main() -> int:
 
     from bgan_tf.modeling.backbones import BackboneSpec
     from bgan_tf.evaluation.baselines import make_baseline
-    from bgan_tf.data.features import cache_path, cached_features
+    from bgan_tf.data.features import bottom_cache_path, cache_path, cached_bottom, cached_features
     from bgan_tf.training.graph import build_graph
     from bgan_tf.inference.keras_model import load_encoder
     from bgan_tf.evaluation.protocols import cifar10_pbgan
@@ -159,6 +188,18 @@ def main() -> int:
     feat_stage = "features_60k_from_cache" if cached else "features_60k"
     seconds[feat_stage] = time.time() - t
     print(f"features {feats.shape} ({seconds[feat_stage]:.0f}s{', cached' if cached else ''})", flush=True)
+    bottom = None
+    if args.trainable_from and methods:
+        # The _ft rows' top was tuned: their codes come from the frozen bottom's activations
+        # of all 60,000 images (cached once as float16, memory-mapped), not the pooled features.
+        t = time.time()
+        hit = os.path.isfile(bottom_cache_path(spec, args.trainable_from, data.fingerprint(), args.cache))
+        bottom = cached_bottom(data.images, spec, args.trainable_from, data.fingerprint(), args.cache)
+        bottom_stage = "bottom_60k_from_cache" if hit else "bottom_60k"
+        seconds[bottom_stage] = time.time() - t
+        print(f"bottom activations below {args.trainable_from} {bottom.shape} {bottom.dtype} "
+              f"({seconds[bottom_stage]:.0f}s{', cached' if hit else ''})", flush=True)
+    ft = FT_TAG if args.trainable_from else ""
     q, db, tr = split.query, split.database, split.train
     lq, ldb = data.labels[q], data.labels[db]
 
@@ -194,7 +235,8 @@ def main() -> int:
             methods_out.setdefault(name + args.suffix, {})[str(bits)] = score(b.encode(feats[q]), b.encode(feats[db]))
             seconds[f"{name}_{bits}"] = time.time() - t
         for method in methods:
-            stage = f"{method}{args.variant}_{bits}"
+            name = method + ft + args.variant
+            stage = f"{name}_{bits}"
             out_dir = os.path.join(args.work, f"{stage}_s{args.seed}")
             cfg = bgan_config(method, bits, args, out_dir)
             t = time.time()
@@ -202,16 +244,28 @@ def main() -> int:
             seconds[f"{stage}_train"] = time.time() - t
             t = time.time()
             enc = load_encoder(res.model_dir)
-            # Frozen backbone: codes from the cached features equal codes from
-            # the images (same backbone weights), without rerunning it.
-            row = score(enc.encode_features(feats[q]), enc.encode_features(feats[db]))
+            if bottom is None:
+                # Frozen backbone: codes from the cached features equal codes from
+                # the images (same backbone weights), without rerunning it.
+                qc, dbc = enc.encode_features(feats[q]), enc.encode_features(feats[db])
+                row = score(qc, dbc)
+            else:
+                codes = bottom_codes(enc, bottom)
+                flips = check_bottom_codes(enc, data.images[q[:BOTTOM_CHECK]], codes[q[:BOTTOM_CHECK]])
+                qc, dbc = codes[q], codes[db]
+                row = score(qc, dbc)
+                row.update(trainable_from=cfg.trainable_from, top_bn=cfg.top_bn, bottom_check_bit_flips=flips)
             seconds[f"{stage}_eval"] = time.time() - t
             row["train_seconds"] = round(seconds[f"{stage}_train"], 1)
             row["epochs"] = cfg.epochs
             if args.override:
                 row["override"] = args.override
-            methods_out.setdefault(method + args.variant + args.suffix, {})[str(bits)] = row
-            print(f"{bits} bits {method}{args.variant}{args.suffix}: {row}  ITQ: {methods_out['ITQ' + args.suffix][str(bits)]}",
+            if cfg.use_gan:
+                t = time.time()
+                row.update(gan_health(res, qc, data.images[q], cfg.image_size))
+                seconds[f"{stage}_gan_health"] = time.time() - t
+            methods_out.setdefault(name + args.suffix, {})[str(bits)] = row
+            print(f"{bits} bits {name}{args.suffix}: {row}  ITQ: {methods_out['ITQ' + args.suffix][str(bits)]}",
                   flush=True)
             _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
         _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
@@ -234,6 +288,60 @@ def main() -> int:
     _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
     print(open(args.out + ".md").read())
     return 0
+
+
+FT_TAG = "_ft"  # in the names of rows trained with --trainable_from, before --variant and --suffix
+BOTTOM_CHECK = 16  # queries encoded from their images too, before the cached-bottom codes are trusted
+# Bit positions (summed over the BOTTOM_CHECK codes) the two paths may disagree on: a
+# pre-sign value right at zero can change sign when float16 rounds the bottom activations.
+MAX_BOTTOM_FLIPS = 1
+
+
+def bottom_codes(enc, bottom: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Codes (signs, float32 [N, L], as ``LoadedEncoder.encode_features``) of every item from
+    its cached bottom activations, through the loaded encoder's tuned top, head and sign."""
+    import tensorflow as tf
+
+    net = enc.model  # the Keras Encoder inside the LoadedEncoder
+    # A graph function, as LoadedEncoder's own paths (eager calls are several times slower).
+    fn = tf.function(lambda v: net.encode_bottom(v, training=False), reduce_retracing=True)
+    out = [np.asarray(fn(tf.constant(np.asarray(bottom[s:s + batch_size]))))
+           for s in range(0, len(bottom), batch_size)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def check_bottom_codes(enc, images: np.ndarray, codes: np.ndarray) -> int:
+    """Bit positions where ``codes`` (from cached bottoms) differ from the image->code graph
+    on ``images``; more than MAX_BOTTOM_FLIPS means the cache does not match this encoder."""
+    from bgan_tf.errors import UserError
+
+    direct = enc.encode(images)
+    flips = int(np.sum(direct != codes))
+    if flips > MAX_BOTTOM_FLIPS:
+        raise UserError(f"codes from the cached bottom activations differ from the codes of the images on "
+                        f"{flips} of {direct.size} bit positions ({len(images)} queries; at most "
+                        f"{MAX_BOTTOM_FLIPS} allowed): the bottom cache does not match the trained encoder's "
+                        "frozen bottom; delete the .bottom.npy files in --cache and rerun")
+    return flips
+
+
+def gan_health(res, q_codes: np.ndarray, q_images: np.ndarray, image_size: int) -> dict:
+    """PSNR/SSIM of G(code) on the queries and D's accuracies in the last epoch
+    (``res.history``; empty when the run was already finished and not retrained)."""
+    from bgan_tf.data.pipeline import images_for_gan
+    from bgan_tf.evaluation.reconstruction import reconstruction_quality
+    from bgan_tf.inference.keras_model import load_generator
+    from bgan_tf.training.bgan import ACCURACY_NAMES
+
+    out: dict = {}
+    gen = load_generator(res.model_dir)
+    if gen is not None:
+        quality = reconstruction_quality(gen, q_codes, images_for_gan(q_images, image_size))
+        out.update(psnr_db=round(quality["psnr_db"], 2), ssim=round(quality["ssim"], 4))
+    last = {k: round(res.history[k][-1], 4) for k in ACCURACY_NAMES if res.history.get(k)}
+    if last:
+        out["d_acc_last"] = last
+    return out
 
 
 def merge(out: str, others: list[str]) -> int:
@@ -259,7 +367,8 @@ def _write(results, secs_out, seconds, args, graph_agree, out):
     secs_out.update({k: round(v, 1) for k, v in seconds.items()})
     results["setup"] = {
         "protocol": "cifar10_pbgan", "seed": args.seed, "epochs": "per run: see the training cost table",
-        "backbone": f"mobilenet_v2_torch @ {args.input_size}px (frozen, ImageNet torchvision weights)",
+        "backbone": f"mobilenet_v2_torch @ {args.input_size}px (ImageNet torchvision weights; frozen, "
+                    f"except from trainable_from on in the {FT_TAG} rows)",
         "graph_label_agreement": round(graph_agree, 4),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "data_note": "CIFAR-10 JPEG re-encoded copy (quality 75; ~8 grey levels RMS from the original)",
@@ -289,11 +398,46 @@ def _whole_run_lines(results: dict) -> list[str]:
                 f"{run['loadavg_at_start'][0]:.1f}). mAP@all / mAP@1000 in that run: {maps}."]
 
 
+def row_order(methods: dict) -> list[str]:
+    """The table's rows: baselines, then the learned presets, then any other row in the
+    order first recorded; a ``_ft`` row right after its frozen counterpart."""
+    fixed = ("LSH", "PCAH", "ITQ", "nbr_only", "bgan_released_code", "bgan_paper")
+    names = [m for m in methods if not m.startswith("float_cosine")]
+    frozen = [m.replace(FT_TAG, "", 1) for m in names]
+
+    def key(i: int) -> tuple[int, int]:
+        f = frozen[i]
+        pos = fixed.index(f) if f in fixed else len(fixed) + frozen.index(f)
+        return pos, int(names[i] != f)
+
+    return [names[i] for i in sorted(range(len(names)), key=key)]
+
+
+def _gan_health_lines(methods: dict, order: list[str], bits: list[str]) -> list[str]:
+    def cell(r: dict | None) -> str:
+        parts = []
+        if r and "d_acc_last" in r:
+            acc = r["d_acc_last"]
+            parts.append(" / ".join(f"{acc[k]:.2f}" if k in acc else "?"
+                                    for k in ("d_acc_real", "d_acc_recon", "d_acc_prior")))
+        if r and "psnr_db" in r:
+            parts.append(f"{r['psnr_db']:.1f} dB")
+        return ", ".join(parts) or "-"
+
+    gan = [m for m in order if any("d_acc_last" in r or "psnr_db" in r for r in methods[m].values())]
+    if not gan:
+        return []
+    lines = ["", "GAN health of each GAN row: D accuracy on real / reconstructed / prior fakes in the last "
+                 "epoch, PSNR dB (G(code) against the 1,000 queries).", "",
+             "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
+    lines += [f"| {m} | " + " | ".join(cell(methods[m].get(b)) for b in bits) + " |" for m in gan]
+    return lines
+
+
 def write_markdown(results: dict, path: str) -> None:
     methods = results["methods"]
     bits = sorted({b for rows in methods.values() for b in rows if b != "float"}, key=int)
-    order = [m for m in ("LSH", "PCAH", "ITQ", "nbr_only", "bgan_released_code", "bgan_paper") if m in methods]
-    order += [m for m in methods if m not in order and not m.startswith("float_cosine")]
+    order = row_order(methods)
     lines = ["# CIFAR-10 P-BGAN benchmark", "",
              "Generated by `benchmarks/cifar10_pbgan.py`; do not edit by hand.", "",
              "Command: `.venv/bin/python benchmarks/cifar10_pbgan.py` (see its docstring).", "",
@@ -307,6 +451,13 @@ def write_markdown(results: dict, path: str) -> None:
             r = methods[m].get(b)
             cells.append(f"{r['map_all']:.3f} / {r['map_1000']:.3f}" if r else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    tuned = sorted({(r["trainable_from"], r.get("top_bn", "frozen")) for m in order for r in methods[m].values()
+                    if "trainable_from" in r})
+    if tuned:
+        lines += ["", f"`{FT_TAG}` rows: the backbone from " + ", ".join(f"`{layer}` on (top BatchNorms {bn})"
+                                                                   for layer, bn in tuned)
+                  + " trained on cached activations of the frozen layers below; codes from those "
+                    "activations of every image."]
     trained = [m for m in order if any("train_seconds" in r for r in methods[m].values())]
     if trained:
         lines += ["", "Training cost of each learned row: epochs, seconds (frozen features cached; "
@@ -316,6 +467,7 @@ def write_markdown(results: dict, path: str) -> None:
             cells = [f"{methods[m][b].get('epochs', '?')} ep, {methods[m][b]['train_seconds']:.0f} s"
                      if b in methods[m] and "train_seconds" in methods[m][b] else "-" for b in bits]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += _gan_health_lines(methods, order, bits)
     if "float_cosine" in methods:
         r = methods["float_cosine"]["float"]
         lines += ["", f"Float features, cosine ranking (the reference the codes compress): "
@@ -331,4 +483,10 @@ def write_markdown(results: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bgan_tf.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"error: {e}")
+        sys.exit(2)

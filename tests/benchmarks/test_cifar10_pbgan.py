@@ -1,0 +1,103 @@
+"""benchmarks/cifar10_pbgan.py's tables: the GAN-health table, _ft rows next to their frozen
+counterparts, old-style rows rendered as before; the cached-bottom code check."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+# realpath: under Bazel this file is a symlink into the source tree, where benchmarks/ is.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))),
+                                "benchmarks"))
+import cifar10_pbgan as bench  # noqa: E402
+
+from bgan_tf.errors import UserError  # noqa: E402
+
+
+def _row(map_all, **extra):
+    return {"map_all": map_all, "map_1000": map_all + 0.2, "train_seconds": 100.0, "epochs": 20, **extra}
+
+
+def _results():
+    acc = {"d_acc_real": 0.991, "d_acc_recon": 0.98, "d_acc_prior": 1.0}
+    return {"methods": {
+        "ITQ": {"32": {"map_all": 0.28, "map_1000": 0.456}},
+        "bgan_paper": {"32": _row(0.354, psnr_db=7.71, ssim=0.05, d_acc_last=acc)},
+        "nbr_only_ft": {"32": _row(0.41, trainable_from="block_13_expand", top_bn="frozen")},
+        "bgan_paper_ft": {"32": _row(0.39, psnr_db=12.34, ssim=0.2, d_acc_last={"d_acc_real": 0.5},
+                                     trainable_from="block_13_expand", top_bn="frozen")},
+        "nbr_only": {"32": _row(0.374)},  # recorded before this benchmark knew the new fields
+        "bgan_paper_seed1": {"32": _row(0.365)},
+        "bgan_paper_ft_seed1": {"32": _row(0.37, trainable_from="block_13_expand", top_bn="frozen")},
+        "float_cosine": {"float": {"map_all": 0.3, "map_1000": 0.5}},
+    }, "seconds": {}}
+
+
+def _markdown(tmp_path, results):
+    path = str(tmp_path / "out.md")
+    bench.write_markdown(results, path)
+    return open(path).read().splitlines()
+
+
+def _table_rows(lines, header_prefix):
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_prefix))
+    rows = []
+    for line in lines[start + 4:]:  # text, blank, header, separator
+        if not line.startswith("| "):
+            break
+        rows.append(line)
+    return rows
+
+
+def test_ft_rows_follow_their_frozen_counterparts(tmp_path):
+    lines = _markdown(tmp_path, _results())
+    main = [r.split(" | ")[0][2:] for r in _table_rows(lines, "mAP@all / mAP@1000")]
+    assert main == ["ITQ", "nbr_only", "nbr_only_ft", "bgan_paper", "bgan_paper_ft", "bgan_paper_seed1",
+                    "bgan_paper_ft_seed1"]
+    assert "| nbr_only | 0.374 / 0.574 |" in lines  # an old-style row renders as before
+    assert any(line.startswith("`_ft` rows: the backbone from `block_13_expand` on (top BatchNorms frozen)")
+               for line in lines)
+
+
+def test_gan_health_table_lists_only_rows_with_the_new_fields(tmp_path):
+    lines = _markdown(tmp_path, _results())
+    rows = _table_rows(lines, "GAN health of each GAN row")
+    assert rows == ["| bgan_paper | 0.99 / 0.98 / 1.00, 7.7 dB |",
+                    "| bgan_paper_ft | 0.50 / ? / ?, 12.3 dB |"]
+
+
+def test_results_without_new_fields_render_as_before(tmp_path):
+    results = _results()
+    for name in ("bgan_paper_ft", "nbr_only_ft", "bgan_paper_ft_seed1"):
+        del results["methods"][name]
+    for row in results["methods"]["bgan_paper"].values():
+        for k in ("psnr_db", "ssim", "d_acc_last"):
+            del row[k]
+    lines = _markdown(tmp_path, results)
+    assert not any("GAN health" in line or "`_ft` rows" in line for line in lines)
+    main = [r.split(" | ")[0][2:] for r in _table_rows(lines, "mAP@all / mAP@1000")]
+    assert main == ["ITQ", "nbr_only", "bgan_paper", "bgan_paper_seed1"]  # the order it always had
+
+
+class _FakeEncoder:
+    """What check_bottom_codes uses of a LoadedEncoder: encode(images) -> signs."""
+
+    def __init__(self, codes):
+        self.codes = codes
+
+    def encode(self, images):
+        return self.codes[: len(images)]
+
+
+def test_bottom_code_check_allows_one_flipped_bit_and_refuses_two():
+    codes = np.where(np.random.default_rng(0).random((16, 32)) < 0.5, -1.0, 1.0).astype(np.float32)
+    images = np.zeros((16, 8, 8, 3), np.uint8)
+    assert bench.check_bottom_codes(_FakeEncoder(codes), images, codes) == 0
+    one = codes.copy()
+    one[3, 7] *= -1
+    assert bench.check_bottom_codes(_FakeEncoder(codes), images, one) == 1
+    two = one.copy()
+    two[9, 0] *= -1
+    with pytest.raises(UserError, match="differ from the codes of the images on 2 of 512 bit positions"):
+        bench.check_bottom_codes(_FakeEncoder(codes), images, two)
