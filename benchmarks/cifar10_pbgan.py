@@ -258,6 +258,7 @@ def main() -> int:
             seconds[f"{stage}_eval"] = time.time() - t
             row["train_seconds"] = round(seconds[f"{stage}_train"], 1)
             row["epochs"] = cfg.epochs
+            row["commit"] = git_commit()  # which code trained it: rows of earlier code stay in the table
             if args.override:
                 row["override"] = args.override
             if cfg.use_gan:
@@ -282,8 +283,7 @@ def main() -> int:
             "loadavg_at_start": [round(v, 2) for v in load_at_start],
             "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
             "command": "benchmarks/cifar10_pbgan.py --whole_run",
-            "commit": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True).stdout.strip() or None,
+            "commit": git_commit(),
         }
     _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
     print(open(args.out + ".md").read())
@@ -342,6 +342,12 @@ def gan_health(res, q_codes: np.ndarray, q_images: np.ndarray, image_size: int) 
     if last:
         out["d_acc_last"] = last
     return out
+
+
+def git_commit() -> str | None:
+    """The checkout's short commit hash (None outside git)."""
+    return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or None
 
 
 def merge(out: str, others: list[str]) -> int:
