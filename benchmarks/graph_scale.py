@@ -69,8 +69,7 @@ def child(args: argparse.Namespace) -> None:
                       "stage_seconds": {k: round(v, 1) for k, v in g.seconds.items()}, "positive_pairs": g.num_positive_pairs,
                       "pairs_per_item": round(g.num_positive_pairs / args.child, 1),
                       "key_bytes_gb": round(g.keys.nbytes / 1e9, 3), "feature_seconds": round(gen_s, 1),
-                      "feature_gb": round(x.nbytes / 1e9, 2), "ivf_cells_probed": list(graph.ivf_settings(args.child))
-                      if g.knn_method == "approximate" else None}), flush=True)
+                      "feature_gb": round(x.nbytes / 1e9, 2)}), flush=True)
 
 
 def machine() -> str:
@@ -104,6 +103,7 @@ def main() -> None:
 
     from bgan_tf import atomic
     from bgan_tf.config import EXACT_KNN_MAX_ITEMS
+    from bgan_tf.training import graph
 
     load = [round(v, 2) for v in os.getloadavg()]
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -115,17 +115,19 @@ def main() -> None:
         results["n"][str(n)] = json.loads(out.strip().splitlines()[-1])
         print(n, results["n"][str(n)], flush=True)
         write(args, results, load, started, faiss.__version__, faiss.omp_get_max_threads(), EXACT_KNN_MAX_ITEMS,
-              atomic)  # after every size, so a stopped run keeps the sizes it finished
+              atomic, graph)  # after every size, so a stopped run keeps the sizes it finished
 
 
 def write(args, results: dict, load: list, started: str, faiss_version: str, threads: int, exact_max: int,
-          atomic) -> None:
+          atomic, graph) -> None:
     results.update(
         machine=machine(), faiss=faiss_version, faiss_threads=threads,
         command="nice -n 10 .venv/bin/python benchmarks/graph_scale.py " + " ".join(sys.argv[1:]),
         date=started, loadavg_at_start=load, loadavg_at_end=[round(v, 2) for v in os.getloadavg()],
         settings={k: getattr(args, k) for k in ("dim", "clusters", "k1", "k2", "knn", "recall_sample", "seed")},
         exact_knn_max_items=exact_max,
+        hnsw={"links": graph.HNSW_LINKS, "ef_construction": graph.HNSW_EF_CONSTRUCTION,
+              "ef_search": graph.HNSW_EF_SEARCH},
     )
     big = results["n"].get(str(TARGET_ITEMS))
     results["target"] = {"items": TARGET_ITEMS, "seconds": TARGET_SECONDS, "peak_rss_gb": TARGET_GB,
@@ -136,8 +138,9 @@ def write(args, results: dict, load: list, started: str, faiss_version: str, thr
              "", f"Command: `{results['command']}`  ", f"Date: {started}  ", f"Machine: {results['machine']}, "
              f"FAISS {faiss_version} ({threads} threads)  ",
              f"Load average at start: {load} (other jobs share the cores), at end: {results['loadavg_at_end']}  ",
-             f"--knn {args.knn}: exact up to {exact_max:,} items, approximate (k-means cells, "
-             "cell-by-cell search) above; recall@K1 against exact search on "
+             f"--knn {args.knn}: exact up to {exact_max:,} items, approximate (FAISS HNSW, "
+             f"{graph.HNSW_LINKS} links, efConstruction {graph.HNSW_EF_CONSTRUCTION}, efSearch "
+             f"{graph.HNSW_EF_SEARCH}) above; recall@K1 against exact search on "
              f"{args.recall_sample} sampled queries.", "",
              "| items | kNN | seconds | kNN / recall / expand / symmetrise s | peak RSS (GB) | features (GB) | "
              "kNN recall | positive pairs / item | keys (GB) |",

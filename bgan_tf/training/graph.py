@@ -11,9 +11,8 @@ Definition (method notes, "Neighbourhood matrix S"):
 
 The released code did this with Python sets in O(N^2 K) and a dense N x N
 matrix. Here kNN comes from FAISS: exact (O(N^2 D)) up to ``EXACT_KNN_MAX_ITEMS``
-items (``--knn auto``), above it an inverted file of ~sqrt(N) k-means cells searched
-cell by cell (O(N^1.5 D) when the cells are balanced), whose recall against exact search `knn_recall`
-measures on sampled queries.
+items (``--knn auto``), above it a FAISS HNSW graph (O(N log N) distance evaluations),
+whose recall against exact search `knn_recall` measures on sampled queries.
 The overlap counts come from a sparse product (only pairs sharing a neighbour
 can overlap), computed in row chunks sized by each row's candidate count, so
 peak memory is one chunk plus the result; no step loops over items in Python.
@@ -25,7 +24,6 @@ batch block S_B is a ``searchsorted`` away, inside the TF graph.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import faiss
@@ -96,11 +94,17 @@ def resolve_knn(method: str, num_items: int) -> str:
     return method
 
 
-def ivf_settings(num_items: int) -> tuple[int, int]:
-    """(cells, cells probed) of the approximate search for N items: ~sqrt(N) k-means cells
-    of ~sqrt(N) items, so each cell's search is one dense BLAS product."""
-    cells = int(min(16384, max(1, round(math.sqrt(num_items)))))
-    return cells, min(cells, 8)
+# FAISS HNSW settings of the approximate search: links per node, and the candidate lists of
+# insertion and of search. Chosen on benchmarks/graph_scale.py's clustered 1280-d features
+# (K1=20, 2 cores). They replaced ~sqrt(N) k-means cells searched cell by cell (that
+# script at commit 8f46d8e: 100k items in 220 s, recall 0.986), where k-means put 17% of the
+# items in one cell, whose search then dominated (~21x a balanced search); splitting such
+# cells by k-means again lost recall, as a cluster with no centroid of its own ends up in
+# cells whose centroids are not near each other. At 1M items efSearch 64 gave recall 0.85;
+# 160 gives 0.92 within the 30-minute budget (graph_scale.md).
+HNSW_LINKS = 32
+HNSW_EF_CONSTRUCTION = 40
+HNSW_EF_SEARCH = 160
 
 
 def _drop_self(idx: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -119,51 +123,24 @@ def _exact_search(x: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     return _drop_self(idx, ids, k)
 
 
-def _nearest(xq: np.ndarray, xb: np.ndarray, sq_norms_b: np.ndarray, k: int) -> np.ndarray:
-    """[Q, k] positions in xb of each query's k nearest, by (distance, position): one BLAS
-    product (faiss.knn took ~50x longer on these cell-sized calls on shared cores)."""
-    d = sq_norms_b[None, :] - 2.0 * (xq @ xb.T)  # ||q||^2 is the same along a row
-    part = np.argpartition(d, k - 1, axis=1)[:, :k] if k < d.shape[1] else np.broadcast_to(
-        np.arange(d.shape[1]), d.shape).copy()
-    order = np.lexsort((part, np.take_along_axis(d, part, 1)), axis=1)
-    return np.take_along_axis(part, order, 1)
-
-
-def _approximate_search(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """[N, k+1] ids (-1 where a row's probed cells hold fewer items): an inverted file
-    searched cell by cell. Items are put in the cell of their nearest k-means centroid;
-    the items of a cell are searched exactly against those of its ``nprobe`` nearest cells.
-    Searching a whole cell's queries at once makes it one matrix product (FAISS' IVF search
-    scans each query's lists alone: memory-bound, ~10x slower at 1280-d)."""
+def _approximate_search(x: np.ndarray, k: int) -> np.ndarray:
+    """[N, k+1] ids (-1 where the search found fewer): each item's neighbours in a FAISS HNSW
+    graph of all items (O(N log N) distance evaluations, a copy of the features). Rows are
+    searched in blocks that bound the result arrays."""
     n, d = x.shape
-    cells, nprobe = ivf_settings(n)
-    # Seeded k-means on a seeded sample of 64 items per cell; ~10 rounds barely move it more.
-    kmeans = faiss.Kmeans(d, cells, niter=10, seed=seed, max_points_per_centroid=64)
-    kmeans.train(x)
-    centroids = kmeans.centroids
-    cell = np.concatenate([faiss.knn(x[s:s + _SEARCH_ENTRIES // d], centroids, 1)[1][:, 0]
-                           for s in range(0, n, _SEARCH_ENTRIES // d)])
-    probe = faiss.knn(centroids, centroids, nprobe)[1]  # each cell's nearest cells, itself first
-    order = np.argsort(cell, kind="stable")
-    starts = np.searchsorted(cell[order], np.arange(cells + 1))
-    sq_norms = np.einsum("ij,ij->i", x, x)
-    out = np.full((n, k + 1), -1, np.int64)
-    for c in range(cells):  # ~sqrt(N) cells, each one matrix product
-        queries = order[starts[c]:starts[c + 1]]
-        base = np.concatenate([order[starts[p]:starts[p + 1]] for p in probe[c] if p >= 0])
-        kk = min(k + 1, base.size)
-        for s in range(0, queries.size, 4096):  # bounds the distance block of an outsized cell
-            q = queries[s:s + 4096]
-            out[q, :kk] = base[_nearest(x[q], x[base], sq_norms[base], kk)]
-    return out
+    index = faiss.IndexHNSWFlat(d, HNSW_LINKS)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.add(x)
+    index.hnsw.efSearch = max(HNSW_EF_SEARCH, k + 1)
+    step = max(1, _SEARCH_ENTRIES // (k + 1))
+    return np.concatenate([index.search(x[s:s + step], k + 1)[1] for s in range(0, n, step)]).astype(np.int64)
 
 
-def knn(features: np.ndarray, k: int, method: str = "exact", seed: int = 0) -> np.ndarray:
+def knn(features: np.ndarray, k: int, method: str = "exact") -> np.ndarray:
     """Indices [N, k] of each item's k nearest other items (Euclidean).
 
-    ``approximate``: `_approximate_search` with `ivf_settings`, its k-means seeded by
-    ``seed``; the same features, seed and FAISS thread count give the same lists. Rows
-    the probed cells could not fill are searched exactly.
+    ``approximate``: `_approximate_search`, an HNSW graph (FAISS' own fixed seed for the
+    node levels). Rows it could not fill are searched exactly.
     """
     x = np.ascontiguousarray(features, dtype=np.float32)
     n = x.shape[0]
@@ -171,7 +148,7 @@ def knn(features: np.ndarray, k: int, method: str = "exact", seed: int = 0) -> n
     ids = np.arange(n)
     if resolve_knn(method, n) == "exact":
         return _exact_search(x, ids, k)
-    idx = _approximate_search(x, k, seed)
+    idx = _approximate_search(x, k)
     short = (idx < 0).any(1)
     out = np.empty((n, k), np.int64)
     out[~short] = _drop_self(idx[~short], ids[~short], k)
@@ -281,7 +258,7 @@ def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30, knn_method: st
         clock.append(time.perf_counter())
         return clock[-1] - clock[-2]
 
-    nbrs = knn(features, k1, method, seed)
+    nbrs = knn(features, k1, method)
     seconds = {"knn": lap()}
     recall = None
     if method == "approximate":
