@@ -48,7 +48,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "k1": ("integer", "Nearest neighbours per image in the neighbourhood graph (K1)."),
     "k2": ("integer", "Images with the largest neighbour overlap whose neighbours become positives (K2)."),
     "knn": ("enum", f"Neighbour search for the graph: {', '.join(KNN_METHODS)}. auto is exact up to "
-                    f"{EXACT_KNN_MAX_ITEMS:,} images and a FAISS inverted file above (its recall is logged)."),
+                    f"{EXACT_KNN_MAX_ITEMS:,} images and a FAISS HNSW graph above (its recall is logged)."),
     "sign_mode": ("string", "Sign relaxation during training: tanh, app (clip) or ste (straight-through)."),
     "ste_surrogate": ("string", "Surrogate whose gradient the straight-through estimator uses: tanh or app."),
     "beta_values": ("list_float", "Sign slopes of the continuation schedule, e.g. 1,2.5,5,7.5,10."),
