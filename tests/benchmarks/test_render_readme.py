@@ -21,6 +21,9 @@ METHODS = {
     "bgan_paper": {"32": _cell(0.36), "24": _cell(0.33)},
     "bgan_paper_ft": {"32": _cell(0.40, commit="abc1234")},
     "bgan_paper_seed1": {"32": _cell(0.365)},
+    "nbr_only_ft_lr1e-4": {"32": _cell(0.38)},
+    "bgan_paper_ft_lr1e-4": {"32": _cell(0.385)},
+    "bgan_paper_ft_other": {"32": _cell(0.30)},
 }
 
 
@@ -31,6 +34,9 @@ def test_fine_tuned_rows_are_measured_against_fine_tuned_nbr_only():
     frozen = next(l for l in lines if l.startswith("- bgan_paper:"))
     # 24 bits has no nbr_only row and no published figure: only the ITQ margin.
     assert frozen == "- bgan_paper: 24 bits: ITQ +0.060; 32 bits: ITQ +0.080, nbr_only -0.010, paper -0.171"
+    # A variant is measured against the nbr_only row of the same variant when there is one.
+    assert any(l.startswith("- bgan_paper_ft_lr1e-4: 32 bits: ITQ +0.105, nbr_only_ft_lr1e-4 +0.005,") for l in lines)
+    assert any(l.startswith("- bgan_paper_ft_other: 32 bits: ITQ +0.020, nbr_only_ft -0.050,") for l in lines)
     assert not any(l.startswith("- bgan_paper_seed1") for l in lines)  # seeds go in the spread line
     assert any("bgan_paper 32 bits 0.360 vs 0.365" in l for l in lines)
 
