@@ -69,7 +69,7 @@ BETA_LIMITS = (1, 100, 1e4)  # fewest, most values; largest slope (each > 0)
 # all every step): 64 x 1024^2, or 4096 x 128^2.
 MAX_BATCH_PIXELS = 2**26
 # --- neighbourhood graph's kNN (bgan_tf.training.graph) ---------------------------------
-# --knn: exact FAISS search (O(N^2 D)), an inverted file (approximate; its recall against
+# --knn: exact FAISS search (O(N^2 D)), an HNSW graph (approximate; its recall against
 # exact search is measured on sampled queries and logged), or auto: exact up to
 # EXACT_KNN_MAX_ITEMS training items (whose graphs are the exact ones), approximate above.
 KNN_METHODS = ("auto", "exact", "approximate")
