@@ -258,6 +258,9 @@ def main() -> int:
             seconds[f"{stage}_eval"] = time.time() - t
             row["train_seconds"] = round(seconds[f"{stage}_train"], 1)
             row["epochs"] = cfg.epochs
+            if res.graph_label_agreement is not None:  # of the graph it trained on (--graph_construction)
+                row["graph_label_agreement"] = round(res.graph_label_agreement, 4)
+                row["graph_seconds"] = round(res.seconds.get("graph", float("nan")), 1)
             row["commit"] = git_commit()  # which code trained it: rows of earlier code stay in the table
             if args.override:
                 row["override"] = args.override

@@ -16,12 +16,13 @@ Constructions, on every feature variant:
 - ``knn_matched``: the top-P Euclidean neighbours, symmetrised, P chosen so the graph has
   as many positive pairs as k1k2 (`matched_keys`): does the K2 expansion beat plain
   deeper kNN at the same density?
-- ``diffusion_a<alpha>``: manifold ranking (Zhou et al. 2004; Iscen et al. CVPR 2017).
-  W = max(0, cos)^3 on the symmetrised K1 kNN graph of the L2-normalised features,
-  S = D^-1/2 W D^-1/2, scores F = (1 - alpha) sum_{t=0..T} alpha^t S^t (truncated
-  series, computed as sparse S times dense blocks of --block columns, so memory is
-  n x block per alpha); each item's positives are its top-P by F (itself excluded), P
-  matched to k1k2's density as above, symmetrised. Every alpha comes from one series.
+- ``diffusion_a<alpha>``: manifold ranking (Zhou et al. 2004; Iscen et al. CVPR 2017),
+  `bgan_tf.training.diffusion`, which ``--graph_construction diffusion`` trains on: W =
+  max(0, cos)^3 on the symmetrised K1 kNN graph of the L2-normalised features, S = D^-1/2
+  W D^-1/2, scores F = (1 - alpha) sum_{t=0..T} alpha^t S^t (truncated series, on blocks
+  of --block columns, so memory is n x block per alpha); each item's positives are its
+  top-P by F (itself excluded), P matched to k1k2's density as above, symmetrised. Every
+  alpha comes from one series.
 
 Each row: the label precision of the positive pairs i != j (`NeighbourGraph.label_agreement`),
 positive pairs per item (i != j), the recall of same-class pairs (the fraction of all
@@ -47,13 +48,14 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, BENCH)
 
+from bgan_tf.training.diffusion import (affinity, diffusion_ranked, matched_keys, normalised,  # noqa: E402
+                                        normalised_affinity, off_diagonal, pattern)
 from bgan_tf.training.graph import NeighbourGraph, build_graph, knn, symmetric_keys  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -61,40 +63,6 @@ VARIANTS = ("128", "128_flip", "160", "160_flip")
 CLEAR_MARGIN = 0.02  # absolute label precision
 DENSITY_TOLERANCE = 0.05  # relative difference of positive pairs per item
 MAX_BLOCK = 4096  # columns of the diffusion per block: n x block float32 per alpha
-
-
-def pattern(ranked: np.ndarray, p: int) -> sp.csr_matrix:
-    """Ranked lists [N, >=p] (no repeats in a row) -> CSR of ones, row i = its first p."""
-    n = ranked.shape[0]
-    cols = np.ascontiguousarray(ranked[:, :p], dtype=np.int32).ravel()
-    return sp.csr_matrix((np.ones(cols.size, np.int8), cols, np.arange(0, cols.size + 1, p)), shape=(n, n))
-
-
-def off_diagonal(keys: np.ndarray, n: int) -> int:
-    """Positive pairs i != j among the sorted keys i * n + j (both orders counted)."""
-    return int(np.count_nonzero(keys // n != keys % n))
-
-
-def matched_keys(ranked: np.ndarray, target_pairs: int) -> tuple[np.ndarray, int]:
-    """(keys, P): the symmetrised top-P graph of the ranked lists [N, depth] whose number of
-    off-diagonal positive pairs is closest to ``target_pairs``, P in [1, depth]. The count
-    grows with P, by at most 2N a step, so the match is within N pairs (one a item)."""
-    n, depth = ranked.shape
-    count = {}
-
-    def pairs(p: int) -> int:
-        if p not in count:
-            count[p] = off_diagonal(symmetric_keys(pattern(ranked, p)), n)
-        return count[p]
-
-    lo, hi = 1, depth  # the largest P with pairs(P) <= target, or 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if pairs(mid) <= target_pairs else (lo, mid - 1)
-    best = lo
-    if lo < depth and abs(pairs(lo + 1) - target_pairs) < abs(pairs(lo) - target_pairs):
-        best = lo + 1
-    return symmetric_keys(pattern(ranked, best)), best
 
 
 def pair_stats(keys: np.ndarray, n: int, labels: np.ndarray) -> dict:
@@ -107,70 +75,6 @@ def pair_stats(keys: np.ndarray, n: int, labels: np.ndarray) -> dict:
     hits = 0 if off == 0 else round(precision * off)
     return {"precision": round(precision, 4), "pairs_per_item": round(off / n, 2),
             "recall": round(hits / same_class, 4) if same_class else float("nan")}
-
-
-def normalised(features: np.ndarray) -> np.ndarray:
-    x = np.asarray(features, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def affinity(xn: np.ndarray, k: int, rows_per_chunk: int = 512) -> sp.csr_matrix:
-    """W: max(0, cos)^3 on the union of the K nearest-neighbour lists of the L2-normalised
-    features xn (symmetric, no self loops). Dot products in row chunks: the gathered
-    neighbours of a chunk are rows_per_chunk x k x D floats, not N x k x D."""
-    n = xn.shape[0]
-    nbrs = knn(xn, k)
-    w = np.empty(nbrs.shape, np.float32)
-    for s in range(0, n, rows_per_chunk):
-        w[s:s + rows_per_chunk] = np.einsum("nd,nkd->nk", xn[s:s + rows_per_chunk], xn[nbrs[s:s + rows_per_chunk]])
-    w = np.maximum(w, 0.0) ** 3
-    a = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(n), nbrs.shape[1]), nbrs.ravel())), shape=(n, n))
-    sym = a.maximum(a.T).tocsr()  # cos is symmetric: the union, each edge with its weight
-    sym.eliminate_zeros()
-    return sym
-
-
-def normalised_affinity(w: sp.csr_matrix) -> sp.csr_matrix:
-    """S = D^-1/2 W D^-1/2 (float32); an isolated item keeps a zero row."""
-    d = np.asarray(w.sum(axis=1)).ravel()
-    inv = np.where(d > 0, 1.0 / np.sqrt(np.maximum(d, 1e-30)), 0.0).astype(np.float32)
-    s = sp.diags(inv) @ w @ sp.diags(inv)
-    return s.astype(np.float32).tocsr()
-
-
-def top_rows(scores: np.ndarray, depth: int) -> np.ndarray:
-    """[N, B] scores (column c = one item's scores of every item) -> [B, depth] item ids
-    by score, highest first, ties by the smaller id."""
-    part = np.argpartition(-scores, depth - 1, axis=0)[:depth]
-    value = np.take_along_axis(scores, part, 0)
-    order = np.lexsort((part, -value), axis=0)
-    return np.take_along_axis(part, order, 0).T
-
-
-def diffusion_ranked(s: sp.csr_matrix, alphas: tuple[float, ...], steps: int, depth: int,
-                     block: int = 1000) -> dict[float, np.ndarray]:
-    """alpha -> [N, depth] each item's top items by F = (1 - alpha) sum_{t<=steps} alpha^t S^t,
-    itself excluded. S is symmetric, so column j of F is row j: the series runs on blocks of
-    ``block`` identity columns, one sparse product a step shared by all alphas."""
-    n = s.shape[0]
-    depth = min(depth, n - 1)
-    out = {a: np.empty((n, depth), np.int64) for a in alphas}
-    for lo in range(0, n, block):
-        hi = min(n, lo + block)
-        cols = np.arange(hi - lo)
-        x = np.zeros((n, hi - lo), np.float32)
-        x[lo + cols, cols] = 1.0
-        acc = {a: x.copy() for a in alphas}
-        for t in range(1, steps + 1):
-            x = np.asarray(s @ x)
-            for a in alphas:
-                acc[a] += np.float32(a ** t) * x
-        for a in alphas:
-            f = acc.pop(a)
-            f *= np.float32(1.0 - a)
-            f[lo + cols, cols] = -np.inf  # not one's own positive here (build_graph keeps i in P(i))
-            out[a][lo:hi] = top_rows(f, depth)
-    return out
 
 
 def constructions(features: np.ndarray, labels: np.ndarray, k1: int, k2: int, alphas: tuple[float, ...],

@@ -83,6 +83,23 @@ NBR_FORMS = {
     "released_off_diagonal": (False, False),
 }
 EXACT_KNN_MAX_ITEMS = 50_000
+# --graph_construction: the K1/K2 overlap graph of the BGAN definition, or diffusion
+# (manifold ranking over the K1 kNN graph) picking as many positives per item
+# (bgan_tf.training.diffusion). Diffusion costs O(T nnz N): ~50 s for 10,000 images on
+# 2 cores, so ~100x that at the limit.
+GRAPH_CONSTRUCTIONS = ("k1k2", "diffusion")
+DIFFUSION_MAX_ITEMS = 100_000
+INT_LIMITS.update(diffusion_steps=(1, 100))
+FLOAT_LIMITS.update(diffusion_alpha=(0.0, 0.999, False))
+
+
+def check_graph_construction(construction: str, num_items: int) -> None:
+    """UserError for an unknown construction, or diffusion over more than DIFFUSION_MAX_ITEMS."""
+    if construction not in GRAPH_CONSTRUCTIONS:
+        raise UserError(f"--graph_construction must be {' or '.join(GRAPH_CONSTRUCTIONS)}, got {construction!r}")
+    if construction == "diffusion" and num_items > DIFFUSION_MAX_ITEMS:
+        raise UserError(f"--graph_construction diffusion is quadratic in the number of images; {num_items:,} is "
+                        f"above its limit of {DIFFUSION_MAX_ITEMS:,}: use k1k2 or lower --max_images")
 
 
 def _is_int(v: Any) -> bool:
@@ -149,6 +166,9 @@ class BGANConfig:
     k1: int = 20
     k2: int = 30
     knn: str = "auto"  # auto | exact | approximate (KNN_METHODS)
+    graph_construction: str = "k1k2"  # GRAPH_CONSTRUCTIONS
+    diffusion_alpha: float = 0.99  # diffusion: weight of longer walks (graph_quality.md measured 0.9, 0.99)
+    diffusion_steps: int = 20  # diffusion: terms T of the truncated series
     # --- sign activation ---------------------------------------------------
     sign_mode: str = "tanh"  # tanh | app | ste
     ste_surrogate: str = "tanh"
@@ -211,6 +231,7 @@ class BGANConfig:
         need(self.graph_features in ("backbone", "pixels"), f"--graph_features must be backbone or pixels, got {self.graph_features!r}")
         need(self.knn in KNN_METHODS, f"--knn must be {', '.join(KNN_METHODS[:-1])} or {KNN_METHODS[-1]}, "
              f"got {self.knn!r}")
+        check_graph_construction(self.graph_construction, 0)
         need(self.strategy in ("one_device", "mirrored", "multi_worker_mirrored"),
              f"--strategy must be one_device, mirrored or multi_worker_mirrored, got {self.strategy!r}")
         need(self.gan_loss in GAN_LOSSES, f"--gan_loss must be {' or '.join(GAN_LOSSES)}, got {self.gan_loss!r}")

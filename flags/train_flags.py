@@ -17,7 +17,8 @@ import dataclasses
 
 from absl import flags
 
-from bgan_tf.config import EXACT_KNN_MAX_ITEMS, INT_LIMITS, KNN_METHODS, LOSS_PRESETS, NBR_FORMS, BGANConfig, apply_preset, check_value
+from bgan_tf.config import (DIFFUSION_MAX_ITEMS, EXACT_KNN_MAX_ITEMS, GRAPH_CONSTRUCTIONS, INT_LIMITS, KNN_METHODS,
+                            LOSS_PRESETS, NBR_FORMS, BGANConfig, apply_preset, check_value)
 from bgan_tf.configs import NAMES as CONFIG_NAMES
 from bgan_tf.errors import UserError
 from flags import common
@@ -49,6 +50,11 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "k2": ("integer", "Images with the largest neighbour overlap whose neighbours become positives (K2)."),
     "knn": ("enum", f"Neighbour search for the graph: {', '.join(KNN_METHODS)}. auto is exact up to "
                     f"{EXACT_KNN_MAX_ITEMS:,} images and a FAISS HNSW graph above (its recall is logged)."),
+    "graph_construction": ("enum", "Positives of the graph: k1k2 (the BGAN definition) or diffusion (as many per "
+                           "image, ranked by manifold ranking over the K1 kNN graph: more of them share a class; "
+                           f"quadratic cost, at most {DIFFUSION_MAX_ITEMS:,} images)."),
+    "diffusion_alpha": ("float", "Diffusion: weight of longer walks, in (0, 0.999]."),
+    "diffusion_steps": ("integer", "Diffusion: terms of the truncated series."),
     "sign_mode": ("string", "Sign relaxation during training: tanh, app (clip) or ste (straight-through)."),
     "ste_surrogate": ("string", "Surrogate whose gradient the straight-through estimator uses: tanh or app."),
     "beta_values": ("list_float", "Sign slopes of the continuation schedule, e.g. 1,2.5,5,7.5,10."),
@@ -89,7 +95,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
 }
 
 # Allowed values of the "enum" flags, from their owners.
-_ENUM_VALUES: dict[str, tuple[str, ...]] = {"knn": KNN_METHODS, "nbr_form": tuple(NBR_FORMS)}
+_ENUM_VALUES: dict[str, tuple[str, ...]] = {"knn": KNN_METHODS, "nbr_form": tuple(NBR_FORMS),
+                                          "graph_construction": GRAPH_CONSTRUCTIONS}
 
 
 def _validator(name: str, parse):

@@ -1,12 +1,13 @@
 """What test modules import (not fixtures: those are in conftest.py).
 
-    from testlib import TINY_TRAIN, build_tiny_model, run_binary
+    from testlib import TINY_TRAIN, build_tiny_model, run_binary, separated_clusters
 
 - TINY_TRAIN / build_tiny_model: the tiny model behind the session fixture
   ``tiny_model_dir`` (small_cnn encoder at 32x32, 16 bits, a few training steps
   on scikit-learn digits, offline; tiny generator/discriminator; about 10 s on
   2 cores), for tests that train a variant of it;
-- run_binary: ``python -m <module> ARGS`` from the repository root, quiet.
+- run_binary: ``python -m <module> ARGS`` from the repository root, quiet;
+- separated_clusters: two tight, far-apart clusters of features, for graph tests.
 
 Importable from every tests/<wing>/ folder: pytest puts tests/ on sys.path
 when it loads tests/conftest.py (there is no __init__.py in tests/).
@@ -52,3 +53,17 @@ def run_binary(module: str, *args: str, timeout: int = 300) -> subprocess.Comple
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def separated_clusters(per: int = 100, dim: int = 16, spread: float = 0.05, seed: int = 0):
+    """(features [2 per, dim] float32, labels): two tight clusters far apart, on the positive
+    orthant (so cosines are positive), classes interleaved in index order."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((2, dim), np.float32)
+    centres[0, 0], centres[1, 1] = 1.0, 1.0
+    labels = np.repeat([0, 1], per)
+    x = centres[labels] + spread * np.abs(rng.standard_normal((2 * per, dim))).astype(np.float32)
+    order = rng.permutation(2 * per)
+    return x[order], labels[order]

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
 
-from bgan_tf.config import EXACT_KNN_MAX_ITEMS, KNN_METHODS
+from bgan_tf.config import EXACT_KNN_MAX_ITEMS, KNN_METHODS, check_graph_construction
 from bgan_tf.errors import UserError
 
 # Queries whose exact neighbours `build_graph` computes to report the approximate recall.
@@ -242,15 +242,21 @@ def symmetric_keys(p: sp.csr_matrix, chunk_pairs: int = CHUNK_PAIRS) -> np.ndarr
 
 
 def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30, knn_method: str = "exact",
-                seed: int = 0, recall_sample: int = RECALL_SAMPLE) -> NeighbourGraph:
+                seed: int = 0, recall_sample: int = RECALL_SAMPLE, construction: str = "k1k2",
+                diffusion_alpha: float = 0.99, diffusion_steps: int = 20) -> NeighbourGraph:
     """Features [N, D] -> the symmetric positive-pair graph of the BGAN definition.
 
     ``knn_method``: exact, approximate, or auto (`resolve_knn`); an approximate graph
     carries its kNN recall on ``recall_sample`` seeded queries.
+    ``construction``: ``k1k2`` (the definition above) or ``diffusion``: the same number of
+    positive pairs, re-ranked by manifold ranking over the K1 kNN graph
+    (`bgan_tf.training.diffusion`; at most DIFFUSION_MAX_ITEMS items, its cost is
+    quadratic in N).
     """
     n = int(features.shape[0])
     if n < 2:
         raise ValueError("the neighbourhood graph needs at least two items")
+    check_graph_construction(construction, n)
     method = resolve_knn(knn_method, n)
     clock = [time.perf_counter()]
 
@@ -269,6 +275,11 @@ def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30, knn_method: st
     seconds["expand"] = lap()
     keys = symmetric_keys(p)  # s_ij = s_ji
     seconds["symmetrise"] = lap()
+    if construction == "diffusion":
+        from bgan_tf.training.diffusion import diffusion_keys, off_diagonal
+
+        keys, _ = diffusion_keys(features, k1, off_diagonal(keys, n), diffusion_alpha, diffusion_steps, method)
+        seconds["diffusion"] = lap()
     return NeighbourGraph(n, keys, method, recall, seconds)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from bgan_tf import atomic
-from bgan_tf.config import BGANConfig
+from bgan_tf.config import BGANConfig, check_graph_construction
 from bgan_tf.data.pipeline import images_for_gan, training_dataset
 from bgan_tf.data.sources import ImageData, dataset_paths, load_training_data
 from bgan_tf.errors import UserError
@@ -117,6 +117,7 @@ def check_data_fits(config: BGANConfig, num_images: int) -> None:
         raise UserError(f"the neighbourhood graph of {num_images:,} images with --k1 {config.k1} and --k2 "
                         f"{config.k2} may hold {pairs:,} candidate pairs (limit {MAX_GRAPH_PAIRS:,}); "
                         "lower --k1/--k2 or --max_images")
+    check_graph_construction(config.graph_construction, num_images)
 
 
 @dataclasses.dataclass
@@ -214,7 +215,9 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     seconds["features"] = time.time() - t
 
     t = time.time()
-    graph = build_graph(graph_features(config, data, backbone_feats), config.k1, config.k2, config.knn, config.seed)
+    graph = build_graph(graph_features(config, data, backbone_feats), config.k1, config.k2, config.knn, config.seed,
+                        construction=config.graph_construction, diffusion_alpha=config.diffusion_alpha,
+                        diffusion_steps=config.diffusion_steps)
     seconds["graph"] = time.time() - t
     if graph.knn_recall is not None:
         logging.info("neighbourhood graph: approximate kNN (--knn %s), recall@%d %.3f against exact search "

@@ -1,5 +1,6 @@
 """benchmarks/graph_quality.py on tiny synthetic data: pair statistics, the symmetrised kNN
-graph, matched density, diffusion on separated clusters, the verdict text, the skip."""
+graph, the constructions on separated clusters, the verdict text, the skip. The diffusion
+itself is bgan_tf.training.diffusion's (tests/training/test_diffusion.py)."""
 
 import os
 import sys
@@ -13,17 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 import graph_quality as gq  # noqa: E402
 
 from bgan_tf.training.graph import knn  # noqa: E402
-
-
-def _clusters(per: int = 100, dim: int = 16, spread: float = 0.05, seed: int = 0):
-    """Two tight clusters far apart (on the positive orthant, so cosines are positive)."""
-    rng = np.random.default_rng(seed)
-    centres = np.zeros((2, dim), np.float32)
-    centres[0, 0], centres[1, 1] = 1.0, 1.0
-    labels = np.repeat([0, 1], per)
-    x = centres[labels] + spread * np.abs(rng.standard_normal((2 * per, dim))).astype(np.float32)
-    order = rng.permutation(2 * per)  # classes interleaved in index order
-    return x[order], labels[order]
+from testlib import separated_clusters  # noqa: E402
 
 
 def test_pair_stats_by_hand():
@@ -34,7 +25,7 @@ def test_pair_stats_by_hand():
 
 
 def test_knn_only_is_the_symmetrised_lists():
-    x, _ = _clusters(per=30)
+    x, _ = separated_clusters(per=30)
     n, k = x.shape[0], 4
     nbrs = knn(x, k)
     keys = gq.symmetric_keys(gq.pattern(nbrs, k))
@@ -46,28 +37,8 @@ def test_knn_only_is_the_symmetrised_lists():
     assert len(expected) > n * k  # some lists are one-sided: symmetrising added pairs
 
 
-def test_matched_keys_hits_the_target_density():
-    x, _ = _clusters(per=50)
-    n = x.shape[0]
-    ranked = knn(x, 30)
-    for target in (3 * n, 17 * n + 5, 40 * n):
-        keys, p = gq.matched_keys(ranked, target)
-        got = gq.off_diagonal(keys, n)
-        assert 1 <= p <= 30 and got == gq.off_diagonal(gq.symmetric_keys(gq.pattern(ranked, p)), n)
-        # No other P comes closer, and the match is within one pair per item.
-        others = [abs(gq.off_diagonal(gq.symmetric_keys(gq.pattern(ranked, q)), n) - target) for q in range(1, 31)]
-        assert abs(got - target) == min(others)
-        if target <= 30 * n:
-            assert abs(got - target) <= n
-
-
-def test_top_rows_orders_by_score_then_id():
-    scores = np.array([[0.5, 1.0], [0.9, 1.0], [0.5, 0.0], [0.1, 1.0]], np.float32)  # column = one item
-    assert gq.top_rows(scores, 3).tolist() == [[1, 0, 2], [0, 1, 3]]
-
-
 def test_diffusion_on_separated_clusters_is_exact_at_matched_density():
-    x, labels = _clusters()
+    x, labels = separated_clusters()
     rows = {r["construction"]: r for r in gq.constructions(x, labels, k1=5, k2=5, alphas=(0.9, 0.99), steps=10,
                                                             block=64)}
     assert set(rows) == {"knn_only", "k1k2", "knn_matched", "diffusion_a0.9", "diffusion_a0.99"}
@@ -79,20 +50,6 @@ def test_diffusion_on_separated_clusters_is_exact_at_matched_density():
         assert rows[name]["precision"] == 1.0
         assert 0 < rows[name]["recall"] < 1
     assert rows["knn_only"]["pairs_per_item"] < base  # K2 expansion adds pairs
-
-
-def test_diffusion_series_matches_the_dense_formula():
-    x, _ = _clusters(per=20)
-    s = gq.normalised_affinity(gq.affinity(gq.normalised(x), 4))
-    dense = s.toarray().astype(np.float64)
-    assert np.allclose(dense, dense.T, atol=1e-6)
-    alpha, steps = 0.9, 6
-    f = sum(alpha ** t * np.linalg.matrix_power(dense, t) for t in range(steps + 1))
-    np.fill_diagonal(f, -np.inf)
-    ranked = gq.diffusion_ranked(s, (alpha,), steps, depth=5, block=7)[alpha]
-    top = np.take_along_axis(f, ranked, 1)
-    # The returned items hold the 5 highest scores of each row (ids may swap only on near-ties).
-    assert np.allclose(np.sort(top, 1), np.sort(f, 1)[:, -5:], rtol=1e-4)
 
 
 def _row(variant, construction, precision, ppi):
@@ -151,7 +108,7 @@ def test_main_writes_every_row_of_every_variant(tmp_path, monkeypatch):
 
     from bgan_tf.evaluation import protocols
 
-    x, labels = _clusters(per=60)
+    x, labels = separated_clusters(per=60)
     monkeypatch.setattr(cifar10_pbgan, "load_cifar", lambda root: types.SimpleNamespace(
         images=np.zeros((len(labels), 2, 2, 3), np.uint8), labels=labels))
     monkeypatch.setattr(protocols, "cifar10_pbgan", lambda lab, seed: types.SimpleNamespace(train=np.arange(len(lab))))
