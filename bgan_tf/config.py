@@ -158,6 +158,9 @@ class BGANConfig:
     # cached activations of the layers below it; top_bn: its BatchNorms frozen or trained.
     trainable_from: str = ""
     top_bn: str = "frozen"  # frozen | train
+    # Each training image seen as itself or its mirror (a seeded coin per image and pass);
+    # with cached inputs, the mirrors' features / bottom activations are cached too.
+    flip_augment: bool = False
     hash_hidden: tuple[int, ...] = ()  # MLP layers between backbone and Dense(L)
     hash_norm: bool = False  # batch-normalise Dense(L) outputs before the sign
     num_bits: int = 32

@@ -42,6 +42,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
                        "of MobileNetV2) on cached activations of the layers below it; empty: all frozen."),
     "top_bn": ("string", "BatchNorm layers of the --trainable_from top: frozen (inference mode, fixed statistics) "
                "or train (batch statistics)."),
+    "flip_augment": ("bool", "Show each training image as itself or its horizontal mirror (a seeded coin per image "
+                     "and epoch); with cached inputs the mirrors' features or bottom activations are cached too."),
     "hash_hidden": ("list_int", "Widths of MLP layers between the backbone and the Dense(num_bits) hash layer."),
     "hash_norm": ("bool", "Batch-normalise the hash layer's outputs before the sign (keeps them where the surrogate has a gradient)."),
     "num_bits": ("integer", "Code length L in bits."),

@@ -126,7 +126,7 @@ def xnnpack_forward(net, spec: BackboneSpec, probe: np.ndarray, what: str) -> Ca
 
     def run(batch: np.ndarray) -> np.ndarray:
         nonlocal shape
-        x = tf.cast(batch, tf.float32)
+        x = tf.cast(np.ascontiguousarray(batch), tf.float32)  # a mirrored view has negative strides
         if batch.shape[1:3] != (size, size):  # Preprocess's resize, the same op
             x = tf.image.resize(x, (size, size), method="bilinear")
         if shape != x.shape[0]:

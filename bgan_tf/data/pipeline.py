@@ -16,8 +16,13 @@ def images_for_gan(images: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_size: int, seed: int,
-                     first_epoch: int, epochs: int):
+                     first_epoch: int, epochs: int, flip: bool = False, mirrored_inputs: np.ndarray | None = None):
     """tf.data pipeline yielding {"image", "x", "index"} batches.
+
+    ``flip``: each item is seen as itself or as its horizontal mirror, a seeded coin per
+    (item, pass). The GAN image is mirrored in the graph; the encoder input comes from
+    ``mirrored_inputs`` (the mirror's cached features or bottom activations, row for row)
+    or, for images ([N, H, W, C], no mirrored_inputs), is mirrored in the graph too.
 
     The order of epoch e is a stateless permutation seeded by (seed, e), so a
     run resumed at epoch e sees exactly the batches an uninterrupted run
@@ -31,25 +36,47 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
     n = int(gan_images.shape[0])
     if n < batch_size:
         raise UserError(f"{n} training images is fewer than --batch_size {batch_size}; lower --batch_size")
+    if mirrored_inputs is not None and mirrored_inputs.shape != encoder_inputs.shape:
+        raise ValueError(f"mirrored inputs {mirrored_inputs.shape} do not match the inputs {encoder_inputs.shape}")
+    if flip and mirrored_inputs is None and encoder_inputs.ndim != 4:
+        raise ValueError("flipping cached features needs the mirror's features (mirrored_inputs)")
     images_t = tf.constant(gan_images)
-    if isinstance(encoder_inputs, np.memmap):
-        def gather_x(idx):
-            x = tf.numpy_function(lambda i: np.asarray(encoder_inputs[i]),
-                                  [idx], tf.as_dtype(encoder_inputs.dtype), stateful=False)
-            return tf.ensure_shape(x, (None,) + encoder_inputs.shape[1:])
-    else:
-        x_t = tf.constant(encoder_inputs)
-
-        def gather_x(idx):
-            return tf.gather(x_t, idx)
+    gather_x = _gatherer(encoder_inputs)
+    gather_mirror = _gatherer(mirrored_inputs) if flip and mirrored_inputs is not None else None
 
     def epoch_indices(e):
-        perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
-                                                        seed=tf.stack([tf.cast(seed, tf.int64), e]))
-        return tf.data.Dataset.from_tensor_slices(perm).batch(batch_size, drop_remainder=True)
+        pass_seed = tf.stack([tf.cast(seed, tf.int64), e])
+        perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=pass_seed)
+        # The coin of each item in this pass, independent of the order.
+        coin = tf.random.stateless_uniform([n], seed=pass_seed + [1, 0]) < 0.5 if flip else tf.zeros([n], tf.bool)
+        return tf.data.Dataset.from_tensor_slices((perm, tf.gather(coin, perm))).batch(batch_size, drop_remainder=True)
+
+    def batch(idx, mirror):
+        image, x = tf.gather(images_t, idx), gather_x(idx)
+        if flip:
+            m = mirror[:, None, None, None]
+            image = tf.where(m, tf.image.flip_left_right(image), image)
+            if gather_mirror is not None:
+                x = tf.where(tf.reshape(mirror, [-1] + [1] * (len(encoder_inputs.shape) - 1)), gather_mirror(idx), x)
+            else:
+                x = tf.where(m, tf.image.flip_left_right(x), x)
+        return {"image": image, "x": x, "index": idx}
 
     ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_indices)
-    ds = ds.map(lambda idx: {"image": tf.gather(images_t, idx), "x": gather_x(idx), "index": idx},
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _gatherer(inputs: np.ndarray):
+    """idx [B] -> inputs[idx] in the graph. A memory-mapped array (cached bottom
+    activations) is read batch by batch instead of being copied into one tensor."""
+    import tensorflow as tf
+
+    if isinstance(inputs, np.memmap):
+        def gather(idx):
+            x = tf.numpy_function(lambda i: np.asarray(inputs[i]), [idx], tf.as_dtype(inputs.dtype), stateful=False)
+            return tf.ensure_shape(x, (None,) + inputs.shape[1:])
+        return gather
+    t = tf.constant(inputs)
+    return lambda idx: tf.gather(t, idx)
 

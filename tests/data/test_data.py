@@ -110,6 +110,41 @@ def test_pipeline_batches_are_full_deterministic_and_resume_exactly():
         training_dataset(imgs[:4], x[:4], b, 0, 0, 1)
 
 
+def test_flip_shows_each_item_or_its_mirror_consistently_and_resumes_exactly():
+    n, b = 64, 8
+    rng = np.random.default_rng(0)
+    imgs = rng.random((n, 4, 4, 3)).astype(np.float32)
+    x = np.arange(n, dtype=np.float32)[:, None]
+    mirrored = -x  # the mirror's cached features: told apart by the sign
+
+    def stream(first, last):
+        return list(training_dataset(imgs, x, b, 7, first, last, flip=True, mirrored_inputs=mirrored))
+
+    seen = []
+    for batch in stream(0, 2):
+        idx, xb, im = batch["index"].numpy(), batch["x"].numpy()[:, 0], batch["image"].numpy()
+        mirror = xb < 0
+        mirror |= (xb == 0) & ~np.isclose(im, imgs[idx]).all(axis=(1, 2, 3))  # item 0: +0 == -0
+        np.testing.assert_array_equal(np.abs(xb), idx)
+        # The GAN image is mirrored exactly when the encoder input is the mirror's.
+        np.testing.assert_allclose(im[mirror], imgs[idx[mirror]][:, :, ::-1])
+        np.testing.assert_allclose(im[~mirror], imgs[idx[~mirror]])
+        seen.append(mirror)
+    share = np.concatenate(seen).mean()
+    assert 0.3 < share < 0.7  # a fair coin
+    # Coins differ between passes, and a resumed run sees the same ones.
+    first_pass = {int(i): bool(m) for bt, m in zip(stream(0, 1), seen[: n // b]) for i, m in zip(bt["index"].numpy(), m)}
+    second = {int(i): bool(m) for bt, m in zip(stream(0, 2)[n // b:], seen[n // b:]) for i, m in zip(bt["index"].numpy(), m)}
+    assert first_pass != second
+    for a, c in zip(stream(0, 2)[n // b:], stream(1, 2)):
+        np.testing.assert_array_equal(a["x"].numpy(), c["x"].numpy())
+    # Image inputs are mirrored in the graph; cached features need their mirrors.
+    for batch in training_dataset(imgs, imgs, b, 7, 0, 1, flip=True).take(1):
+        np.testing.assert_array_equal(batch["x"].numpy(), batch["image"].numpy())
+    with pytest.raises(ValueError, match="mirrored_inputs"):
+        training_dataset(imgs, x, b, 7, 0, 1, flip=True)
+
+
 def test_subset_and_fingerprint():
     d = ImageData(np.zeros((3, 2, 2, 3), np.uint8), np.array([0, 1, 2]), ["a", "b", "c"])
     s = d.subset(np.array([2, 0]))

@@ -224,3 +224,22 @@ def test_resume_refuses_another_cut(finetuned):
         check_run_dir(config.replace(trainable_from="block_14_expand"))
     with pytest.raises(UserError, match="--top_bn frozen .now train."):
         check_run_dir(config.replace(top_bn="train"))
+
+
+def test_flip_augment_caches_the_mirrors_bottom_and_trains(small_mobilenet, initial_net, tmp_path, monkeypatch):
+    from bgan_tf.training.trainer import train
+
+    # 64 images count as a large set: the mirror (a negative-stride view) goes through XNNPACK.
+    monkeypatch.setattr(features_lib, "XNNPACK_MIN_IMAGES", 8)
+    cache = tmp_path / "cache"
+    config = BGANConfig(**{**TINY_TRAIN, "backbone": "mobilenet_v2_torch", "backbone_weights": small_mobilenet.weights,
+                           "backbone_input_size": SIZE, "freeze_backbone": True, "trainable_from": CUT,
+                           "feature_cache_dir": str(cache), "max_images": 64, "steps_per_epoch": 2,
+                           "use_gan": False, "flip_augment": True, "output_dir": str(tmp_path / "run")})
+    result = train(config, verbose=0)
+    data = _digits(config)
+    mirror = np.load(features_lib.bottom_cache_path(small_mobilenet, CUT, data.fingerprint() + "|mirror", str(cache)))
+    bottom, _ = split_backbone(initial_net, CUT)
+    ref = np.asarray(bottom(backbones.Preprocess(SIZE, "torch")(data.images[:, :, ::-1].astype(np.float32))))
+    np.testing.assert_allclose(mirror.astype(np.float32), ref, rtol=2**-10, atol=1e-4 * float(np.abs(ref).max()))
+    assert os.path.isdir(result.model_dir) and np.isfinite(result.history["loss_e"]).all()
