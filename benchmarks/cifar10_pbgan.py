@@ -269,8 +269,9 @@ def main() -> int:
                 row.update(gan_health(res, qc, data.images[q], cfg.image_size))
                 seconds[f"{stage}_gan_health"] = time.time() - t
             methods_out.setdefault(name + args.suffix, {})[str(bits)] = row
-            print(f"{bits} bits {name}{args.suffix}: {row}  ITQ: {methods_out['ITQ' + args.suffix][str(bits)]}",
-                  flush=True)
+            # A --variant run into a fresh --out has no baseline rows of its own.
+            itq = methods_out.get("ITQ" + args.suffix, {}).get(str(bits), "not in this results file")
+            print(f"{bits} bits {name}{args.suffix}: {row}  ITQ: {itq}", flush=True)
             _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
         _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
     seconds["total"] = time.time() - t0
