@@ -173,6 +173,8 @@ def main() -> int:
     from bgan_tf.evaluation.retrieval_metrics import evaluate_codes, evaluate_float
     from bgan_tf.training.trainer import train
 
+    # The code this process imported: a commit made while it trains is not what trained it.
+    commit = git_commit()
     seconds: dict[str, float] = {}
     t0 = time.time()
     data = load_cifar(args.data)
@@ -261,7 +263,7 @@ def main() -> int:
             if res.graph_label_agreement is not None:  # of the graph it trained on (--graph_construction)
                 row["graph_label_agreement"] = round(res.graph_label_agreement, 4)
                 row["graph_seconds"] = round(res.seconds.get("graph", float("nan")), 1)
-            row["commit"] = git_commit()  # which code trained it: rows of earlier code stay in the table
+            row["commit"] = commit  # which code trained it: rows of earlier code stay in the table
             if args.override:
                 row["override"] = args.override
             if cfg.use_gan:
@@ -287,7 +289,7 @@ def main() -> int:
             "loadavg_at_start": [round(v, 2) for v in load_at_start],
             "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
             "command": "benchmarks/cifar10_pbgan.py --whole_run",
-            "commit": git_commit(),
+            "commit": commit,
         }
     _write(results, secs_out, seconds, args, graph_agree=agree, out=args.out)
     print(open(args.out + ".md").read())

@@ -53,6 +53,7 @@ FLOAT_LIMITS: dict[str, tuple[float, float, bool]] = {
     "w_pixel": (0.0, 1e6, True),
     "w_feature": (0.0, 1e6, True),
     "w_adv": (0.0, 1e6, True),
+    "w_consistency": (0.0, 1e6, True),
     "lr_e": (0.0, 10.0, False),
     "lr_g": (0.0, 10.0, False),
     "lr_d": (0.0, 10.0, False),
@@ -161,6 +162,9 @@ class BGANConfig:
     # Each training image seen as itself or its mirror (a seeded coin per image and pass);
     # with cached inputs, the mirrors' features / bottom activations are cached too.
     flip_augment: bool = False
+    # Weight of mean((z(x) - z(mirror x))^2): an image's and its mirror's codes agree (both
+    # views go through the encoder each step, so it costs a second encoder pass).
+    w_consistency: float = 0.0
     hash_hidden: tuple[int, ...] = ()  # MLP layers between backbone and Dense(L)
     hash_norm: bool = False  # batch-normalise Dense(L) outputs before the sign
     num_bits: int = 32

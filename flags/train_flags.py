@@ -44,6 +44,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
                "or train (batch statistics)."),
     "flip_augment": ("bool", "Show each training image as itself or its horizontal mirror (a seeded coin per image "
                      "and epoch); with cached inputs the mirrors' features or bottom activations are cached too."),
+    "w_consistency": ("float", "Weight of mean((z(x) - z(mirror x))^2), which makes an image's and its mirror's "
+                      "codes agree (a second encoder pass a step; the mirrors' cached inputs as for --flip_augment)."),
     "hash_hidden": ("list_int", "Widths of MLP layers between the backbone and the Dense(num_bits) hash layer."),
     "hash_norm": ("bool", "Batch-normalise the hash layer's outputs before the sign (keeps them where the surrogate has a gradient)."),
     "num_bits": ("integer", "Code length L in bits."),

@@ -16,13 +16,16 @@ def images_for_gan(images: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_size: int, seed: int,
-                     first_epoch: int, epochs: int, flip: bool = False, mirrored_inputs: np.ndarray | None = None):
+                     first_epoch: int, epochs: int, flip: bool = False, mirrored_inputs: np.ndarray | None = None,
+                     other_view: bool = False):
     """tf.data pipeline yielding {"image", "x", "index"} batches.
 
     ``flip``: each item is seen as itself or as its horizontal mirror, a seeded coin per
     (item, pass). The GAN image is mirrored in the graph; the encoder input comes from
     ``mirrored_inputs`` (the mirror's cached features or bottom activations, row for row)
     or, for images ([N, H, W, C], no mirrored_inputs), is mirrored in the graph too.
+    ``other_view``: batches also hold "x_other", the encoder input of the view not shown
+    (the mirror when the item is seen as itself, and the other way round).
 
     The order of epoch e is a stateless permutation seeded by (seed, e), so a
     run resumed at epoch e sees exactly the batches an uninterrupted run
@@ -38,11 +41,19 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
         raise UserError(f"{n} training images is fewer than --batch_size {batch_size}; lower --batch_size")
     if mirrored_inputs is not None and mirrored_inputs.shape != encoder_inputs.shape:
         raise ValueError(f"mirrored inputs {mirrored_inputs.shape} do not match the inputs {encoder_inputs.shape}")
-    if flip and mirrored_inputs is None and encoder_inputs.ndim != 4:
-        raise ValueError("flipping cached features needs the mirror's features (mirrored_inputs)")
+    if (flip or other_view) and mirrored_inputs is None and encoder_inputs.ndim != 4:
+        raise ValueError("mirroring cached features needs the mirror's features (mirrored_inputs)")
     images_t = tf.constant(gan_images)
     gather_x = _gatherer(encoder_inputs)
-    gather_mirror = _gatherer(mirrored_inputs) if flip and mirrored_inputs is not None else None
+    gather_mirror = _gatherer(mirrored_inputs) if mirrored_inputs is not None and (flip or other_view) else None
+    shape = [-1] + [1] * (len(encoder_inputs.shape) - 1)
+
+    def views(idx, mirror):
+        """(input shown, input of the other view) of the items idx, mirror[i]: shown mirrored."""
+        x = gather_x(idx)
+        m = gather_mirror(idx) if gather_mirror is not None else tf.image.flip_left_right(x)
+        flag = tf.reshape(mirror, shape)
+        return tf.where(flag, m, x), tf.where(flag, x, m)
 
     def epoch_indices(e):
         pass_seed = tf.stack([tf.cast(seed, tf.int64), e])
@@ -52,15 +63,15 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
         return tf.data.Dataset.from_tensor_slices((perm, tf.gather(coin, perm))).batch(batch_size, drop_remainder=True)
 
     def batch(idx, mirror):
-        image, x = tf.gather(images_t, idx), gather_x(idx)
-        if flip:
-            m = mirror[:, None, None, None]
-            image = tf.where(m, tf.image.flip_left_right(image), image)
-            if gather_mirror is not None:
-                x = tf.where(tf.reshape(mirror, [-1] + [1] * (len(encoder_inputs.shape) - 1)), gather_mirror(idx), x)
-            else:
-                x = tf.where(m, tf.image.flip_left_right(x), x)
-        return {"image": image, "x": x, "index": idx}
+        image = tf.gather(images_t, idx)
+        if not (flip or other_view):
+            return {"image": image, "x": gather_x(idx), "index": idx}
+        image = tf.where(mirror[:, None, None, None], tf.image.flip_left_right(image), image)
+        x, x_other = views(idx, mirror)
+        out = {"image": image, "x": x, "index": idx}
+        if other_view:
+            out["x_other"] = x_other
+        return out
 
     ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_indices)
     ds = ds.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -41,6 +41,7 @@ from bgan_tf.modeling.factory import build_discriminator, build_generator
 from bgan_tf.modeling.networks import Encoder
 
 LOSS_NAMES = ("loss_e", "loss_g", "nbr", "quant", "pixel", "feature", "adv_g", "loss_d")
+CONSISTENCY_NAME = "consistency"  # logged when w_consistency > 0
 ACCURACY_NAMES = ("d_acc_real", "d_acc_recon", "d_acc_prior")
 NOISE_STD_NAME = "d_noise_std"
 # Seed streams of the per-step stateless draws: prior codes use the config seed itself
@@ -93,7 +94,7 @@ class BGAN(keras.Model):
         else:
             self.generator = None
             self.discriminator = None
-        names = LOSS_NAMES
+        names = LOSS_NAMES + ((CONSISTENCY_NAME,) if config.w_consistency else ())
         if config.use_gan:
             names += ACCURACY_NAMES + ((NOISE_STD_NAME,) if config.instance_noise else ())
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
@@ -240,7 +241,12 @@ class BGAN(keras.Model):
         noise = self._instance_noise(image) if gan else None
         counts = {}
         with tf.GradientTape(persistent=True) as tape:
-            z = self(x, training=True)
+            if cfg.w_consistency:
+                # Both views in one pass: trained batch norms see one batch of both.
+                z_pair = self(tf.concat([x, data["x_other"]], 0), training=True)
+                z, z_other = z_pair[:b], z_pair[b:]
+            else:
+                z = self(x, training=True)
             z_all = _gather(z)
             idx_all = _gather(index)
             s_block = block_lookup(self.graph_keys, self.num_items, index, idx_all)
@@ -268,6 +274,9 @@ class BGAN(keras.Model):
             # content terms; the adversarial term reaches it only on request
             # (measured on digits: it drowns the neighbourhood signal).
             loss_e = cfg.w_nbr * nbr + cfg.w_quant * quant + content
+            if cfg.w_consistency:
+                consistency = losses.consistency_loss(z, z_other, g_batch)
+                loss_e = loss_e + cfg.w_consistency * consistency
             if cfg.adv_to_encoder:
                 loss_e = loss_e + cfg.w_adv * adv_g
             # Under mixed precision the optimizers are LossScaleOptimizers: scale
@@ -291,6 +300,8 @@ class BGAN(keras.Model):
                 self._generator_step(tf.stop_gradient(z), image, prior_codes, noise, g_batch)
         values = dict(loss_e=loss_e, loss_g=loss_g, nbr=nbr, quant=quant, pixel=pixel, feature=feature,
                       adv_g=adv_g, loss_d=loss_d)
+        if cfg.w_consistency:
+            values[CONSISTENCY_NAME] = consistency
         logs = {}
         for name, v in values.items():
             total = _sum_over_replicas(tf.cast(v, tf.float32))

@@ -69,6 +69,11 @@ def quantization_loss(z: tf.Tensor, global_batch) -> tf.Tensor:
     return per_example_share(tf.reduce_mean(tf.square(z - target), axis=1), global_batch)
 
 
+def consistency_loss(z: tf.Tensor, z_other: tf.Tensor, global_batch) -> tf.Tensor:
+    """mean((z(x) - z(x'))^2) over two views x, x' of each image: their codes agree."""
+    return per_example_share(tf.reduce_mean(tf.square(z - z_other), axis=1), global_batch)
+
+
 def pixel_loss(real: tf.Tensor, recon: tf.Tensor, global_batch) -> tf.Tensor:
     """Per-image pixel MSE (the paper's content term)."""
     return per_example_share(tf.reduce_mean(tf.square(real - recon), axis=[1, 2, 3]), global_batch)

@@ -213,7 +213,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     elif config.freeze_backbone:
         backbone_feats = cached_features(data.images, spec, data.fingerprint(), config.feature_cache_dir)
     mirrored = None
-    if config.flip_augment and (bottom is not None or backbone_feats is not None):
+    if (config.flip_augment or config.w_consistency) and (bottom is not None or backbone_feats is not None):
         mirror = data.images[:, :, ::-1]  # a view: the caches read it batch by batch
         key = data.fingerprint() + "|mirror"
         mirrored = cached_bottom(mirror, spec, config.trainable_from, key, config.feature_cache_dir) \
@@ -273,7 +273,8 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         # [e*steps, (e+1)*steps) of the stream of seeded passes over the data: start there.
         first = start * steps
         ds = training_dataset(gan_images, x, config.batch_size, config.seed, first // per_pass,
-                              -(-stop * steps // per_pass), flip=config.flip_augment, mirrored_inputs=mirrored)
+                              -(-stop * steps // per_pass), flip=config.flip_augment, mirrored_inputs=mirrored,
+                              other_view=bool(config.w_consistency))
         return shard_by_data(ds.skip(first % per_pass))
 
     callbacks = [BetaSchedule(model.encoder.beta, config.beta_values, config.beta_every), ckpt]

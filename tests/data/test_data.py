@@ -145,6 +145,20 @@ def test_flip_shows_each_item_or_its_mirror_consistently_and_resumes_exactly():
         training_dataset(imgs, x, b, 7, 0, 1, flip=True)
 
 
+def test_other_view_is_the_view_not_shown():
+    n, b = 32, 8
+    x = np.arange(1, n + 1, dtype=np.float32)[:, None]
+    imgs = np.random.default_rng(1).random((n, 4, 4, 3)).astype(np.float32)
+    for flip in (False, True):
+        for batch in training_dataset(imgs, x, b, 3, 0, 1, flip=flip, mirrored_inputs=-x, other_view=True):
+            xb, other = batch["x"].numpy(), batch["x_other"].numpy()
+            np.testing.assert_array_equal(other, -xb)
+            if not flip:  # no coin: the item itself is shown, its mirror is the other view
+                assert (xb > 0).all()
+    for batch in training_dataset(imgs, imgs, b, 3, 0, 1, other_view=True).take(1):
+        np.testing.assert_array_equal(batch["x_other"].numpy(), batch["x"].numpy()[:, :, ::-1])
+
+
 def test_subset_and_fingerprint():
     d = ImageData(np.zeros((3, 2, 2, 3), np.uint8), np.array([0, 1, 2]), ["a", "b", "c"])
     s = d.subset(np.array([2, 0]))

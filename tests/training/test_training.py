@@ -73,3 +73,24 @@ def test_nbr_only_ablation_has_no_gan(tmp_path, digits_subset):
     result = train(cfg, digits_subset, verbose=0)
     assert not os.path.exists(os.path.join(result.model_dir, "generator.weights.h5"))
     assert result.history["adv_g"] == [0.0]
+
+
+def test_consistency_term_makes_an_image_and_its_mirror_agree(tmp_path, digits_subset):
+    from bgan_tf.inference.keras_model import load_encoder
+    from bgan_tf.training.trainer import train
+
+    images = digits_subset.images[:200]
+    disagreement = {}
+    for w in (0.0, 30.0):
+        cfg = apply_preset(BGANConfig(**TINY), "nbr_only").replace(
+            epochs=3, w_consistency=w, output_dir=str(tmp_path / f"run{w:g}"))
+        result = train(cfg, digits_subset, verbose=0)
+        if w:
+            assert np.isfinite(result.history["consistency"]).all()
+            assert result.history["consistency"][-1] < result.history["consistency"][0]
+        else:
+            assert "consistency" not in result.history
+        enc = load_encoder(result.model_dir)
+        disagreement[w] = np.mean(enc.encode(images) != enc.encode(images[:, :, ::-1]))
+    # Fraction of bits that differ between an image's code and its mirror's.
+    assert disagreement[30.0] < 0.5 * disagreement[0.0], disagreement
