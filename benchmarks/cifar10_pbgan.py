@@ -258,7 +258,8 @@ def main() -> int:
                 row = score(qc, dbc)
                 row.update(trainable_from=cfg.trainable_from, top_bn=cfg.top_bn, bottom_check_bit_flips=flips)
             seconds[f"{stage}_eval"] = time.time() - t
-            row["train_seconds"] = round(seconds[f"{stage}_train"], 1)
+            # A run folder that had finished is reloaded, not trained: no training time to report.
+            row["train_seconds"] = round(seconds[f"{stage}_train"], 1) if res.epochs_run else None
             row["epochs"] = cfg.epochs
             if res.graph_label_agreement is not None:  # of the graph it trained on (--graph_construction)
                 row["graph_label_agreement"] = round(res.graph_label_agreement, 4)
@@ -477,7 +478,8 @@ def write_markdown(results: dict, path: str) -> None:
                   "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
         for m in trained:
             cells = [f"{methods[m][b].get('epochs', '?')} ep, {methods[m][b]['train_seconds']:.0f} s"
-                     if b in methods[m] and "train_seconds" in methods[m][b] else "-" for b in bits]
+                     if b in methods[m] and methods[m][b].get("train_seconds") is not None
+                     else ("reloaded" if b in methods[m] and "train_seconds" in methods[m][b] else "-") for b in bits]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += _gan_health_lines(methods, order, bits)
     if "float_cosine" in methods:
