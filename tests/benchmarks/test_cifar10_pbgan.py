@@ -101,3 +101,38 @@ def test_bottom_code_check_allows_one_flipped_bit_and_refuses_two():
     two[9, 0] *= -1
     with pytest.raises(UserError, match="differ from the codes of the images on 2 of 512 bit positions"):
         bench.check_bottom_codes(_FakeEncoder(codes), images, two)
+
+
+def _whole(stages, command="benchmarks/cifar10_pbgan.py --whole_run"):
+    return {"stages": stages, "seconds": sum(stages.values()), "date": "2026-12-01 20:00 UTC",
+            "loadavg_at_start": [1.0, 1.0, 1.0], "map": {"ITQ": {"map_all": 0.28, "map_1000": 0.46}},
+            "command": command}
+
+
+def test_whole_runs_are_judged_against_their_own_budgets(tmp_path):
+    results = _results()
+    results["whole_run_32"] = _whole({"features_60k": 300.0, "bgan_paper_32_train": 700.0})
+    results["whole_run_32_ft_lr1e-4"] = _whole({"bottom_60k": 200.0, "bgan_paper_ft_lr1e-4_32_train": 1400.0},
+                                              "benchmarks/cifar10_pbgan.py --whole_run --trainable_from x")
+    lines = [line for line in _markdown(tmp_path, results) if line.startswith("One whole 32-bit run")]
+    assert len(lines) == 2
+    assert "(whole_run_32," in lines[0] and "1000 s (16.7 min; target 15 min on 2 cores: NOT met" in lines[0]
+    assert "(whole_run_32_ft_lr1e-4," in lines[1] and "1600 s (26.7 min; target 30 min on 2 cores: met" in lines[1]
+    assert "--trainable_from x" in lines[1]
+    assert bench.whole_run_stages("bgan_paper_ft", True) == (
+        "load_images", "features_60k", "bottom_60k", "graph_10k", "ITQ_32", "bgan_paper_ft_32_train",
+        "bgan_paper_ft_32_eval")
+
+
+def test_merge_brings_the_other_runs_whole_run_blocks(tmp_path):
+    import json
+
+    out = str(tmp_path / "main")
+    json.dump(_results(), open(out + ".json", "w"))
+    other = {"methods": {"nbr_only_x": {"32": _row(0.4)}}, "seconds": {"a": 1.0},
+             "whole_run_32_ft": _whole({"bottom_60k": 5.0})}
+    json.dump(other, open(str(tmp_path / "other.json"), "w"))
+    assert bench.merge(out, [str(tmp_path / "other.json")]) == 0
+    merged = json.load(open(out + ".json"))
+    assert merged["whole_run_32_ft"]["stages"] == {"bottom_60k": 5.0}
+    assert merged["methods"]["nbr_only_x"]["32"]["map_all"] == 0.4 and "ITQ" in merged["methods"]
