@@ -48,7 +48,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -266,7 +265,9 @@ def main() -> int:
             if res.graph_label_agreement is not None:  # of the graph it trained on (--graph_construction)
                 row["graph_label_agreement"] = round(res.graph_label_agreement, 4)
                 row["graph_seconds"] = round(res.seconds.get("graph", float("nan")), 1)
-            row["commit"] = commit  # which code trained it: rows of earlier code stay in the table
+            # Which code trained it (rows of earlier code stay in the table): a reloaded run's
+            # model folder says.
+            row["commit"] = commit if res.epochs_run else trained_by(res.model_dir)
             if args.override:
                 row["override"] = args.override
             if cfg.use_gan:
@@ -357,8 +358,20 @@ def gan_health(res, q_codes: np.ndarray, q_images: np.ndarray, image_size: int) 
 
 def git_commit() -> str | None:
     """The checkout's short commit hash (None outside git)."""
-    return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip() or None
+    from bgan_tf.inference.model_folder import git_commit as full_commit
+
+    full = full_commit()
+    return full[:7] if full else None
+
+
+def trained_by(model_dir: str) -> str | None:
+    """The short commit recorded in a model folder's metadata.json (None if absent)."""
+    try:
+        with open(os.path.join(model_dir, "metadata.json")) as f:
+            full = json.load(f).get("git_commit")
+    except (OSError, ValueError):
+        return None
+    return full[:7] if full else None
 
 
 def merge(out: str, others: list[str]) -> int:

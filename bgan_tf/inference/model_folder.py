@@ -59,7 +59,7 @@ def git_commit() -> str | None:
 
 
 def write_model_folder(final_dir: str, config: BGANConfig, encoder, data: "ImageData", generator=None,
-                       discriminator=None) -> None:
+                       discriminator=None, commit: str | None = None) -> None:
     """Write encoder/generator/discriminator weights + config + metadata as one folder.
 
     Through atomic.staged_dir: filled beside the target, swapped in whole (a crash leaves
@@ -86,7 +86,8 @@ def write_model_folder(final_dir: str, config: BGANConfig, encoder, data: "Image
                               "normalisation": encoder.spec.normalisation},
             "image_size": config.image_size,
             "training_data": {"dataset": config.dataset, "count": len(data), "fingerprint": data.fingerprint()},
-            "git_commit": git_commit(),
+            # The trainer passes the commit it started from: HEAD may have moved since.
+            "git_commit": commit or git_commit(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")

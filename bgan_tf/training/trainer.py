@@ -196,6 +196,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     from bgan_tf.training.graph import RECALL_SAMPLE, build_graph
 
     seconds: dict[str, float] = {}
+    commit = model_folder.git_commit()  # the code this run imported, for the model's metadata
     out_dir = config.output_dir if chief else tempfile.mkdtemp(prefix="bgan_worker_")
     model_dir = os.path.join(out_dir, MODEL_SUBDIR)
 
@@ -290,7 +291,8 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     history = fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks, verbose)
     seconds["train"] = time.time() - t
     if chief:
-        model_folder.write_model_folder(model_dir, config, model.encoder, data, model.generator, model.discriminator)
+        model_folder.write_model_folder(model_dir, config, model.encoder, data, model.generator, model.discriminator,
+                                        commit=commit)
     else:
         shutil.rmtree(out_dir, ignore_errors=True)
     seconds["total"] = time.time() - t0

@@ -94,3 +94,16 @@ def test_consistency_term_makes_an_image_and_its_mirror_agree(tmp_path, digits_s
         disagreement[w] = np.mean(enc.encode(images) != enc.encode(images[:, :, ::-1]))
     # Fraction of bits that differ between an image's code and its mirror's.
     assert disagreement[30.0] < 0.5 * disagreement[0.0], disagreement
+
+
+def test_model_metadata_names_the_commit_training_started_from(tmp_path, digits_subset, monkeypatch):
+    from bgan_tf.inference import model_folder
+    from bgan_tf.training.trainer import train
+
+    calls = iter(["commit_at_start", "commit_at_end"])  # HEAD moves while the run trains
+    monkeypatch.setattr(model_folder, "git_commit", lambda: next(calls))
+    cfg = apply_preset(BGANConfig(**TINY), "nbr_only").replace(epochs=1, steps_per_epoch=2,
+                                                               output_dir=str(tmp_path / "run"))
+    result = train(cfg, digits_subset, verbose=0)
+    meta = json.load(open(os.path.join(result.model_dir, "metadata.json")))
+    assert meta["git_commit"] == "commit_at_start"
