@@ -261,6 +261,8 @@ def main() -> int:
             seconds[f"{stage}_eval"] = time.time() - t
             # A run folder that had finished is reloaded, not trained: no training time to report.
             row["train_seconds"] = round(seconds[f"{stage}_train"], 1) if res.epochs_run else None
+            if not res.epochs_run:
+                seconds.pop(f"{stage}_train")
             row["epochs"] = cfg.epochs
             if res.graph_label_agreement is not None:  # of the graph it trained on (--graph_construction)
                 row["graph_label_agreement"] = round(res.graph_label_agreement, 4)
