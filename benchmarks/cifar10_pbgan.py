@@ -503,6 +503,14 @@ def write_markdown(results: dict, path: str) -> None:
                                                                    for layer, bn in tuned)
                   + " trained on cached activations of the frozen layers below; codes from those "
                     "activations of every image."]
+    graphs = [(m, b, r) for m in order for b, r in methods[m].items() if "graph_construction=" in r.get("override", "")]
+    if graphs:
+        base = results.get("setup", {}).get("graph_label_agreement")
+        lines += ["", "Rows trained on another neighbourhood graph (`--graph_construction`): the fraction of "
+                      "its positive pairs that share a class"
+                  + (f" (the K1/K2 graph's: {base:.3f})" if base is not None else "") + ": "
+                  + "; ".join(f"{m} {b} bits {r['graph_label_agreement']:.3f}" for m, b, r in graphs
+                              if "graph_label_agreement" in r) + "."]
     trained = [m for m in order if any("train_seconds" in r for r in methods[m].values())]
     if trained:
         lines += ["", "Training cost of each learned row: epochs, seconds (frozen features cached; "

@@ -136,3 +136,14 @@ def test_merge_brings_the_other_runs_whole_run_blocks(tmp_path):
     merged = json.load(open(out + ".json"))
     assert merged["whole_run_32_ft"]["stages"] == {"bottom_60k": 5.0}
     assert merged["methods"]["nbr_only_x"]["32"]["map_all"] == 0.4 and "ITQ" in merged["methods"]
+
+
+def test_rows_on_another_graph_say_how_good_it_is(tmp_path):
+    results = _results()
+    results["setup"] = {"graph_label_agreement": 0.3639}
+    results["methods"]["nbr_only_diffusion"] = {"32": _row(0.393, override="graph_construction=diffusion",
+                                                          graph_label_agreement=0.4641)}
+    lines = [line for line in _markdown(tmp_path, results) if line.startswith("Rows trained on another")]
+    assert lines == ["Rows trained on another neighbourhood graph (`--graph_construction`): the fraction of its "
+                     "positive pairs that share a class (the K1/K2 graph's: 0.364): nbr_only_diffusion 32 bits "
+                     "0.464."]
