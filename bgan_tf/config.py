@@ -174,6 +174,9 @@ class BGANConfig:
     k2: int = 30
     knn: str = "auto"  # auto | exact | approximate (KNN_METHODS)
     graph_construction: str = "k1k2"  # GRAPH_CONSTRUCTIONS
+    # A trained model folder whose backbone (fine-tuned layers included) gives the graph's
+    # features: a second round on the graph the first one learned. Empty: this run's features.
+    graph_model: str = ""
     diffusion_alpha: float = 0.99  # diffusion: weight of longer walks (graph_quality.md measured 0.9, 0.99)
     diffusion_steps: int = 20  # diffusion: terms T of the truncated series
     # --- sign activation ---------------------------------------------------
@@ -249,6 +252,10 @@ class BGANConfig:
              f"--gen_channels: {len(self.gen_channels)} widths cannot make {self.image_size}x{self.image_size} "
              f"images (each width after the first doubles the size); give at most "
              f"{self.image_size.bit_length()} widths")
+        need(isinstance(self.graph_model, str) and len(self.graph_model) <= 4096,
+             f"--graph_model must be a model folder's path, got {self.graph_model!r}")
+        need(not self.graph_model or self.graph_features == "backbone",
+             "--graph_model gives the graph backbone features: it needs --graph_features backbone")
         need(self.top_bn in ("frozen", "train"), f"--top_bn must be frozen or train, got {self.top_bn!r}")
         if self.trainable_from:
             need(isinstance(self.trainable_from, str) and len(self.trainable_from) <= 200,

@@ -57,6 +57,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "graph_construction": ("enum", "Positives of the graph: k1k2 (the BGAN definition) or diffusion (as many per "
                            "image, ranked by manifold ranking over the K1 kNN graph: more of them share a class; "
                            f"quadratic cost, at most {DIFFUSION_MAX_ITEMS:,} images)."),
+    "graph_model": ("string", "A trained model folder whose backbone (fine-tuned layers included) gives the graph's "
+                    "features: a second round on what the first one learned. Empty: this run's backbone."),
     "diffusion_alpha": ("float", "Diffusion: weight of longer walks, in (0, 0.999]."),
     "diffusion_steps": ("integer", "Diffusion: terms of the truncated series."),
     "sign_mode": ("string", "Sign relaxation during training: tanh, app (clip) or ste (straight-through)."),

@@ -164,6 +164,8 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
     The chief holds `atomic.output_lock` on the run folder throughout, so a second
     training into the same folder is refused instead of interleaving checkpoints."""
     config.validate()
+    if config.graph_model:  # a missing or broken folder is one line now, before any output or features
+        model_folder.read_model_files(config.graph_model)
     import keras
     import tensorflow as tf
 
@@ -222,7 +224,16 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     seconds["features"] = time.time() - t
 
     t = time.time()
-    graph = build_graph(graph_features(config, data, backbone_feats), config.k1, config.k2, config.knn, config.seed,
+    # A second round (--graph_model) builds the graph from a trained backbone; the baselines
+    # and evaluation keep this run's pretrained features.
+    if config.graph_model:
+        from bgan_tf.inference.keras_model import load_encoder
+
+        feats = load_encoder(config.graph_model).backbone_features(data.images)
+        logging.info("graph features of %d images from the backbone of %s", len(data), config.graph_model)
+    else:
+        feats = graph_features(config, data, backbone_feats)
+    graph = build_graph(feats, config.k1, config.k2, config.knn, config.seed,
                         construction=config.graph_construction, diffusion_alpha=config.diffusion_alpha,
                         diffusion_steps=config.diffusion_steps)
     seconds["graph"] = time.time() - t

@@ -107,3 +107,29 @@ def test_model_metadata_names_the_commit_training_started_from(tmp_path, digits_
     result = train(cfg, digits_subset, verbose=0)
     meta = json.load(open(os.path.join(result.model_dir, "metadata.json")))
     assert meta["git_commit"] == "commit_at_start"
+
+
+def test_second_round_builds_its_graph_from_the_first_rounds_backbone(tmp_path, digits_subset, monkeypatch):
+    from bgan_tf.errors import UserError
+    from bgan_tf.inference.keras_model import load_encoder
+    from bgan_tf.training import graph as graph_lib
+    from bgan_tf.training.trainer import train
+
+    base = apply_preset(BGANConfig(**TINY), "nbr_only").replace(epochs=1, steps_per_epoch=3)
+    first = train(base.replace(output_dir=str(tmp_path / "round1")), digits_subset, verbose=0)
+    seen = []
+    real = graph_lib.build_graph
+    monkeypatch.setattr(graph_lib, "build_graph", lambda feats, *a, **kw: seen.append(feats) or real(feats, *a, **kw))
+    second = base.replace(graph_features="backbone", graph_model=first.model_dir, output_dir=str(tmp_path / "round2"))
+    train(second, digits_subset, verbose=0)
+    net = load_encoder(first.model_dir).model
+    want = np.asarray(net.features(digits_subset.images.astype(np.float32)))
+    np.testing.assert_allclose(seen[0], want, rtol=1e-4, atol=1e-5)
+    # The first round's small_cnn learned its features: they are not the pixels round 1 used.
+    assert seen[0].shape[1] != digits_subset.images[0].size
+    with pytest.raises(UserError, match="model folder not found"):
+        train(second.replace(graph_model=str(tmp_path / "nope"), output_dir=str(tmp_path / "round3")),
+              digits_subset, verbose=0)
+    assert not (tmp_path / "round3").exists()  # refused before anything was written
+    with pytest.raises(UserError, match="--graph_model gives the graph backbone features"):
+        second.replace(graph_features="pixels").validate()
