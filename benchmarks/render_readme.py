@@ -60,10 +60,17 @@ PAPER_MAP_ALL = {"12": 0.401, "32": 0.531, "48": 0.558}
 
 def _same_setting_nbr_only(method: str, methods: dict) -> str | None:
     """The nbr_only row trained like a BGAN row: the same suffix (fine-tuning, variant) when
-    that row exists, else the same backbone setting (``_ft`` or frozen)."""
+    that row exists, else the longest leading part of it that has one (a variant that only
+    changes the GAN, ``_sn``, compares with the row without it), else the same backbone
+    setting (``_ft`` or frozen)."""
     for preset in ("bgan_released_code", "bgan_paper"):
-        if method.startswith(preset) and "nbr_only" + method[len(preset):] in methods:
-            return "nbr_only" + method[len(preset):]
+        if not method.startswith(preset):
+            continue
+        suffix = method[len(preset):]
+        while suffix:
+            if "nbr_only" + suffix in methods:
+                return "nbr_only" + suffix
+            suffix = suffix[:suffix.rfind("_")] if "_" in suffix else ""
     name = "nbr_only_ft" if "_ft" in method else "nbr_only"
     return name if name in methods else None
 
