@@ -158,7 +158,7 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         if name in INT_LIMITS:  # train takes what BGANConfig takes (--batch_size: at least 2)
             flags.register_validator(name, _validator(name, int), flag_values=fv)
     flags.DEFINE_string("config", "digits", "Named config under bgan_tf/configs giving the defaults: "
-                        f"{' or '.join(CONFIG_NAMES)}.", flag_values=fv)
+                        f"{' or '.join(CONFIG_NAMES)}, or NAME:VARIANT (cifar10:finetune).", flag_values=fv)
     flags.DEFINE_string("preset", None, f"Loss preset applied on top: {', '.join(LOSS_PRESETS)}.", flag_values=fv)
     flags.DEFINE_bool("evaluate", True, "After training, print mAP of BGAN and ITQ on the held-out queries.",
                       flag_values=fv)

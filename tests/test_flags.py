@@ -128,3 +128,18 @@ def test_allowed_values_come_from_their_owners():
     assert fv["baselines"].default == list(BASELINE_CHOICES)
     assert all(p in fv["protocol"].help for p in PROTOCOL_NAMES)
     assert fv["variants"].default == list(TFLITE_VARIANTS)
+
+
+def test_named_configs_and_their_variants():
+    from bgan_tf.configs import get_config
+    from bgan_tf.errors import UserError
+
+    frozen, tuned = get_config("cifar10"), get_config("cifar10:finetune")
+    assert frozen.trainable_from == "" and frozen.graph_construction == "k1k2"
+    assert (tuned.trainable_from, tuned.lr_e, tuned.graph_construction) == ("block_13_expand", 1e-4, "diffusion")
+    assert tuned.replace(trainable_from="", lr_e=frozen.lr_e, graph_construction="k1k2",
+                         output_dir=frozen.output_dir) == frozen  # the variant changes only those
+    tuned.validate()
+    assert get_config("digits") == get_config("digits:")
+    with pytest.raises(UserError, match="the variants of digits are: none"):
+        get_config("digits:finetune")

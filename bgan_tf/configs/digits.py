@@ -11,7 +11,10 @@ Result:   prints mAP@all and mAP@100 of BGAN next to ITQ on the same pixels for
 from bgan_tf.config import LOSS_PRESETS, BGANConfig
 
 
-def get_config() -> BGANConfig:
+ARGS = ("",)
+
+
+def get_config(arg: str = "") -> BGANConfig:
     return BGANConfig(
         dataset="digits",
         image_size=32,

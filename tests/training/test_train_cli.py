@@ -18,6 +18,7 @@ def test_helpshort_explains_flags():
     (["--preset", "best"], "unknown --preset"),
     (["--dataset", "folder:/nonexistent/dir"], "image folder not found"),
     (["--config", "imagenet"], "unknown --config"),
+    (["--config", "cifar10:best"], "the variants of cifar10 are: cifar10:finetune"),
     (["--backbone", "NoSuchNet", "--graph_features", "pixels"], "unknown backbone"),
     (["--gen_channels", "a,b"], "expected comma-separated numbers"),
 ])
