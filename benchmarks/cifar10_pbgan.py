@@ -266,6 +266,7 @@ def main() -> int:
             row["epochs"] = cfg.epochs
             if res.graph_label_agreement is not None:  # of the graph it trained on (--graph_construction)
                 row["graph_label_agreement"] = round(res.graph_label_agreement, 4)
+                row["graph_pairs_per_item"] = round(res.graph_pairs_per_item, 1)
                 row["graph_seconds"] = round(res.seconds.get("graph", float("nan")), 1)
             # Which code trained it (rows of earlier code stay in the table): a reloaded run's
             # model folder says.
@@ -509,8 +510,9 @@ def write_markdown(results: dict, path: str) -> None:
         lines += ["", "Rows trained on another neighbourhood graph (`--graph_construction`): the fraction of "
                       "its positive pairs that share a class"
                   + (f" (the K1/K2 graph's: {base:.3f})" if base is not None else "") + ": "
-                  + "; ".join(f"{m} {b} bits {r['graph_label_agreement']:.3f}" for m, b, r in graphs
-                              if "graph_label_agreement" in r) + "."]
+                  + "; ".join(f"{m} {b} bits {r['graph_label_agreement']:.3f}"
+                              + (f" ({r['graph_pairs_per_item']:.0f} pairs per image)" if "graph_pairs_per_item" in r
+                                 else "") for m, b, r in graphs if "graph_label_agreement" in r) + "."]
     trained = [m for m in order if any("train_seconds" in r for r in methods[m].values())]
     if trained:
         lines += ["", "Training cost of each learned row: epochs, seconds (frozen features cached; "

@@ -127,6 +127,7 @@ class TrainResult:
     epochs_run: int
     seconds: dict[str, float]
     graph_label_agreement: float | None = None
+    graph_pairs_per_item: float | None = None  # positive pairs (i, j), both orders, per training image
 
 
 def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input: bool, image_example: np.ndarray,
@@ -272,7 +273,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     history: dict[str, list[float]] = {}
     if first_epoch >= config.epochs and os.path.isdir(model_dir):
         logging.info("run already finished (%d epochs); model at %s", first_epoch, model_dir)
-        return TrainResult(model_dir, history, 0, seconds, agreement)
+        return TrainResult(model_dir, history, 0, seconds, agreement, graph.num_positive_pairs / len(data))
 
     if chief:  # first write into the run folder: marks it as ours (is_run_dir), says how it was trained
         atomic.write_text(os.path.join(out_dir, "config.json"), config.to_json())
@@ -307,4 +308,5 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     else:
         shutil.rmtree(out_dir, ignore_errors=True)
     seconds["total"] = time.time() - t0
-    return TrainResult(model_dir, history, config.epochs - first_epoch, seconds, agreement)
+    return TrainResult(model_dir, history, config.epochs - first_epoch, seconds, agreement,
+                       graph.num_positive_pairs / len(data))

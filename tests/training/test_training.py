@@ -27,6 +27,8 @@ def test_losses_fall_and_model_folder_is_complete(tmp_path, digits_subset, prese
     cfg = apply_preset(BGANConfig(**TINY), preset).replace(epochs=4, output_dir=str(tmp_path / "run"),
                                                            beta_values=(1.0, 2.0), beta_every=2)
     result = train(cfg, digits_subset, verbose=0)
+    # Each image is its own positive, and K1=10 neighbours are some of the others.
+    assert 11 <= result.graph_pairs_per_item < len(digits_subset)
     h = result.history
     assert h["nbr"][-1] < h["nbr"][0]
     assert h["loss_e"][-1] < h["loss_e"][0]
