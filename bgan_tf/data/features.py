@@ -92,6 +92,21 @@ def _xnnpack_features(images: np.ndarray, spec: BackboneSpec, batch_size: int) -
     return np.concatenate(feats).astype(np.float32)
 
 
+def image_forward(net, spec: BackboneSpec, images: np.ndarray, what: str,
+                  keras_forward: Callable) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 image batches -> float32 outputs of ``net`` for a pass over ``images``: from
+    XNNPACK_MIN_IMAGES images on, its XNNPACK copy (`xnnpack_forward`, checked against the
+    Keras graph first); below that, or when that fails, ``keras_forward`` (images in [0,255]
+    -> outputs, preprocessing included) as a graph function."""
+    import tensorflow as tf
+
+    run = xnnpack_forward(net, spec, images[:8], what) if len(images) >= XNNPACK_MIN_IMAGES else None
+    if run is not None:
+        return run
+    graph_forward = tf.function(keras_forward, reduce_retracing=True)
+    return lambda batch: np.asarray(graph_forward(tf.constant(batch.astype(np.float32))))
+
+
 def xnnpack_forward(net, spec: BackboneSpec, probe: np.ndarray, what: str) -> Callable[[np.ndarray], np.ndarray] | None:
     """images [n,H,W,3] -> net(preprocessed images) as float32, through a TFLite copy of the
     Keras model ``net`` (a backbone or its bottom) run with XNNPACK; or None (logged) when
@@ -188,8 +203,6 @@ def cached_bottom(images: np.ndarray, spec: BackboneSpec, layer: str, data_finge
                   cache_dir: str | None = None, batch_size: int = 100) -> np.ndarray:
     """float16 [N, H, W, C] activations feeding ``layer`` (the frozen bottom of a backbone
     split there), memory-mapped read-only from the cache; computed and stored first if absent."""
-    import tensorflow as tf
-
     from bgan_tf.modeling.backbones import split_backbone
 
     if not spec.weights:  # random weights differ between builds: nothing to cache
@@ -208,15 +221,7 @@ def cached_bottom(images: np.ndarray, spec: BackboneSpec, layer: str, data_finge
                         f"{shape[1:]} float16, {size / 2**30:.1f} GiB (limit {MAX_BOTTOM_CACHE_BYTES / 2**30:.0f} "
                         "GiB): cut at a later layer or use fewer images (--max_images)")
     prep = Preprocess(spec.input_size, spec.normalisation)
-    # From XNNPACK_MIN_IMAGES on, the bottom runs on XNNPACK like the features (checked
-    # against the Keras graph first); below, or when that fails, on the Keras graph.
-    run = xnnpack_forward(bottom, spec, images[:8], f"the bottom below {layer}") \
-        if len(images) >= XNNPACK_MIN_IMAGES else None
-    if run is None:
-        graph_forward = tf.function(lambda v: bottom(prep(v), training=False), reduce_retracing=True)
-
-        def run(batch: np.ndarray) -> np.ndarray:
-            return np.asarray(graph_forward(tf.constant(batch.astype(np.float32))))
+    run = image_forward(bottom, spec, images, f"the bottom below {layer}", lambda v: bottom(prep(v), training=False))
     # Streamed batch by batch into the .npy: one batch in memory, never a half-written entry.
     with atomic.writing(path) as f:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": shape})

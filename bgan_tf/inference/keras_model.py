@@ -48,18 +48,11 @@ class LoadedEncoder:
         """float32 [N, D] pooled features of this encoder's backbone as it was trained
         (fine-tuned layers included): what a second round builds its graph from
         (``--graph_model``). On XNNPACK from XNNPACK_MIN_IMAGES images, as the features."""
-        import tensorflow as tf
-
-        from bgan_tf.data.features import XNNPACK_MIN_IMAGES, xnnpack_forward
+        from bgan_tf.data.features import image_forward
 
         net = self.model
-        run = xnnpack_forward(net.backbone, net.spec, images[:8], f"the backbone of {self.model_dir}") \
-            if len(images) >= XNNPACK_MIN_IMAGES else None
-        if run is None:
-            forward = tf.function(lambda v: net.features(v, training=False), reduce_retracing=True)
-
-            def run(batch: np.ndarray) -> np.ndarray:
-                return np.asarray(forward(tf.constant(batch.astype(np.float32))))
+        run = image_forward(net.backbone, net.spec, images, f"the backbone of {self.model_dir}",
+                            lambda v: net.features(v, training=False))
         return np.concatenate([run(images[s:s + batch_size]) for s in range(0, len(images), batch_size)]
                               ).astype(np.float32)
 
