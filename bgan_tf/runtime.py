@@ -10,13 +10,28 @@ time) removes most of those page faults for about 10% more resident memory;
 benchmarks/allocator.py measures both settings on the digits job and writes
 benchmarks/results/allocator.md. Set BGAN_TF_MALLOC_TUNING=0 to keep glibc's
 defaults. Other C libraries (musl, macOS) are left alone.
+
+`quiet_tensorflow_import()`: TensorFlow's C++ library logs notices while it loads that
+``TF_CPP_MIN_LOG_LEVEL=3`` no longer silences (tensorflow/tensorflow#100442): on CPUs
+where oneDNN is on by default (AVX512_VNNI, AMX) every binary's output began with
+"oneDNN custom operations are on ..." twice and absl's "All log messages before
+absl::InitializeLog() ..." line, so a bad input's one ``error:`` line came fourth. The
+first ``import tensorflow``, wherever a binary makes it, now runs with file descriptor 2
+captured; what TensorFlow wrote there is then passed on without those notice lines.
+oneDNN itself stays on (turning it off to silence the notice costs 2-3x on the CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import importlib.abc
+import importlib.machinery
 import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -50,3 +65,79 @@ def tune_allocator() -> bool:
         (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD)))
     _tuned = ok
     return ok
+
+
+# Lines TensorFlow's C++ side writes to stderr while it loads, dropped by the quiet import.
+TENSORFLOW_IMPORT_NOTICES = (
+    "oneDNN custom operations are on",
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+)
+
+
+@contextlib.contextmanager
+def stderr_without(notices: Sequence[str]) -> Iterator[None]:
+    """Capture file descriptor 2 (C and C++ writes too); on exit pass on every captured
+    line that contains none of ``notices``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                captured.seek(0)
+                lines = captured.read().splitlines(keepends=True)
+                kept = b"".join(line for line in lines if not any(n.encode() in line for n in notices))
+                if kept:
+                    os.write(2, kept)
+    finally:
+        os.close(saved)
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """Runs a module's loader under ``stderr_without``, then gets out of the way: the
+    module keeps its own loader."""
+
+    def __init__(self, loader: importlib.abc.Loader, notices: Sequence[str]):
+        self._loader, self._notices = loader, tuple(notices)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        module.__loader__ = module.__spec__.loader = self._loader
+        with stderr_without(self._notices):
+            self._loader.exec_module(module)
+
+
+class _QuietFinder(importlib.abc.MetaPathFinder):
+    def __init__(self, name: str, notices: Sequence[str]):
+        self.name, self.notices = name, tuple(notices)
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        if self in sys.meta_path:  # the first import only
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader, self.notices)
+        return spec
+
+
+def quiet_import(name: str, notices: Sequence[str]) -> importlib.abc.MetaPathFinder | None:
+    """Make the first import of top-level module ``name`` drop ``notices`` lines from
+    stderr. Returns the installed finder (None when ``name`` is already imported)."""
+    if name in sys.modules:
+        return None
+    finder = _QuietFinder(name, notices)
+    sys.meta_path.insert(0, finder)
+    return finder
+
+
+def quiet_tensorflow_import() -> None:
+    """`quiet_import` for TensorFlow and its load-time notices (see the module docstring)."""
+    quiet_import("tensorflow", TENSORFLOW_IMPORT_NOTICES)

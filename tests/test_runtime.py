@@ -1,4 +1,5 @@
-"""bgan_tf.runtime: the allocator settings every binary applies, and their opt-out."""
+"""bgan_tf.runtime: the allocator settings every binary applies, their opt-out, and the quiet
+TensorFlow import."""
 
 from __future__ import annotations
 
@@ -36,3 +37,49 @@ def test_every_binary_applies_them_before_parsing_flags():
     assert proc.returncode == 0, proc.stderr
     want = "tuned True" if platform.libc_ver()[0] == "glibc" else "tuned False"
     assert proc.stdout.strip() == want
+
+
+_NOISY = '''import os, sys
+os.write(2, b"NOTICE from C++\\nkept: a C-level line\\n")
+print("kept: a Python line", file=sys.stderr)
+if os.environ.get("NOISY_FAIL"):
+    raise RuntimeError("import failed")
+'''
+
+
+def _import_noisy(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    (tmp_path / "noisy_pkg").mkdir()
+    (tmp_path / "noisy_pkg" / "__init__.py").write_text(_NOISY)
+    code = ("import sys; from bgan_tf.runtime import quiet_import; quiet_import('noisy_pkg', ['NOTICE']); "
+            "import noisy_pkg; print(type(noisy_pkg.__loader__).__name__, type(noisy_pkg.__spec__.loader).__name__); "
+            "print('finder gone', not any(type(f).__name__ == '_QuietFinder' for f in sys.meta_path)); "
+            "sys.stderr.write('after the import\\n')")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", **env})
+
+
+def test_quiet_import_drops_only_the_notice_lines_and_leaves_the_module_its_loader(tmp_path):
+    proc = _import_noisy(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "kept: a C-level line\nkept: a Python line\nafter the import\n"
+    assert proc.stdout.splitlines() == ["SourceFileLoader SourceFileLoader", "finder gone True"]
+
+
+def test_quiet_import_that_fails_still_shows_what_it_wrote_and_the_error(tmp_path):
+    proc = _import_noisy(tmp_path, NOISY_FAIL="1")
+    assert proc.returncode == 1
+    assert "NOTICE" not in proc.stderr
+    assert proc.stderr.startswith("kept: a C-level line\nkept: a Python line\n")
+    assert proc.stderr.rstrip().endswith("RuntimeError: import failed")
+
+
+def test_binaries_import_tensorflow_without_its_load_notices():
+    """On CPUs where oneDNN is on by default, TensorFlow's import logs lines that
+    TF_CPP_MIN_LOG_LEVEL=3 does not silence; a binary's stderr must not carry them."""
+    code = ("from bgan_tf import errors; "
+            "errors.cli_run(lambda argv: __import__('tensorflow') and print('imported'))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "imported"
+    assert proc.stderr == ""
