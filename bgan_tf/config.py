@@ -55,6 +55,7 @@ FLOAT_LIMITS: dict[str, tuple[float, float, bool]] = {
     "w_adv": (0.0, 1e6, True),
     "w_consistency": (0.0, 1e6, True),
     "lr_e": (0.0, 10.0, False),
+    "lr_backbone": (0.0, 10.0, True),
     "lr_g": (0.0, 10.0, False),
     "lr_d": (0.0, 10.0, False),
     "adam_beta_1": (0.0, 0.999999, True),
@@ -211,6 +212,7 @@ class BGANConfig:
     batch_size: int = 40
     epochs: int = 30
     lr_e: float = 1e-3
+    lr_backbone: float = 0.0  # the backbone's trained weights (its top with trainable_from); 0: lr_e
     lr_g: float = 1e-3
     lr_d: float = 1e-3
     adam_beta_1: float = 0.9
@@ -264,6 +266,9 @@ class BGANConfig:
                  "frozen bottom: it needs --freeze_backbone (not --nofreeze_backbone)")
             need(bool(self.backbone_weights), "--trainable_from fine-tunes a pretrained backbone: pass "
                  "--backbone_weights (imagenet or a .weights.h5 file)")
+        need(not self.lr_backbone or self.trainable_from or not self.freeze_backbone,
+             f"--lr_backbone {self.lr_backbone:g} sets the rate of the backbone's trained weights, but the "
+             "backbone is frozen: add --trainable_from LAYER (or --nofreeze_backbone), or drop --lr_backbone")
         if not self.freeze_backbone:
             # The encoder sees every training batch at the backbone's input size.
             pixels = self.batch_size * self.backbone_input_size ** 2

@@ -87,6 +87,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "g_steps": ("integer", "Generator updates per training step (encoder and discriminator update once)."),
     "epochs": ("integer", "Epochs to train; rerunning with more epochs continues the run."),
     "lr_e": ("float", "Adam learning rate of the encoder."),
+    "lr_backbone": ("float", "Adam learning rate of the backbone's trained weights (its top with --trainable_from, "
+                    "all of it with --nofreeze_backbone); 0: --lr_e. The hash head keeps --lr_e."),
     "lr_g": ("float", "Adam learning rate of the generator."),
     "lr_d": ("float", "Adam learning rate of the discriminator."),
     "adam_beta_1": ("float", "Adam beta_1 for all three networks."),

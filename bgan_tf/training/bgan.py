@@ -115,16 +115,29 @@ class BGAN(keras.Model):
             self.discriminator(img)
         self.built = True
 
-    def compile(self, e_optimizer, g_optimizer=None, d_optimizer=None, **kwargs):
+    def compile(self, e_optimizer, g_optimizer=None, d_optimizer=None, backbone_optimizer=None, **kwargs):
+        """One optimizer per network; ``backbone_optimizer`` (optional) takes the encoder's
+        backbone weights at their own rate, ``e_optimizer`` the rest of the encoder."""
         super().compile(**kwargs)
         self.e_optimizer = e_optimizer
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer
+        self.backbone_optimizer = backbone_optimizer
+
+    def _encoder_variable_groups(self) -> list[tuple[keras.optimizers.Optimizer, list]]:
+        """(optimizer, variables) pairs that together update every trainable encoder weight."""
+        enc_vars = self.encoder.trainable_variables
+        if self.backbone_optimizer is None or self.encoder.backbone is None:
+            return [(self.e_optimizer, enc_vars)]
+        backbone_ids = {id(v) for v in self.encoder.backbone.trainable_variables}
+        return [(self.e_optimizer, [v for v in enc_vars if id(v) not in backbone_ids]),
+                (self.backbone_optimizer, [v for v in enc_vars if id(v) in backbone_ids])]
 
     def build_optimizers(self) -> None:
         """Create optimizer slots up front (under tf.distribute, inside the
         strategy scope, or fit fails with "You must feed a value for placeholder")."""
-        self.e_optimizer.build(self.encoder.trainable_variables)
+        for optimizer, variables in self._encoder_variable_groups():
+            optimizer.build(variables)
         if self.generator is not None:
             self.g_optimizer.build(self.generator.trainable_variables)
             self.d_optimizer.build(self.discriminator.trainable_variables)
@@ -234,7 +247,7 @@ class BGAN(keras.Model):
         ctx = _replica_context()
         replicas = ctx.num_replicas_in_sync if ctx is not None else 1
         g_batch = b * replicas
-        enc_vars = self.encoder.trainable_variables
+        enc_groups = self._encoder_variable_groups()
         gan = self.generator is not None
         # Drawn before any update moves the step counter.
         prior_codes = self._prior_codes(b) if gan else None
@@ -281,12 +294,14 @@ class BGAN(keras.Model):
                 loss_e = loss_e + cfg.w_adv * adv_g
             # Under mixed precision the optimizers are LossScaleOptimizers: scale
             # inside the tape, and apply_gradients unscales (a no-op otherwise).
-            scaled_e = self.e_optimizer.scale_loss(loss_e)
+            # (Each encoder optimizer scales by its own factor.)
+            scaled_e = [opt.scale_loss(loss_e) for opt, _ in enc_groups]
             if gan:
                 scaled_g = self.g_optimizer.scale_loss(loss_g)
                 scaled_d = self.d_optimizer.scale_loss(loss_d)
-        e_grads = tape.gradient(scaled_e, enc_vars)
-        self.e_optimizer.apply_gradients(zip(e_grads, enc_vars))
+        e_grads = [tape.gradient(scaled, variables) for (_, variables), scaled in zip(enc_groups, scaled_e)]
+        for (optimizer, variables), grads in zip(enc_groups, e_grads):
+            optimizer.apply_gradients(zip(grads, variables))
         if gan:
             g_vars = self.generator.trainable_variables
             d_vars = self.discriminator.trainable_variables

@@ -41,6 +41,9 @@ ARCHITECTURE_FIELDS = ("num_bits", "image_size", "backbone", "backbone_input_siz
                        "trainable_from", "top_bn",
                        "hash_hidden", "hash_norm", "use_gan", "gen_channels", "disc_channels",
                        "disc_feature_dim", "noise_dim", "mixed_precision", "disc_spectral_norm")
+# Knobs whose being set (not their value) adds optimizer state: --lr_backbone adds the
+# backbone's own optimizer, so a run resumes with another non-zero rate but not with none.
+OPTIMIZER_SET_FIELDS = ("lr_backbone",)
 # Upper bound on the neighbourhood graph's candidate pairs, N * K2 * (K1 + 1): 1M images at
 # the default K1/K2. build_graph works in row chunks, so what grows with it is the result:
 # P, its transpose and the keys, at most ~26 bytes a pair when every P(i) is full and
@@ -78,13 +81,15 @@ def check_run_dir(config: BGANConfig) -> Path:
     if stored is not None:
         diffs = [name for name in ARCHITECTURE_FIELDS
                  if name in stored and not _same(stored[name], getattr(config, name))]
+        diffs += [name for name in OPTIMIZER_SET_FIELDS
+                  if bool(stored.get(name)) != bool(getattr(config, name))]
         if diffs:
             def show(v: Any) -> str:
                 return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
             was = ", ".join(f"--{n} {show(stored[n])} (now {show(getattr(config, n))})" for n in diffs)
             raise UserError(f"{config.output_dir} holds a run trained with {was}; its checkpoints cannot "
-                            "resume with other network settings: choose a new --output_dir, or rerun "
+                            "resume with other network or optimizer settings: choose a new --output_dir, or rerun "
                             "with the run's settings (nothing was changed)")
     return out
 
@@ -154,7 +159,8 @@ def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input:
         # float16 gradients underflow without dynamic loss scaling.
         return keras.optimizers.LossScaleOptimizer(opt) if config.mixed_precision else opt
 
-    model.compile(e_optimizer=adam(config.lr_e), g_optimizer=adam(config.lr_g), d_optimizer=adam(config.lr_d))
+    model.compile(e_optimizer=adam(config.lr_e), g_optimizer=adam(config.lr_g), d_optimizer=adam(config.lr_d),
+                  backbone_optimizer=adam(config.lr_backbone) if config.lr_backbone else None)
     model.build_optimizers()
     return model
 
@@ -261,6 +267,8 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
                      e_optimizer=model.e_optimizer, g_optimizer=model.g_optimizer, d_optimizer=model.d_optimizer)
     else:
         saved = dict(encoder=model.encoder, e_optimizer=model.e_optimizer)
+    if model.backbone_optimizer is not None:
+        saved["backbone_optimizer"] = model.backbone_optimizer
     ckpt = EpochCheckpoint(os.path.join(out_dir, "checkpoints"), write=chief, save_every_steps=config.save_every_steps,
                            **saved)
     try:
