@@ -92,11 +92,18 @@ def bgan_config(method: str, bits: int, args, out_dir: str):
 
 
 def parse_override(text: str) -> dict:
-    """'w_pixel=0.1,w_feature=0.1' -> {'w_pixel': 0.1, 'w_feature': 0.1} (Python literals)."""
+    """'w_pixel=0.1,gen_channels=(64,64,32)' -> {'w_pixel': 0.1, 'gen_channels': (64, 64, 32)}
+    (Python literals; commas inside brackets belong to the value)."""
     import ast
 
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text + ","):
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == "," and depth == 0:
+            items.append(text[start:i].strip())
+            start = i + 1
     out = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
+    for item in filter(None, items):
         key, _, value = item.partition("=")
         try:
             out[key.strip()] = ast.literal_eval(value.strip())

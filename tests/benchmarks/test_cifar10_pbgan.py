@@ -147,3 +147,9 @@ def test_rows_on_another_graph_say_how_good_it_is(tmp_path):
     assert lines == ["Rows trained on another neighbourhood graph (`--graph_construction`): the fraction of its "
                      "positive pairs that share a class (the K1/K2 graph's: 0.364): nbr_only_diffusion 32 bits "
                      "0.464."]
+
+
+def test_override_values_may_be_tuples():
+    assert bench.parse_override("w_pixel=0.1, gen_channels=(64,64,32),disc_spectral_norm=True,knn=exact") == {
+        "w_pixel": 0.1, "gen_channels": (64, 64, 32), "disc_spectral_norm": True, "knn": "exact"}
+    assert bench.parse_override("") == {}
