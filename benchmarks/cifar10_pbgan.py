@@ -180,6 +180,7 @@ def main() -> int:
     from bgan_tf.evaluation.protocols import cifar10_pbgan
     from bgan_tf.evaluation.retrieval_metrics import evaluate_codes, evaluate_float
     from bgan_tf.training.trainer import train
+    from cpuinfo import cpu_model
 
     # The code this process imported: a commit made while it trains is not what trained it.
     commit = git_commit()
@@ -278,6 +279,7 @@ def main() -> int:
             # Which code trained it (rows of earlier code stay in the table): a reloaded run's
             # model folder says.
             row["commit"] = commit if res.epochs_run else trained_by(res.model_dir)
+            row["cpu"] = cpu_model()  # seconds, and oneDNN's float rounding, depend on it
             if args.override:
                 row["override"] = args.override
             if cfg.use_gan:

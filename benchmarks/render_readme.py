@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the benchmark modules it reads
 RES = os.path.join(ROOT, "benchmarks", "results")
 
 
@@ -33,16 +36,15 @@ def cifar_section(r) -> list[str]:
            "come from the whole run timed below, with today's code, and cells marked * record the commit that trained "
            "them (cifar10_pbgan.json); the other learned cells and their training seconds (the cost "
            "table in cifar10_pbgan.md: 11-19 min per GAN row) predate oneDNN, the allocator settings "
-           "(benchmarks/results/allocator.md) and the XNNPACK features.", "",
+           "(benchmarks/results/allocator.md) and the XNNPACK features. Cells that record a `cpu` ran on that "
+           "CPU; the others on an AMD EPYC whose 2 cores other jobs shared. Compare rows trained on the same CPU: "
+           "oneDNN rounds differently where it is on by default (AVX512_VNNI, AMX).", "",
            "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
     for m in order:
         cells = [f"{methods[m][b]['map_all']:.3f} / {methods[m][b]['map_1000']:.3f}"
                  f"{'*' if 'commit' in methods[m][b] else ''}" if b in methods[m] else "-" for b in bits]
         out.append(f"| {m} | " + " | ".join(cells) + " |")
     out += _cifar_targets(methods, bits)
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from cifar10_pbgan import _whole_run_lines
 
     out += _whole_run_lines(r)
@@ -58,11 +60,59 @@ def cifar_section(r) -> list[str]:
 PAPER_MAP_ALL = {"12": 0.401, "32": 0.531, "48": 0.558}
 
 
-def _same_setting_nbr_only(method: str, methods: dict) -> str | None:
-    """The nbr_only row trained like a BGAN row: the same suffix (fine-tuning, variant) when
-    that row exists, else the longest leading part of it that has one (a variant that only
-    changes the GAN, ``_sn``, compares with the row without it), else the same backbone
-    setting (``_ft`` or frozen)."""
+PRESET_OF_ROW = {"bgan_released_code": "released_code", "bgan_paper": "paper", "nbr_only": "nbr_only"}
+# Knobs that only shape G, D or their training: a BGAN row without them is its ablation.
+GAN_ONLY = {"use_gan", "w_pixel", "w_feature", "w_adv", "fake_source", "adv_to_encoder", "gan_loss",
+            "disc_spectral_norm", "d_label_smoothing", "instance_noise", "instance_noise_steps", "g_steps",
+            "gen_channels", "disc_channels", "disc_feature_dim", "noise_dim", "lr_g", "lr_d"}
+SEED_SUFFIX = re.compile(r"^(.*)_seed(\d+)$")
+
+
+def split_seed(method: str) -> tuple[str, int]:
+    """'nbr_only_tanh_seed2' -> ('nbr_only_tanh', 2); a name without the suffix is seed 0."""
+    m = SEED_SUFFIX.match(method)
+    return (m.group(1), int(m.group(2))) if m else (method, 0)
+
+
+def encoder_setting(method: str, cell: dict) -> tuple | None:
+    """What trained a learned cell's encoder, GAN-only knobs left out: its preset, --override,
+    fine-tuning and epochs. None for rows that are not BGAN or nbr_only."""
+    from bgan_tf.config import LOSS_PRESETS
+    from cifar10_pbgan import parse_override
+
+    base = split_seed(method)[0]
+    preset = next((PRESET_OF_ROW[p] for p in PRESET_OF_ROW if base.startswith(p)), None)
+    if preset is None:
+        return None
+    knobs = {**LOSS_PRESETS[preset], **parse_override(cell.get("override", ""))}
+    # Fine-tuned rows carry the _ft tag in their names (older ones recorded no trainable_from).
+    knobs.update(trainable_from=cell.get("trainable_from", ""), top_bn=cell.get("top_bn", ""),
+                 epochs=cell.get("epochs"), fine_tuned="_ft" in base)
+    return tuple(sorted((k, repr(v)) for k, v in knobs.items() if k not in GAN_ONLY))
+
+
+def _ablation_row(method: str, methods: dict, bits: str) -> str | None:
+    """The nbr_only row (same seed) whose encoder trained exactly like this BGAN row's."""
+    if bits not in methods[method]:
+        return None
+    want, seed = encoder_setting(method, methods[method][bits]), split_seed(method)[1]
+    for name, rows in methods.items():
+        if name.startswith("nbr_only") and split_seed(name)[1] == seed and bits in rows \
+                and encoder_setting(name, rows[bits]) == want:
+            return name
+    return None
+
+
+def _same_setting_nbr_only(method: str, methods: dict, bits: str | None = None) -> str | None:
+    """The nbr_only row trained like a BGAN row: its ablation (the same encoder settings,
+    preset and --override, without G and D) when one is recorded; else the row of the same
+    suffix (fine-tuning, variant), else the longest leading part of it that has one (a
+    variant that only changes the GAN, ``_sn``, compares with the row without it), else the
+    same backbone setting (``_ft`` or frozen)."""
+    if bits is not None:
+        exact = _ablation_row(method, methods, bits)
+        if exact:
+            return exact
     for preset in ("bgan_released_code", "bgan_paper"):
         if not method.startswith(preset):
             continue
@@ -79,12 +129,12 @@ def _cifar_targets(methods: dict, bits: list[str]) -> list[str]:
     """Each BGAN row's margins (mAP@all) over ITQ, over nbr_only with the same backbone
     setting (the GAN's target: +0.01), and over the paper's published figure."""
     lines = []
-    for m in (m for m in methods if m.startswith("bgan_") and not m.endswith("_seed1")):
-        ref = _same_setting_nbr_only(m, methods)
+    for m in (m for m in methods if m.startswith("bgan_") and not split_seed(m)[1]):
         cells = []
         for b in bits:
             if b not in methods[m]:
                 continue
+            ref = _same_setting_nbr_only(m, methods, b)
             v = methods[m][b]["map_all"]
             part = [f"ITQ {v - methods['ITQ'][b]['map_all']:+.3f}" if b in methods.get("ITQ", {}) else None,
                     f"{ref} {v - methods[ref][b]['map_all']:+.3f}" if ref and b in methods[ref] else None,
@@ -92,14 +142,47 @@ def _cifar_targets(methods: dict, bits: list[str]) -> list[str]:
             cells.append(f"{b} bits: " + ", ".join(p for p in part if p))
         if cells:
             lines.append(f"- {m}: " + "; ".join(cells))
-    spread = [f"{m} {b} bits {methods[m][b]['map_all']:.3f} vs {methods[m + '_seed1'][b]['map_all']:.3f}"
-              for m in methods if m + "_seed1" in methods for b in bits
-              if b in methods[m] and b in methods[m + "_seed1"]]
-    if spread:
-        lines.append("- seed 0 vs seed 1 (split, baselines and training all reseeded), mAP@all: " + "; ".join(spread))
     head = ("Margins in mAP@all of each BGAN row over ITQ, over nbr_only with the same backbone setting "
-            "(targets: BGAN at least 0.01 above it at every length) and over the paper's figure:")
-    return ["", head, ""] + lines if lines else []
+            "(its ablation, the same encoder settings without G and D, where one is recorded; targets: BGAN "
+            "at least 0.01 above it at every length) and over the paper's figure:")
+    return (["", head, ""] + lines if lines else []) + _seed_lines(methods, bits)
+
+
+def _seed_lines(methods: dict, bits: list[str]) -> list[str]:
+    """Rows run with several seeds (split, baselines and training all reseeded): the mean and
+    range of mAP@all, and each BGAN row's margin over its nbr_only row seed by seed."""
+    seeds: dict[str, dict[int, str]] = {}
+    for m in methods:
+        base, seed = split_seed(m)
+        seeds.setdefault(base, {})[seed] = m
+    spread, margins = [], []
+    for base, by_seed in seeds.items():
+        for b in bits:
+            vals = {s: methods[m][b]["map_all"] for s, m in sorted(by_seed.items()) if b in methods[m]}
+            if len(vals) < 2:
+                continue
+            v = list(vals.values())
+            spread.append(f"{base} {b} bits {sum(v) / len(v):.3f} over seeds {', '.join(map(str, vals))} "
+                          f"({', '.join(f'{x:.3f}' for x in v)}; range {max(v) - min(v):.3f})")
+            if not base.startswith("bgan_"):
+                continue
+            diffs = {}
+            for s, m in sorted(by_seed.items()):
+                ref = _same_setting_nbr_only(m, methods, b) if b in methods[m] else None
+                if ref and split_seed(ref)[1] == s:
+                    diffs[s] = (methods[m][b]["map_all"] - methods[ref][b]["map_all"], split_seed(ref)[0])
+            refs = {r for _, r in diffs.values()}
+            if len(diffs) >= 2 and len(refs) == 1:
+                d = [x for x, _ in diffs.values()]
+                margins.append(f"{base} {b} bits over {refs.pop()}: {sum(d) / len(d):+.3f} mean over seeds "
+                               f"{', '.join(map(str, diffs))} ({', '.join(f'{x:+.3f}' for x in d)})")
+    out = []
+    if spread:
+        out += ["", "Rows run with several seeds (split, baselines and training all reseeded), mAP@all:", ""]
+        out += [f"- {line}" for line in spread]
+    if margins:
+        out += ["", "BGAN over its nbr_only row, seed by seed (mAP@all):", ""] + [f"- {line}" for line in margins]
+    return out
 
 
 def stage_costs_section(r: dict) -> list[str]:

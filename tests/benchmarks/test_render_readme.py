@@ -21,10 +21,11 @@ METHODS = {
     "bgan_paper": {"32": _cell(0.36), "24": _cell(0.33)},
     "bgan_paper_ft": {"32": _cell(0.40, commit="abc1234")},
     "bgan_paper_seed1": {"32": _cell(0.365)},
-    "nbr_only_ft_lr1e-4": {"32": _cell(0.38)},
-    "bgan_paper_ft_lr1e-4": {"32": _cell(0.385)},
-    "bgan_paper_ft_other": {"32": _cell(0.30)},
-    "bgan_paper_ft_lr1e-4_sn": {"32": _cell(0.39)},  # a change to D only: no nbr_only row of its own
+    "nbr_only_ft_lr1e-4": {"32": _cell(0.38, override="lr_e=1e-4")},
+    "bgan_paper_ft_lr1e-4": {"32": _cell(0.385, override="lr_e=1e-4")},
+    "bgan_paper_ft_other": {"32": _cell(0.30, override="w_nbr=5")},
+    # A change to D only: no nbr_only row of its own.
+    "bgan_paper_ft_lr1e-4_sn": {"32": _cell(0.39, override="lr_e=1e-4,disc_spectral_norm=True")},
 }
 
 
@@ -40,8 +41,8 @@ def test_fine_tuned_rows_are_measured_against_fine_tuned_nbr_only():
     assert any(l.startswith("- bgan_paper_ft_other: 32 bits: ITQ +0.020, nbr_only_ft -0.050,") for l in lines)
     # ... else against the longest leading part of its variant that has one.
     assert any(l.startswith("- bgan_paper_ft_lr1e-4_sn: 32 bits: ITQ +0.110, nbr_only_ft_lr1e-4 +0.010,") for l in lines)
-    assert not any(l.startswith("- bgan_paper_seed1") for l in lines)  # seeds go in the spread line
-    assert any("bgan_paper 32 bits 0.360 vs 0.365" in l for l in lines)
+    assert not any(l.startswith("- bgan_paper_seed1") for l in lines)  # seeds go in the spread lines
+    assert "- bgan_paper 32 bits 0.362 over seeds 0, 1 (0.360, 0.365; range 0.005)" in lines
 
 
 def test_cells_of_recorded_code_are_marked():
@@ -49,3 +50,33 @@ def test_cells_of_recorded_code_are_marked():
     table = [l for l in render_readme.cifar_section(r) if l.startswith("| bgan_paper")]
     assert "| bgan_paper_ft | - | 0.400 / 0.500* |" in table
     assert "| bgan_paper | 0.330 / 0.430 | 0.360 / 0.460 |" in table
+
+
+def test_a_bgan_row_is_measured_against_its_ablation_seed_by_seed():
+    """The nbr_only row whose encoder trained with the same settings (preset plus --override,
+    GAN-only knobs aside), whatever it is named; several seeds give a mean margin."""
+    gan = "adam_epsilon=1e-7,nbr_form=released_scaled"
+    ablation = "nbr_form=released_scaled,sign_mode=tanh"
+    methods = {
+        "ITQ": {"32": _cell(0.28)},
+        "nbr_only": {"32": _cell(0.37, epochs=6)},
+        "nbr_only_seed1": {"32": _cell(0.37, epochs=6)},
+        "nbr_only_released_scaled": {"32": _cell(0.36, epochs=6, override="nbr_form=released_scaled")},
+        "nbr_only_released_scaled_tanh": {"32": _cell(0.38, epochs=6, override=ablation)},
+        "nbr_only_released_scaled_tanh_seed1": {"32": _cell(0.39, epochs=6, override=ablation)},
+        "bgan_released_code_eps1e-7_scaled": {"32": _cell(0.385, epochs=6, override=gan)},
+        "bgan_released_code_eps1e-7_scaled_seed1": {"32": _cell(0.371, epochs=6, override=gan)},
+        # G and D widths are GAN-only: the same ablation.
+        "bgan_released_code_wide": {"32": _cell(0.40, epochs=6, override=gan + ",gen_channels=(64,64,32)")},
+        # Another epoch count has no ablation: the name rule picks nbr_only.
+        "bgan_released_code_long": {"32": _cell(0.40, epochs=12, override=gan)},
+    }
+    lines = render_readme._cifar_targets(methods, ["32"])
+    assert any(l.startswith("- bgan_released_code_eps1e-7_scaled: 32 bits: ITQ +0.105, nbr_only_released_scaled_tanh +0.005,")
+               for l in lines)
+    assert any(l.startswith("- bgan_released_code_wide: 32 bits: ITQ +0.120, nbr_only_released_scaled_tanh +0.020")
+               for l in lines)
+    assert any(l.startswith("- bgan_released_code_long: 32 bits: ITQ +0.120, nbr_only +0.030") for l in lines)
+    assert ("- bgan_released_code_eps1e-7_scaled 32 bits over nbr_only_released_scaled_tanh: -0.007 mean over "
+            "seeds 0, 1 (+0.005, -0.019)") in lines
+    assert "- nbr_only_released_scaled_tanh 32 bits 0.385 over seeds 0, 1 (0.380, 0.390; range 0.010)" in lines
