@@ -30,7 +30,10 @@ pre-sign value right at zero).
 
 Every learned row with a GAN (use_gan) also records how healthy the GAN ended:
 psnr_db / ssim = mean PSNR (dB) and SSIM of G(code) against the 1,000 query
-images at the GAN's resolution (bgan_tf.evaluation.reconstruction), and
+images at the GAN's resolution (bgan_tf.evaluation.reconstruction), next to two
+references: psnr_other_code_db, G fed another query's code (each query gets the
+next one's), and psnr_mean_image_db, the training images' mean image for every
+query. A G whose PSNR is not above both has learned nothing from the code. And
 d_acc_last = D's accuracy in the last training epoch on real images
 (d_acc_real) and the fraction of reconstructions G(code) (d_acc_recon) and of
 prior fakes G(noise) (d_acc_prior) it judged fake (bgan_tf.training.bgan);
@@ -284,7 +287,7 @@ def main() -> int:
                 row["override"] = args.override
             if cfg.use_gan:
                 t = time.time()
-                row.update(gan_health(res, qc, data.images[q], cfg.image_size))
+                row.update(gan_health(res, qc, data.images[q], cfg.image_size, data.images[tr]))
                 seconds[f"{stage}_gan_health"] = time.time() - t
             methods_out.setdefault(name + args.suffix, {})[str(bits)] = row
             # A --variant run into a fresh --out has no baseline rows of its own.
@@ -349,8 +352,10 @@ def check_bottom_codes(enc, images: np.ndarray, codes: np.ndarray) -> int:
     return flips
 
 
-def gan_health(res, q_codes: np.ndarray, q_images: np.ndarray, image_size: int) -> dict:
-    """PSNR/SSIM of G(code) on the queries and D's accuracies in the last epoch
+def gan_health(res, q_codes: np.ndarray, q_images: np.ndarray, image_size: int,
+               train_images: np.ndarray | None = None) -> dict:
+    """PSNR/SSIM of G(code) on the queries, the PSNR of G(another query's code) and of the
+    training images' mean image as references, and D's accuracies in the last epoch
     (``res.history``; empty when the run was already finished and not retrained)."""
     from bgan_tf.data.pipeline import images_for_gan
     from bgan_tf.evaluation.reconstruction import reconstruction_quality
@@ -360,12 +365,24 @@ def gan_health(res, q_codes: np.ndarray, q_images: np.ndarray, image_size: int) 
     out: dict = {}
     gen = load_generator(res.model_dir)
     if gen is not None:
-        quality = reconstruction_quality(gen, q_codes, images_for_gan(q_images, image_size))
+        target = images_for_gan(q_images, image_size)
+        quality = reconstruction_quality(gen, q_codes, target)
         out.update(psnr_db=round(quality["psnr_db"], 2), ssim=round(quality["ssim"], 4))
+        other = reconstruction_quality(gen, np.roll(q_codes, -1, axis=0), target)
+        out["psnr_other_code_db"] = round(other["psnr_db"], 2)
+        if train_images is not None:
+            out["psnr_mean_image_db"] = round(mean_image_psnr(images_for_gan(train_images, image_size), target), 2)
     last = {k: round(res.history[k][-1], 4) for k in ACCURACY_NAMES if res.history.get(k)}
     if last:
         out["d_acc_last"] = last
     return out
+
+
+def mean_image_psnr(train: np.ndarray, target: np.ndarray) -> float:
+    """Mean PSNR (dB, images in [0, 1]) of the training images' mean image against each target."""
+    mean = train.astype(np.float64).mean(axis=0)
+    mse = ((target.astype(np.float64) - mean) ** 2).reshape(len(target), -1).mean(axis=1)
+    return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12))))
 
 
 def git_commit() -> str | None:
@@ -476,14 +493,16 @@ def _gan_health_lines(methods: dict, order: list[str], bits: list[str]) -> list[
             parts.append(" / ".join(f"{acc[k]:.2f}" if k in acc else "?"
                                     for k in ("d_acc_real", "d_acc_recon", "d_acc_prior")))
         if r and "psnr_db" in r:
-            parts.append(f"{r['psnr_db']:.1f} dB")
+            refs = [f"{r[k]:.1f}" for k in ("psnr_other_code_db", "psnr_mean_image_db") if k in r]
+            parts.append(f"{r['psnr_db']:.1f} dB" + (f" ({' / '.join(refs)})" if refs else ""))
         return ", ".join(parts) or "-"
 
     gan = [m for m in order if any("d_acc_last" in r or "psnr_db" in r for r in methods[m].values())]
     if not gan:
         return []
     lines = ["", "GAN health of each GAN row: D accuracy on real / reconstructed / prior fakes in the last "
-                 "epoch, PSNR dB (G(code) against the 1,000 queries).", "",
+                 "epoch, PSNR dB (G(code) against the 1,000 queries; in brackets, where recorded, G fed another "
+                 "query's code / the training images' mean image: a G not above both ignores the code).", "",
              "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
     lines += [f"| {m} | " + " | ".join(cell(methods[m].get(b)) for b in bits) + " |" for m in gan]
     return lines
