@@ -11,12 +11,12 @@ Result:   P-BGAN protocol, 32 bits, mAP@all / mAP@1000: paper preset 0.353 / 0.5
 
 ``--config cifar10:finetune``: MobileNetV2 from block_13_expand on trains (its bottom's
 activations cached once, float16) at Adam 1e-4, on the diffusion graph.
-Cost:     the bottom once (~190 s for 60,000 images), the diffusion graph 85-120 s (the rows'
-          graph_seconds, cores shared), 6 epochs of the top
-          (the paper preset's training took 1,830 s and nbr_only's 705 s with three jobs
-          sharing the 2 cores).
-Result:   same protocol: paper preset 0.411 / 0.547, nbr_only 0.418 / 0.558
-          (the _ft_lr1e-4_diffusion rows of benchmarks/results/cifar10_pbgan.md).
+Cost:     the whole run, features and bottom activations included, 381 s on a quiet
+          2-core Xeon with the paper preset (whole_run_32_ft_lr1e-4_diffusion in
+          benchmarks/results/cifar10_pbgan.md; its training 196 s).
+Result:   same protocol: paper preset 0.403 / 0.547, nbr_only 0.413 / 0.548 (0.416 over seeds
+          0-1), and nbr_only with --w_consistency 1 0.424 / 0.558 (0.425 over seeds 0-1): the
+          _ft_lr1e-4_diffusion rows of benchmarks/results/cifar10_pbgan.md.
 """
 
 from bgan_tf.config import LOSS_PRESETS, BGANConfig
