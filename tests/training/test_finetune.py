@@ -57,17 +57,11 @@ def initial_net(small_mobilenet):
     return build_backbone(small_mobilenet)
 
 
-@pytest.fixture(scope="module")
-def finetuned(small_mobilenet, tmp_path_factory):
-    """Train a few steps with --trainable_from; keep the in-memory encoder training ends with."""
+def _train_keeping_encoder(config: BGANConfig):
+    """Train; return the result and the in-memory encoder training ends with."""
     from bgan_tf.inference import model_folder
     from bgan_tf.training.trainer import train
 
-    root = tmp_path_factory.mktemp("finetune")
-    config = BGANConfig(**{**TINY_TRAIN, "backbone": "mobilenet_v2_torch", "backbone_weights": small_mobilenet.weights,
-                           "backbone_input_size": SIZE, "freeze_backbone": True, "trainable_from": CUT,
-                           "feature_cache_dir": str(root / "cache"), "max_images": 200, "steps_per_epoch": 4, "use_gan": False,
-                           "lr_e": 1e-3, "adam_epsilon": 1e-7, "output_dir": str(root / "run")})
     kept = {}
     real_write = model_folder.write_model_folder
 
@@ -78,7 +72,19 @@ def finetuned(small_mobilenet, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(model_folder, "write_model_folder", write)
         result = train(config, verbose=0)
-    return config, result.model_dir, kept["encoder"]
+    return result, kept["encoder"]
+
+
+@pytest.fixture(scope="module")
+def finetuned(small_mobilenet, tmp_path_factory):
+    """Train a few steps with --trainable_from; keep the in-memory encoder training ends with."""
+    root = tmp_path_factory.mktemp("finetune")
+    config = BGANConfig(**{**TINY_TRAIN, "backbone": "mobilenet_v2_torch", "backbone_weights": small_mobilenet.weights,
+                           "backbone_input_size": SIZE, "freeze_backbone": True, "trainable_from": CUT,
+                           "feature_cache_dir": str(root / "cache"), "max_images": 200, "steps_per_epoch": 4, "use_gan": False,
+                           "lr_e": 1e-3, "adam_epsilon": 1e-7, "output_dir": str(root / "run")})
+    result, encoder = _train_keeping_encoder(config)
+    return config, result.model_dir, encoder
 
 
 def _digits(config):
@@ -233,19 +239,7 @@ def test_lr_backbone_gives_the_top_its_own_rate_and_resumes(small_mobilenet, ini
 
     config = finetuned[0].replace(lr_backbone=1e-5, feature_cache_dir=str(tmp_path / "cache"),
                                   output_dir=str(tmp_path / "run"))
-    kept = {}
-    from bgan_tf.inference import model_folder
-
-    real_write = model_folder.write_model_folder
-
-    def write(final_dir, cfg, encoder, *args, **kwargs):
-        kept["encoder"] = encoder
-        return real_write(final_dir, cfg, encoder, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(model_folder, "write_model_folder", write)
-        result = train(config, verbose=0)
-    encoder = kept["encoder"]
+    result, encoder = _train_keeping_encoder(config)
     steps = config.epochs * config.steps_per_epoch
     _, top = split_backbone(initial_net, CUT)
     start = {v.path: np.asarray(v) for v in top.weights}
