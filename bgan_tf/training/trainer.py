@@ -87,7 +87,8 @@ def check_run_dir(config: BGANConfig) -> Path:
             def show(v: Any) -> str:
                 return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
-            was = ", ".join(f"--{n} {show(stored[n])} (now {show(getattr(config, n))})" for n in diffs)
+            # (A run of a version before an OPTIMIZER_SET_FIELDS knob existed stored none: unset.)
+            was = ", ".join(f"--{n} {show(stored.get(n, 0))} (now {show(getattr(config, n))})" for n in diffs)
             raise UserError(f"{config.output_dir} holds a run trained with {was}; its checkpoints cannot "
                             "resume with other network or optimizer settings: choose a new --output_dir, or rerun "
                             "with the run's settings (nothing was changed)")

@@ -7,6 +7,7 @@ model folder give the same codes, and that only the top's weights moved."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -258,6 +259,14 @@ def test_lr_backbone_gives_the_top_its_own_rate_and_resumes(small_mobilenet, ini
     check_run_dir(more.replace(lr_backbone=3e-5))
     with pytest.raises(UserError, match="--lr_backbone 1e-05 .now 0"):
         check_run_dir(more.replace(lr_backbone=0.0))
+    # A run folder of a version before --lr_backbone (no such key) had no backbone optimizer.
+    stored_path = os.path.join(config.output_dir, "config.json")
+    stored = json.loads(open(stored_path).read())
+    del stored["lr_backbone"]
+    open(stored_path, "w").write(json.dumps(stored))
+    check_run_dir(more.replace(lr_backbone=0.0))
+    with pytest.raises(UserError, match="--lr_backbone 0 .now 1e-05"):
+        check_run_dir(more)
     assert os.path.isdir(result.model_dir)
 
 
