@@ -80,11 +80,15 @@ def load_cifar(root: str):
                      parts[0].names + parts[1].names, parts[0].class_names)
 
 
+# The loss preset each learned row's method name trains with (render_readme reads it too).
+PRESET_OF_METHOD = {"bgan_released_code": "released_code", "bgan_paper": "paper", "nbr_only": "nbr_only"}
+
+
 def bgan_config(method: str, bits: int, args, out_dir: str):
     from bgan_tf.config import apply_preset
     from bgan_tf.configs import get_config
 
-    preset = {"bgan_released_code": "released_code", "bgan_paper": "paper", "nbr_only": "nbr_only"}[method]
+    preset = PRESET_OF_METHOD[method]
     cfg = apply_preset(get_config("cifar10"), preset)
     cfg = cfg.replace(num_bits=bits, backbone_weights=args.weights, backbone_input_size=args.input_size,
                       epochs=args.epochs or cfg.epochs, seed=args.seed, output_dir=out_dir, dataset="cifar10 (P-BGAN train)",

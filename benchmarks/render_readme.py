@@ -60,7 +60,6 @@ def cifar_section(r) -> list[str]:
 PAPER_MAP_ALL = {"12": 0.401, "32": 0.531, "48": 0.558}
 
 
-PRESET_OF_ROW = {"bgan_released_code": "released_code", "bgan_paper": "paper", "nbr_only": "nbr_only"}
 # Knobs that only shape G, D or their training: a BGAN row without them is its ablation.
 GAN_ONLY = {"use_gan", "w_pixel", "w_feature", "w_adv", "fake_source", "adv_to_encoder", "gan_loss",
             "disc_spectral_norm", "d_label_smoothing", "instance_noise", "instance_noise_steps", "g_steps",
@@ -78,10 +77,10 @@ def encoder_setting(method: str, cell: dict) -> tuple | None:
     """What trained a learned cell's encoder, GAN-only knobs left out: its preset, --override,
     fine-tuning and epochs. None for rows that are not BGAN or nbr_only."""
     from bgan_tf.config import LOSS_PRESETS
-    from cifar10_pbgan import parse_override
+    from cifar10_pbgan import PRESET_OF_METHOD, parse_override
 
     base = split_seed(method)[0]
-    preset = next((PRESET_OF_ROW[p] for p in PRESET_OF_ROW if base.startswith(p)), None)
+    preset = next((PRESET_OF_METHOD[p] for p in PRESET_OF_METHOD if base.startswith(p)), None)
     if preset is None:
         return None
     knobs = {**LOSS_PRESETS[preset], **parse_override(cell.get("override", ""))}
@@ -103,16 +102,15 @@ def _ablation_row(method: str, methods: dict, bits: str) -> str | None:
     return None
 
 
-def _same_setting_nbr_only(method: str, methods: dict, bits: str | None = None) -> str | None:
+def _same_setting_nbr_only(method: str, methods: dict, bits: str) -> str | None:
     """The nbr_only row trained like a BGAN row: its ablation (the same encoder settings,
     preset and --override, without G and D) when one is recorded; else the row of the same
     suffix (fine-tuning, variant), else the longest leading part of it that has one (a
     variant that only changes the GAN, ``_sn``, compares with the row without it), else the
     same backbone setting (``_ft`` or frozen)."""
-    if bits is not None:
-        exact = _ablation_row(method, methods, bits)
-        if exact:
-            return exact
+    exact = _ablation_row(method, methods, bits)
+    if exact:
+        return exact
     for preset in ("bgan_released_code", "bgan_paper"):
         if not method.startswith(preset):
             continue
