@@ -62,7 +62,7 @@ FLOAT_LIMITS: dict[str, tuple[float, float, bool]] = {
     "adam_epsilon": (0.0, 1e3, False),
 }
 # --- discriminator balance (issue 14): bounds of the remedies' knobs ----------------
-INT_LIMITS.update(g_steps=(1, 5), instance_noise_steps=(0, 10_000_000))
+INT_LIMITS.update(g_steps=(1, 5), instance_noise_steps=(0, 10_000_000), content_warmup_epochs=(0, 100_000))
 FLOAT_LIMITS.update(d_label_smoothing=(0.0, 0.5, True), instance_noise=(0.0, 1.0, True))
 GAN_LOSSES = ("bce", "hinge")
 # ----------------------------------------------------------------------------------
@@ -208,6 +208,10 @@ class BGANConfig:
     instance_noise: float = 0.0  # std of Gaussian noise added to every image D sees, annealed linearly to 0
     instance_noise_steps: int = 0  # steps over which that std falls to 0 (0: the whole run)
     g_steps: int = 1  # generator updates per training step (encoder and D update once)
+    # Epochs at the start in which the content terms train G only: the encoder learns from the
+    # neighbourhood and quantization terms while G learns to decode its codes, and gets the
+    # content gradient only from then on (a G that ignores the code passes back none worth having).
+    content_warmup_epochs: int = 0
     # --- optimisation ------------------------------------------------------
     batch_size: int = 40
     epochs: int = 30
@@ -247,6 +251,9 @@ class BGANConfig:
         need(self.strategy in ("one_device", "mirrored", "multi_worker_mirrored"),
              f"--strategy must be one_device, mirrored or multi_worker_mirrored, got {self.strategy!r}")
         need(self.gan_loss in GAN_LOSSES, f"--gan_loss must be {' or '.join(GAN_LOSSES)}, got {self.gan_loss!r}")
+        need(self.use_gan or not self.content_warmup_epochs,
+             f"--content_warmup_epochs {self.content_warmup_epochs} delays the generator's content gradient to "
+             "the encoder, but --nouse_gan trains no generator: drop it or train with the GAN")
         need(self.gan_loss == "bce" or not self.d_label_smoothing,
              "--d_label_smoothing applies to --gan_loss bce (a hinge loss has no target); set it to 0")
         ups = len(self.gen_channels) - 1  # each later width doubles the resolution from 4x4-ish up

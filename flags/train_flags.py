@@ -85,6 +85,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "instance_noise": ("float", "Std of Gaussian noise added to every image the discriminator sees; falls linearly to 0."),
     "instance_noise_steps": ("integer", "Steps over which the instance noise falls to 0 (0: the whole run)."),
     "g_steps": ("integer", "Generator updates per training step (encoder and discriminator update once)."),
+    "content_warmup_epochs": ("integer", "Epochs at the start in which the content losses train the generator only; "
+                              "the encoder gets their gradient from then on (0: from the first step)."),
     "epochs": ("integer", "Epochs to train; rerunning with more epochs continues the run."),
     "lr_e": ("float", "Adam learning rate of the encoder."),
     "lr_backbone": ("float", "Adam learning rate of the backbone's trained weights (its top with --trainable_from, "

@@ -26,6 +26,10 @@ disc_spectral_norm (networks.Discriminator), d_label_smoothing, instance_noise
 (Gaussian noise on every image D sees, its std falling linearly to 0 over the
 run) and g_steps (extra generator updates per step). Their defaults train
 exactly as before.
+
+content_warmup_epochs holds the content gradient back from the encoder for the
+run's first epochs (the gate is a function of the encoder optimizer's step
+count, which checkpoints keep, so a resumed run gates the same steps).
 """
 
 from __future__ import annotations
@@ -99,10 +103,26 @@ class BGAN(keras.Model):
             names += ACCURACY_NAMES + ((NOISE_STD_NAME,) if config.instance_noise else ())
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self.run_steps = 0  # steps of the whole run (set_run_length): the instance-noise schedule's length
+        self.content_warmup_steps = 0  # steps before the content gradient reaches the encoder
 
-    def set_run_length(self, steps: int) -> None:
-        """Total training steps of the run (epochs x steps per epoch), before fit()."""
+    def set_run_length(self, steps: int, steps_per_epoch: int | None = None) -> None:
+        """Total training steps of the run (epochs x steps per epoch), and the steps of one
+        epoch (which content_warmup_epochs counts in), before fit()."""
         self.run_steps = int(steps)
+        if steps_per_epoch is not None:
+            self.content_warmup_steps = self.config.content_warmup_epochs * int(steps_per_epoch)
+        elif self.config.content_warmup_epochs:
+            raise ValueError("content_warmup_epochs counts epochs: pass steps_per_epoch to set_run_length")
+
+    def _content_to_encoder(self) -> tf.Tensor:
+        """1.0 once the content warm-up is over (always without one), else 0.0."""
+        if not self.config.content_warmup_epochs:
+            return tf.constant(1.0)
+        if self.content_warmup_steps < 1:
+            raise ValueError("content_warmup_epochs needs the epoch length: call "
+                             "set_run_length(steps, steps_per_epoch) before fit()")
+        done = tf.cast(self.e_optimizer.iterations, tf.int64)
+        return tf.cast(done >= self.content_warmup_steps, tf.float32)
 
     # -- building ------------------------------------------------------------
     def build_all(self, x_example: np.ndarray) -> None:
@@ -252,6 +272,7 @@ class BGAN(keras.Model):
         # Drawn before any update moves the step counter.
         prior_codes = self._prior_codes(b) if gan else None
         noise = self._instance_noise(image) if gan else None
+        content_gate = self._content_to_encoder() if gan else None
         counts = {}
         with tf.GradientTape(persistent=True) as tape:
             if cfg.w_consistency:
@@ -286,7 +307,8 @@ class BGAN(keras.Model):
             # The encoder always learns from the neighbourhood, quantization and
             # content terms; the adversarial term reaches it only on request
             # (measured on digits: it drowns the neighbourhood signal).
-            loss_e = cfg.w_nbr * nbr + cfg.w_quant * quant + content
+            # (content_gate: 0 during the content warm-up, when G learns to decode first.)
+            loss_e = cfg.w_nbr * nbr + cfg.w_quant * quant + (content * content_gate if gan else content)
             if cfg.w_consistency:
                 consistency = losses.consistency_loss(z, z_other, g_batch)
                 loss_e = loss_e + cfg.w_consistency * consistency

@@ -288,7 +288,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         atomic.write_text(os.path.join(out_dir, "config.json"), config.to_json())
     steps = config.steps_per_epoch or len(data) // config.batch_size
     per_pass = len(data) // config.batch_size
-    model.set_run_length(config.epochs * steps)  # the instance-noise schedule spans the whole run
+    model.set_run_length(config.epochs * steps, steps)  # instance noise spans the run; content warm-up counts epochs
 
     def make_dataset(start, stop):
         # fit() keeps one iterator across epochs, so fit epoch e reads batches

@@ -159,3 +159,45 @@ def test_defaults_keep_the_original_training():
     c = BGANConfig()
     assert (c.gan_loss, c.disc_spectral_norm, c.d_label_smoothing, c.instance_noise, c.g_steps) == \
         ("bce", False, 0.0, 0.0, 1)
+
+
+def _encoder_after(steps: int, **overrides) -> list[np.ndarray]:
+    """The encoder's weights after `steps` steps of the tiny paper-style config, from the
+    same initial weights every call."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    # (Adam epsilon 1e-7: with the tiny config's 1.0 the content's small gradient moves the
+    # encoder by ~1e-7, too little to tell from float noise.)
+    model, ds = _model_and_data(steps=steps, **{"w_pixel": 1.0, "fake_source": "codes", "adam_epsilon": 1e-7,
+                                                   **overrides})
+    model.set_run_length(steps, 2)  # a 2-step epoch: the warm-up counts these
+    model.fit(ds.repeat(), epochs=1, steps_per_epoch=steps, verbose=0)
+    assert int(model.e_optimizer.iterations) == steps
+    return [v.numpy() for v in model.encoder.trainable_variables]
+
+
+def test_content_warmup_keeps_the_content_gradient_from_the_encoder_until_it_ends():
+    no_content = dict(w_pixel=0.0, w_feature=0.0)
+    # Inside the warm-up (1 epoch = 2 steps) the encoder learns as if there were no content
+    # terms (G's updates do not reach it within a step)...
+    warm = _encoder_after(2, content_warmup_epochs=1)
+    for a, b in zip(warm, _encoder_after(2, **no_content)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # ...which does change it when there is no warm-up...
+    plain = _encoder_after(2)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(warm, plain)) > 1e-4
+    # ...and after the warm-up the content gradient reaches it again.
+    late = _encoder_after(4, content_warmup_epochs=1)
+    off = _encoder_after(4, **no_content)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(late, off)) > 1e-4
+
+
+def test_content_warmup_needs_the_epoch_length_and_a_gan():
+    model, ds = _model_and_data(steps=1, content_warmup_epochs=1)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        model.set_run_length(4)
+    with pytest.raises(ValueError, match="set_run_length"):
+        model.fit(ds, epochs=1, verbose=0)
+    with pytest.raises(UserError, match="--content_warmup_epochs"):
+        BGANConfig(**TINY_TRAIN).replace(use_gan=False, content_warmup_epochs=1).validate()
