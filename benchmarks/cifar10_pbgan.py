@@ -279,6 +279,8 @@ def main() -> int:
             if not res.epochs_run:
                 seconds.pop(f"{stage}_train")
             row["epochs"] = cfg.epochs
+            if res.best_epoch is not None:  # early stopping: where it stopped, which epoch it kept
+                row.update(epochs_trained=res.epochs_trained, best_epoch=res.best_epoch)
             if res.graph_label_agreement is not None:  # of the graph it trained on (--graph_construction)
                 row["graph_label_agreement"] = round(res.graph_label_agreement, 4)
                 row["graph_pairs_per_item"] = round(res.graph_pairs_per_item, 1)

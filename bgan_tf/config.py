@@ -39,6 +39,7 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "sample_every": (1, 100_000),
     "steps_per_epoch": (0, 10_000_000),  # 0 (or None): one pass over the data
     "save_every_steps": (0, 10_000_000),
+    "early_stopping_patience": (0, 1000),
 }
 # name -> (fewest, most entries, smallest, largest value)
 LIST_INT_LIMITS: dict[str, tuple[int, int, int, int]] = {
@@ -60,6 +61,7 @@ FLOAT_LIMITS: dict[str, tuple[float, float, bool]] = {
     "lr_d": (0.0, 10.0, False),
     "adam_beta_1": (0.0, 0.999999, True),
     "adam_epsilon": (0.0, 1e3, False),
+    "early_stopping_holdout": (0.0, 0.5, False),
 }
 # --- discriminator balance (issue 14): bounds of the remedies' knobs ----------------
 INT_LIMITS.update(g_steps=(1, 5), instance_noise_steps=(0, 10_000_000), content_warmup_epochs=(0, 100_000))
@@ -221,6 +223,12 @@ class BGANConfig:
     lr_d: float = 1e-3
     adam_beta_1: float = 0.9
     adam_epsilon: float = 1.0  # the released code's value
+    # Early stopping (0: off): after every epoch, the codes of images held out of training
+    # (this fraction of them, a seeded draw) rank training images against the graph's
+    # positives; training stops after this many epochs without a gain in that mAP and keeps
+    # the best epoch's networks (bgan_tf.training.callbacks.GraphEarlyStopping).
+    early_stopping_patience: int = 0
+    early_stopping_holdout: float = 0.05
     mixed_precision: bool = False
     # --- run -----------------------------------------------------------------
     output_dir: str = "runs/digits"

@@ -101,6 +101,10 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "num_cpu_devices": ("integer", "Split the CPU into this many logical devices (to run mirrored without GPUs)."),
     "sample_every": ("integer", "Epochs between reconstruction sample grids."),
     "steps_per_epoch": ("integer", "Steps per epoch (0 or unset: one pass over the data)."),
+    "early_stopping_patience": ("integer", "Stop after this many epochs without a gain in the held-out graph mAP "
+                                "(codes of held-out training images ranking the others, relevant = a graph pair) "
+                                "and keep the best epoch's weights (0: off; trains --epochs)."),
+    "early_stopping_holdout": ("float", "Fraction of the training images held out of training for early stopping."),
     "save_every_steps": ("integer", "Also checkpoint every N steps inside an epoch, so a killed run resumes mid-epoch (0: epoch ends only)."),
 }
 

@@ -17,7 +17,7 @@ def images_for_gan(images: np.ndarray, image_size: int) -> np.ndarray:
 
 def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_size: int, seed: int,
                      first_epoch: int, epochs: int, flip: bool = False, mirrored_inputs: np.ndarray | None = None,
-                     other_view: bool = False):
+                     other_view: bool = False, items: np.ndarray | None = None):
     """tf.data pipeline yielding {"image", "x", "index"} batches.
 
     ``flip``: each item is seen as itself or as its horizontal mirror, a seeded coin per
@@ -26,6 +26,8 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
     or, for images ([N, H, W, C], no mirrored_inputs), is mirrored in the graph too.
     ``other_view``: batches also hold "x_other", the encoder input of the view not shown
     (the mirror when the item is seen as itself, and the other way round).
+    ``items``: the row numbers to train on (default all; early stopping holds some out).
+    Batches carry each item's row number as ``index``, so the graph is looked up by it.
 
     The order of epoch e is a stateless permutation seeded by (seed, e), so a
     run resumed at epoch e sees exactly the batches an uninterrupted run
@@ -36,7 +38,8 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
     """
     import tensorflow as tf
 
-    n = int(gan_images.shape[0])
+    rows = np.arange(gan_images.shape[0], dtype=np.int64) if items is None else np.asarray(items, np.int64)
+    n = int(rows.size)
     if n < batch_size:
         raise UserError(f"{n} training images is fewer than --batch_size {batch_size}; lower --batch_size")
     if mirrored_inputs is not None and mirrored_inputs.shape != encoder_inputs.shape:
@@ -44,6 +47,7 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
     if (flip or other_view) and mirrored_inputs is None and encoder_inputs.ndim != 4:
         raise ValueError("mirroring cached features needs the mirror's features (mirrored_inputs)")
     images_t = tf.constant(gan_images)
+    rows_t = tf.constant(rows)
     gather_x = _gatherer(encoder_inputs)
     gather_mirror = _gatherer(mirrored_inputs) if mirrored_inputs is not None and (flip or other_view) else None
     shape = [-1] + [1] * (len(encoder_inputs.shape) - 1)
@@ -60,7 +64,8 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
         perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=pass_seed)
         # The coin of each item in this pass, independent of the order.
         coin = tf.random.stateless_uniform([n], seed=pass_seed + [1, 0]) < 0.5 if flip else tf.zeros([n], tf.bool)
-        return tf.data.Dataset.from_tensor_slices((perm, tf.gather(coin, perm))).batch(batch_size, drop_remainder=True)
+        return tf.data.Dataset.from_tensor_slices((tf.gather(rows_t, perm), tf.gather(coin, perm))).batch(
+            batch_size, drop_remainder=True)
 
     def batch(idx, mirror):
         image = tf.gather(images_t, idx)

@@ -271,6 +271,34 @@ def evaluate_codes(
     return result
 
 
+def map_with_relevance(query_codes: np.ndarray, db_codes: np.ndarray, relevant: np.ndarray, *,
+                       num_bits: int | None = None) -> float:
+    """Tie-aware mAP@all of Hamming ranking where relevance is given pair by pair.
+
+    ``relevant``: bool [Q, N], e.g. the neighbourhood graph's positives (training's early
+    stopping scores held-out images against them: no labels needed). Codes as for
+    `evaluate_codes`. Queries with no relevant item are left out of the mean; none with
+    one gives nan.
+    """
+    q_packed, n_bits = _as_packed(query_codes, num_bits, "query codes")
+    d_packed, n_bits_db = _as_packed(db_codes, num_bits, "database codes")
+    rel = np.asarray(relevant, bool)
+    if n_bits != n_bits_db or rel.shape != (q_packed.shape[0], d_packed.shape[0]):
+        raise ValueError(f"codes of {n_bits} and {n_bits_db} bits, {q_packed.shape[0]} queries x "
+                         f"{d_packed.shape[0]} items, do not match relevance {rel.shape}")
+    keep = rel.any(axis=1)
+    if not keep.any():
+        return float("nan")
+    q_packed, rel = q_packed[keep], rel[keep]
+    harm = harmonic(d_packed.shape[0])
+    step = _chunk(None, d_packed.shape[0])
+    ap = []
+    for s in range(0, q_packed.shape[0], step):
+        counts, rel_counts = hamming_histograms(q_packed[s:s + step], d_packed, rel[s:s + step], n_bits)
+        ap.append(metrics_from_groups(counts, rel_counts, [], [], harm)["ap_all"])
+    return float(np.concatenate(ap).mean())
+
+
 def evaluate_float(
     query_feats: np.ndarray,
     db_feats: np.ndarray,

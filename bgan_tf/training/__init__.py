@@ -8,9 +8,10 @@
   quantization.
 - `graph`: kNN -> K1/K2 expansion -> sparse positive pairs and the in-graph S_B lookup.
 - `distribute`: `make_strategy(name)`, chief detection, dataset sharding, sync BN.
-- `callbacks`: beta schedule, reconstruction samples, step-level checkpoints and
-  `fit_resumable`.
+- `callbacks`: beta schedule, reconstruction samples, step-level checkpoints, early
+  stopping on a held-out slice of the graph (`GraphEarlyStopping`) and `fit_resumable`.
 
 To add a loss: a function in `losses`, a weight in `BGANConfig`, one term in
-`BGAN.train_step`. Imports inference, data, modeling and the shared modules only.
+`BGAN.train_step`. Imports evaluation (the retrieval metric early stopping monitors),
+inference, data, modeling and the shared modules only.
 """

@@ -124,6 +124,33 @@ def check_data_fits(config: BGANConfig, num_images: int) -> None:
                         f"{config.k2} may hold {pairs:,} candidate pairs (limit {MAX_GRAPH_PAIRS:,}); "
                         "lower --k1/--k2 or --max_images")
     check_graph_construction(config.graph_construction, num_images)
+    if config.early_stopping_patience:
+        held = early_stopping_holdout_size(config, num_images)
+        if held < 1 or num_images - held < config.batch_size:
+            raise UserError(f"--early_stopping_holdout {config.early_stopping_holdout:g} of {num_images} training "
+                            f"images holds out {held}, leaving {num_images - held} to train on with --batch_size "
+                            f"{config.batch_size}: use more images or another fraction, or --early_stopping_patience 0")
+
+
+# Early stopping scores at most this many held-out images against at most this many
+# training images, so one epoch's check costs ~6,000 encoder passes whatever N is.
+EARLY_STOPPING_QUERIES = 1000
+EARLY_STOPPING_DATABASE = 5000
+
+
+def early_stopping_holdout_size(config: BGANConfig, num_images: int) -> int:
+    return int(round(config.early_stopping_holdout * num_images))
+
+
+def early_stopping_split(config: BGANConfig, num_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out rows, training rows), a draw seeded by the run's seed; all rows train
+    when early stopping is off."""
+    rows = np.arange(num_images, dtype=np.int64)
+    if not config.early_stopping_patience:
+        return rows[:0], rows
+    held = np.sort(np.random.default_rng([config.seed, 1]).choice(
+        num_images, early_stopping_holdout_size(config, num_images), replace=False))
+    return held, np.setdiff1d(rows, held)
 
 
 @dataclasses.dataclass
@@ -134,6 +161,8 @@ class TrainResult:
     seconds: dict[str, float]
     graph_label_agreement: float | None = None
     graph_pairs_per_item: float | None = None  # positive pairs (i, j), both orders, per training image
+    best_epoch: int | None = None  # early stopping: the epoch whose networks were kept
+    epochs_trained: int | None = None  # epochs completed in all (early stopping may end before --epochs)
 
 
 def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input: bool, image_example: np.ndarray,
@@ -201,7 +230,8 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
 
     from bgan_tf.data.features import cached_bottom, cached_features, graph_features
     from bgan_tf.modeling.factory import backbone_spec
-    from bgan_tf.training.callbacks import BetaSchedule, EpochCheckpoint, ReconstructionSamples, fit_resumable
+    from bgan_tf.training.callbacks import (BetaSchedule, EpochCheckpoint, GraphEarlyStopping,
+                                            ReconstructionSamples, fit_resumable)
     from bgan_tf.training.distribute import shard_by_data
     from bgan_tf.training.graph import RECALL_SAMPLE, build_graph
 
@@ -270,6 +300,21 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         saved = dict(encoder=model.encoder, e_optimizer=model.e_optimizer)
     if model.backbone_optimizer is not None:
         saved["backbone_optimizer"] = model.backbone_optimizer
+    held, train_rows = early_stopping_split(config, len(data))
+    stopper = None
+    if config.early_stopping_patience:
+        encode_fn = (lambda v: model.encoder.encode_cached(v, training=False)) if features_input else \
+            (lambda v: model.encoder(v, training=False))
+        rng = np.random.default_rng([config.seed, 2])
+        queries = held[np.sort(rng.permutation(held.size)[:EARLY_STOPPING_QUERIES])]
+        db = train_rows[np.sort(rng.permutation(train_rows.size)[:EARLY_STOPPING_DATABASE])]
+        networks = {k: v for k, v in saved.items() if isinstance(v, keras.Model)}
+        stopper = GraphEarlyStopping(encode_fn, x[queries], x[db], graph.block(queries, db) > 0,
+                                     config.early_stopping_patience, os.path.join(out_dir, "checkpoints", "best"),
+                                     networks, write=chief)
+        saved["early_stopping"] = stopper.state
+        logging.info("early stopping: %d training images held out; %d of them score against %d training images "
+                     "after every epoch", held.size, queries.size, db.size)
     ckpt = EpochCheckpoint(os.path.join(out_dir, "checkpoints"), write=chief, save_every_steps=config.save_every_steps,
                            **saved)
     try:
@@ -280,14 +325,17 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         raise UserError(f"{config.output_dir} holds checkpoints that this configuration cannot resume ({first}); "
                         "choose a new --output_dir, or rerun with that run's settings") from None
     history: dict[str, list[float]] = {}
-    if first_epoch >= config.epochs and os.path.isdir(model_dir):
+    stopped = stopper is not None and stopper.stopped
+    if (first_epoch >= config.epochs or stopped) and os.path.isdir(model_dir):
         logging.info("run already finished (%d epochs); model at %s", first_epoch, model_dir)
-        return TrainResult(model_dir, history, 0, seconds, agreement, graph.num_positive_pairs / len(data))
+        best = int(stopper.best_epoch.numpy()) if stopper is not None else None
+        return TrainResult(model_dir, history, 0, seconds, agreement, graph.num_positive_pairs / len(data),
+                           best, first_epoch)
 
     if chief:  # first write into the run folder: marks it as ours (is_run_dir), says how it was trained
         atomic.write_text(os.path.join(out_dir, "config.json"), config.to_json())
-    steps = config.steps_per_epoch or len(data) // config.batch_size
-    per_pass = len(data) // config.batch_size
+    steps = config.steps_per_epoch or len(train_rows) // config.batch_size
+    per_pass = len(train_rows) // config.batch_size
     model.set_run_length(config.epochs * steps, steps)  # instance noise spans the run; content warm-up counts epochs
 
     def make_dataset(start, stop):
@@ -296,10 +344,13 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         first = start * steps
         ds = training_dataset(gan_images, x, config.batch_size, config.seed, first // per_pass,
                               -(-stop * steps // per_pass), flip=config.flip_augment, mirrored_inputs=mirrored,
-                              other_view=bool(config.w_consistency))
+                              other_view=bool(config.w_consistency),
+                              items=train_rows if held.size else None)
         return shard_by_data(ds.skip(first % per_pass))
 
-    callbacks = [BetaSchedule(model.encoder.beta, config.beta_values, config.beta_every), ckpt]
+    # The early-stopping state is updated before the checkpoint that saves it.
+    callbacks = [BetaSchedule(model.encoder.beta, config.beta_values, config.beta_every),
+                 *([stopper] if stopper is not None else []), ckpt]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), write_graph=False))
         if model.generator is not None:
@@ -309,7 +360,15 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
             callbacks.append(ReconstructionSamples(encode, model.generator, gan_images[:n], x[:n],
                                                    os.path.join(out_dir, "samples"),
                                                    os.path.join(out_dir, "logs", "samples"), config.sample_every))
-    history = fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks, verbose)
+    if not stopped:  # (stopped, but killed before the model was written: write it now)
+        history = fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks, verbose)
+    epochs_trained = int(ckpt.epoch.numpy()) if (history or stopped) else first_epoch
+    best_epoch = None
+    if stopper is not None:
+        # (Workers' networks are thrown away below: only the chief's written model needs them.)
+        best_epoch = stopper.restore_best() if chief else int(stopper.best_epoch.numpy())
+        logging.info("early stopping: kept the networks of epoch %d of %d (held-out graph mAP %.4f)", best_epoch,
+                     epochs_trained, float(stopper.best.numpy()))
     seconds["train"] = time.time() - t
     if chief:
         model_folder.write_model_folder(model_dir, config, model.encoder, data, model.generator, model.discriminator,
@@ -317,5 +376,5 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     else:
         shutil.rmtree(out_dir, ignore_errors=True)
     seconds["total"] = time.time() - t0
-    return TrainResult(model_dir, history, config.epochs - first_epoch, seconds, agreement,
-                       graph.num_positive_pairs / len(data))
+    return TrainResult(model_dir, history, epochs_trained - first_epoch, seconds, agreement,
+                       graph.num_positive_pairs / len(data), best_epoch, epochs_trained)
