@@ -91,6 +91,12 @@ def encoder_setting(method: str, cell: dict) -> tuple | None:
     return tuple(sorted((k, repr(v)) for k, v in knobs.items() if k not in GAN_ONLY))
 
 
+def other_cpu(a: dict, b: dict) -> bool:
+    """Two cells trained on different CPUs (rows before the field existed are not flagged):
+    oneDNN's float rounding differs between CPUs, which moved reruns by up to 0.010."""
+    return bool(a.get("cpu") and b.get("cpu") and a["cpu"] != b["cpu"])
+
+
 def _ablation_row(method: str, methods: dict, bits: str) -> str | None:
     """The nbr_only row (same seed) whose encoder trained exactly like this BGAN row's."""
     if bits not in methods[method]:
@@ -136,7 +142,9 @@ def _cifar_targets(methods: dict, bits: list[str]) -> list[str]:
             ref = _same_setting_nbr_only(m, methods, b)
             v = methods[m][b]["map_all"]
             part = [f"ITQ {v - methods['ITQ'][b]['map_all']:+.3f}" if b in methods.get("ITQ", {}) else None,
-                    f"{ref} {v - methods[ref][b]['map_all']:+.3f}" if ref and b in methods[ref] else None,
+                    f"{ref} {v - methods[ref][b]['map_all']:+.3f}"
+                    + (" (trained on another CPU)" if other_cpu(methods[m][b], methods[ref][b]) else "")
+                    if ref and b in methods[ref] else None,
                     f"paper {v - PAPER_MAP_ALL[b]:+.3f}" if b in PAPER_MAP_ALL else None]
             cells.append(f"{b} bits: " + ", ".join(p for p in part if p))
         if cells:
@@ -169,12 +177,15 @@ def _seed_lines(methods: dict, bits: list[str]) -> list[str]:
             for s, m in sorted(by_seed.items()):
                 ref = _same_setting_nbr_only(m, methods, b) if b in methods[m] else None
                 if ref and split_seed(ref)[1] == s:
-                    diffs[s] = (methods[m][b]["map_all"] - methods[ref][b]["map_all"], split_seed(ref)[0])
-            refs = {r for _, r in diffs.values()}
+                    diffs[s] = (methods[m][b]["map_all"] - methods[ref][b]["map_all"], split_seed(ref)[0],
+                                other_cpu(methods[m][b], methods[ref][b]))
+            refs = {r for _, r, _ in diffs.values()}
             if len(diffs) >= 2 and len(refs) == 1:
-                d = [x for x, _ in diffs.values()]
+                d = [x for x, _, _ in diffs.values()]
+                across = [str(s) for s, (_, _, o) in diffs.items() if o]
                 margins.append(f"{base} {b} bits over {refs.pop()}: {sum(d) / len(d):+.3f} mean over seeds "
-                               f"{', '.join(map(str, diffs))} ({', '.join(f'{x:+.3f}' for x in d)})")
+                               f"{', '.join(map(str, diffs))} ({', '.join(f'{x:+.3f}' for x in d)})"
+                               + (f"; seed {', '.join(across)} against a row trained on another CPU" if across else ""))
     out = []
     if spread:
         out += ["", "Rows run with several seeds (split, baselines and training all reseeded), mAP@all:", ""]

@@ -80,3 +80,21 @@ def test_a_bgan_row_is_measured_against_its_ablation_seed_by_seed():
     assert ("- bgan_released_code_eps1e-7_scaled 32 bits over nbr_only_released_scaled_tanh: -0.007 mean over "
             "seeds 0, 1 (+0.005, -0.019)") in lines
     assert "- nbr_only_released_scaled_tanh 32 bits 0.385 over seeds 0, 1 (0.380, 0.390; range 0.010)" in lines
+
+
+def test_margins_say_when_the_two_rows_were_trained_on_different_cpus():
+    methods = {
+        "ITQ": {"32": _cell(0.28)},
+        "nbr_only_x": {"32": _cell(0.40, override="w_consistency=1.0", cpu="A")},
+        "nbr_only_x_seed1": {"32": _cell(0.41, override="w_consistency=1.0", cpu="B")},
+        "bgan_paper_x": {"32": _cell(0.41, override="w_consistency=1.0,w_adv=0.1", cpu="A")},
+        "bgan_paper_x_seed1": {"32": _cell(0.40, override="w_consistency=1.0,w_adv=0.1", cpu="A")},
+    }
+    methods = {k: {"32": {**v["32"], "epochs": 6}} if k != "ITQ" else v for k, v in methods.items()}
+    lines = render_readme._cifar_targets(methods, ["32"])
+    # Seed 0: both on CPU A, no flag.
+    assert any(l.startswith("- bgan_paper_x: 32 bits: ITQ +0.130, nbr_only_x +0.010, paper") for l in lines)
+    assert ("- bgan_paper_x 32 bits over nbr_only_x: +0.000 mean over seeds 0, 1 (+0.010, -0.010); seed 1 "
+            "against a row trained on another CPU") in lines
+    assert render_readme.other_cpu({"cpu": "A"}, {"cpu": "B"})
+    assert not render_readme.other_cpu({"cpu": "A"}, {})  # unrecorded: not flagged
