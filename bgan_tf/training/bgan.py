@@ -272,7 +272,7 @@ class BGAN(keras.Model):
         # Drawn before any update moves the step counter.
         prior_codes = self._prior_codes(b) if gan else None
         noise = self._instance_noise(image) if gan else None
-        content_gate = self._content_to_encoder() if gan else None
+        content_gate = self._content_to_encoder()
         counts = {}
         with tf.GradientTape(persistent=True) as tape:
             if cfg.w_consistency:
@@ -308,7 +308,7 @@ class BGAN(keras.Model):
             # content terms; the adversarial term reaches it only on request
             # (measured on digits: it drowns the neighbourhood signal).
             # (content_gate: 0 during the content warm-up, when G learns to decode first.)
-            loss_e = cfg.w_nbr * nbr + cfg.w_quant * quant + (content * content_gate if gan else content)
+            loss_e = cfg.w_nbr * nbr + cfg.w_quant * quant + content * content_gate
             if cfg.w_consistency:
                 consistency = losses.consistency_loss(z, z_other, g_batch)
                 loss_e = loss_e + cfg.w_consistency * consistency

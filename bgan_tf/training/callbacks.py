@@ -120,7 +120,8 @@ class GraphEarlyStopping(keras.callbacks.Callback):
     The score (logged as ``val_graph_map``) is the tie-aware mAP@all of the held-out
     images' codes ranking a sample of the training images, relevant = a positive pair
     of the graph: what the encoder is trained to reproduce, on images it never trained
-    on, so it falls when the encoder starts to fit the graph's mistakes on its own items.
+    on, so it falls when the codes stop carrying over to new images. (It cannot see the
+    graph's own mistakes: on CIFAR-10 it kept rising while mAP@all fell, docs/METHOD.md.)
 
     ``state`` (best score, its epoch, epochs since) goes into the epoch checkpoint, so a
     resumed run stops where an uninterrupted one would; the best networks are saved
