@@ -300,16 +300,18 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         saved = dict(encoder=model.encoder, e_optimizer=model.e_optimizer)
     if model.backbone_optimizer is not None:
         saved["backbone_optimizer"] = model.backbone_optimizer
+    # Exact codes from what the encoder trains on (cached inputs or images): early stopping
+    # and the reconstruction samples score with it.
+    encode = (lambda v: model.encoder.encode_cached(v, training=False)) if features_input else \
+        (lambda v: model.encoder(v, training=False))
     held, train_rows = early_stopping_split(config, len(data))
     stopper = None
     if config.early_stopping_patience:
-        encode_fn = (lambda v: model.encoder.encode_cached(v, training=False)) if features_input else \
-            (lambda v: model.encoder(v, training=False))
         rng = np.random.default_rng([config.seed, 2])
         queries = held[np.sort(rng.permutation(held.size)[:EARLY_STOPPING_QUERIES])]
         db = train_rows[np.sort(rng.permutation(train_rows.size)[:EARLY_STOPPING_DATABASE])]
         networks = {k: v for k, v in saved.items() if isinstance(v, keras.Model)}
-        stopper = GraphEarlyStopping(encode_fn, x[queries], x[db], graph.block(queries, db) > 0,
+        stopper = GraphEarlyStopping(encode, x[queries], x[db], graph.block(queries, db) > 0,
                                      config.early_stopping_patience, os.path.join(out_dir, "checkpoints", "best"),
                                      networks, write=chief)
         saved["early_stopping"] = stopper.state
@@ -345,7 +347,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         ds = training_dataset(gan_images, x, config.batch_size, config.seed, first // per_pass,
                               -(-stop * steps // per_pass), flip=config.flip_augment, mirrored_inputs=mirrored,
                               other_view=bool(config.w_consistency),
-                              items=train_rows if held.size else None)
+                              items=train_rows)
         return shard_by_data(ds.skip(first % per_pass))
 
     # The early-stopping state is updated before the checkpoint that saves it.
@@ -355,14 +357,12 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), write_graph=False))
         if model.generator is not None:
             n = min(8, len(data))
-            encode = (lambda v: model.encoder.encode_cached(v, training=False)) if features_input else \
-                (lambda v: model.encoder(v, training=False))
             callbacks.append(ReconstructionSamples(encode, model.generator, gan_images[:n], x[:n],
                                                    os.path.join(out_dir, "samples"),
                                                    os.path.join(out_dir, "logs", "samples"), config.sample_every))
     if not stopped:  # (stopped, but killed before the model was written: write it now)
         history = fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks, verbose)
-    epochs_trained = int(ckpt.epoch.numpy()) if (history or stopped) else first_epoch
+    epochs_trained = int(ckpt.epoch.numpy())  # completed epochs: restored, then moved by each epoch's save
     best_epoch = None
     if stopper is not None:
         # (Workers' networks are thrown away below: only the chief's written model needs them.)
