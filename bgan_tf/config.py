@@ -55,6 +55,7 @@ FLOAT_LIMITS: dict[str, tuple[float, float, bool]] = {
     "w_feature": (0.0, 1e6, True),
     "w_adv": (0.0, 1e6, True),
     "w_consistency": (0.0, 1e6, True),
+    "w_perceptual": (0.0, 1e6, True),
     "lr_e": (0.0, 10.0, False),
     "lr_backbone": (0.0, 10.0, True),
     "lr_g": (0.0, 10.0, False),
@@ -201,6 +202,11 @@ class BGANConfig:
     w_pixel: float = 0.0
     w_feature: float = 1.0
     w_adv: float = 1.0
+    # Content term on a frozen copy of the pretrained backbone: 1 - cos(f(x), f(G(code))) of its
+    # pooled features (a perceptual loss). D's phi, the released content term, saturates with D;
+    # the pretrained features are the ones the graph compares, so a G scored on them is asked
+    # to rebuild what the codes should keep. Costs one backbone pass over 2x the batch a step.
+    w_perceptual: float = 0.0
     fake_source: str = "prior"  # codes | prior | both
     adv_to_encoder: bool = False  # let the adversarial gradient reach the encoder (through G(code))
     # --- discriminator balance (issue 14; docs/METHOD.md): defaults train as before -----
@@ -262,6 +268,19 @@ class BGANConfig:
         need(self.use_gan or not self.content_warmup_epochs,
              f"--content_warmup_epochs {self.content_warmup_epochs} delays the generator's content gradient to "
              "the encoder, but --nouse_gan trains no generator: drop it or train with the GAN")
+        need(not self.w_perceptual or self.use_gan,
+             f"--w_perceptual {self.w_perceptual:g} scores the generator's reconstructions, but --nouse_gan trains "
+             "no generator: drop it or train with the GAN")
+        need(not self.w_perceptual or bool(self.backbone_weights),
+             "--w_perceptual compares features of a pretrained backbone: pass --backbone_weights "
+             "(imagenet or a .weights.h5 file)")
+        if self.w_perceptual:
+            # The frozen copy sees every batch twice (real images and G's) at the backbone's input size.
+            pixels = 2 * self.batch_size * self.backbone_input_size ** 2
+            need(pixels <= MAX_BATCH_PIXELS,
+                 f"--w_perceptual runs the backbone on 2 x --batch_size {self.batch_size} images at "
+                 f"--backbone_input_size {self.backbone_input_size}, {pixels:,} pixels per step "
+                 f"(limit {MAX_BATCH_PIXELS:,}); lower one of them")
         need(self.gan_loss == "bce" or not self.d_label_smoothing,
              "--d_label_smoothing applies to --gan_loss bce (a hinge loss has no target); set it to 0")
         ups = len(self.gen_channels) - 1  # each later width doubles the resolution from 4x4-ish up

@@ -76,6 +76,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "w_quant": ("float", "Weight of the quantization loss mean((z - sgn z)^2)."),
     "w_pixel": ("float", "Weight of the pixel MSE content loss."),
     "w_feature": ("float", "Weight of the discriminator-feature content loss."),
+    "w_perceptual": ("float", "Weight of 1 - cos(f(x), f(G(code))) on a frozen copy of the pretrained backbone's "
+                     "pooled features (a perceptual content loss; needs --backbone_weights)."),
     "w_adv": ("float", "Weight of the adversarial loss on the encoder and generator."),
     "fake_source": ("string", "What the discriminator sees as fake: codes (G of the image's code), prior (G of noise) or both."),
     "adv_to_encoder": ("bool", "Let the adversarial loss on G(code) update the encoder too (off: it trains G only)."),

@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+SMALL_MOBILENET_SIZE = 32  # input size of tests/training/conftest.py's small_mobilenet
+
 TINY_TRAIN = dict(
     dataset="digits",
     backbone="small_cnn",

@@ -27,6 +27,11 @@ disc_spectral_norm (networks.Discriminator), d_label_smoothing, instance_noise
 run) and g_steps (extra generator updates per step). Their defaults train
 exactly as before.
 
+w_perceptual adds a content term on a frozen copy of the pretrained backbone
+(``self.perceptual``, never trained or saved: it is rebuilt from the backbone weights):
+1 - cos of its pooled features of the real image and of G(code). Like the other
+content terms it trains G and, through the code, the encoder.
+
 content_warmup_epochs holds the content gradient back from the encoder for the
 run's first epochs (the gate is a function of the encoder optimizer's step
 count, which checkpoints keep, so a resumed run gates the same steps).
@@ -41,11 +46,12 @@ import tensorflow as tf
 from bgan_tf.training import losses
 from bgan_tf.config import BGANConfig
 from bgan_tf.training.graph import NeighbourGraph, block_lookup
-from bgan_tf.modeling.factory import build_discriminator, build_generator
+from bgan_tf.modeling.factory import build_discriminator, build_generator, build_perceptual_net
 from bgan_tf.modeling.networks import Encoder
 
 LOSS_NAMES = ("loss_e", "loss_g", "nbr", "quant", "pixel", "feature", "adv_g", "loss_d")
 CONSISTENCY_NAME = "consistency"  # logged when w_consistency > 0
+PERCEPTUAL_NAME = "perceptual"  # logged when w_perceptual > 0
 ACCURACY_NAMES = ("d_acc_real", "d_acc_recon", "d_acc_prior")
 NOISE_STD_NAME = "d_noise_std"
 # Seed streams of the per-step stateless draws: prior codes use the config seed itself
@@ -98,7 +104,9 @@ class BGAN(keras.Model):
         else:
             self.generator = None
             self.discriminator = None
-        names = LOSS_NAMES + ((CONSISTENCY_NAME,) if config.w_consistency else ())
+        self.perceptual = build_perceptual_net(config) if config.use_gan and config.w_perceptual else None
+        names = LOSS_NAMES + ((CONSISTENCY_NAME,) if config.w_consistency else ()) + (
+            (PERCEPTUAL_NAME,) if self.perceptual is not None else ())
         if config.use_gan:
             names += ACCURACY_NAMES + ((NOISE_STD_NAME,) if config.instance_noise else ())
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
@@ -229,14 +237,24 @@ class BGAN(keras.Model):
                                  (prior_logit, prior_logit is not None)) if use]
 
     def _generator_terms(self, image, recon, phi_real, phi_rec, fakes, g_batch):
+        """(pixel, feature, perceptual, adv_g) terms of G's loss (0 for a term whose weight is 0)."""
         cfg = self.config
-        pixel = feature = tf.constant(0.0)
+        pixel = feature = perceptual = tf.constant(0.0)
         if cfg.w_pixel:
             pixel = losses.pixel_loss(image, recon, g_batch)
         if cfg.w_feature:
             feature = losses.feature_loss(phi_real, phi_rec, cfg.image_size * cfg.image_size * 3, g_batch)
+        if self.perceptual is not None:
+            # One pass over both halves; the real half is a fixed target (stop_gradient in the loss).
+            b = tf.shape(image)[0]
+            f = self.perceptual(tf.concat([image, tf.cast(recon, image.dtype)], 0) * 255.0, training=False)
+            perceptual = losses.perceptual_loss(f[:b], f[b:], g_batch)
         adv_g = (1.0 / len(fakes)) * tf.add_n([losses.generator_adv_loss(f, g_batch, cfg.gan_loss) for f in fakes])
-        return pixel, feature, adv_g
+        return pixel, feature, perceptual, adv_g
+
+    def _content(self, pixel, feature, perceptual):
+        cfg = self.config
+        return cfg.w_pixel * pixel + cfg.w_feature * feature + cfg.w_perceptual * perceptual
 
     def _generator_step(self, z, image, prior_codes, noise, g_batch) -> None:
         """One more generator update on this batch against the current D (g_steps > 1)."""
@@ -244,9 +262,9 @@ class BGAN(keras.Model):
         g_vars = self.generator.trainable_variables
         with tf.GradientTape() as tape:
             recon, _, phi_real, rec_logit, phi_rec, prior_logit = self._gan_pass(z, image, prior_codes, noise)
-            pixel, feature, adv_g = self._generator_terms(image, recon, phi_real, phi_rec,
-                                                          self._fakes(rec_logit, prior_logit), g_batch)
-            scaled = self.g_optimizer.scale_loss(cfg.w_pixel * pixel + cfg.w_feature * feature + cfg.w_adv * adv_g)
+            pixel, feature, perceptual, adv_g = self._generator_terms(image, recon, phi_real, phi_rec,
+                                                                      self._fakes(rec_logit, prior_logit), g_batch)
+            scaled = self.g_optimizer.scale_loss(self._content(pixel, feature, perceptual) + cfg.w_adv * adv_g)
         self.g_optimizer.apply_gradients(zip(tape.gradient(scaled, g_vars), g_vars))
 
     def _prior_judged_fake(self, prior_codes, prior_logit):
@@ -288,12 +306,13 @@ class BGAN(keras.Model):
             nbr = losses.neighbourhood_loss(z, z_all, s_block, same, cfg.nbr_form)
             quant = losses.quantization_loss(z, g_batch)
             zero = tf.constant(0.0)
-            pixel = feature = adv_g = loss_d = zero
+            pixel = feature = perceptual = adv_g = loss_d = zero
             if gan:
                 recon, real_logit, phi_real, rec_logit, phi_rec, prior_logit = self._gan_pass(
                     z, image, prior_codes, noise)
                 fakes = self._fakes(rec_logit, prior_logit)
-                pixel, feature, adv_g = self._generator_terms(image, recon, phi_real, phi_rec, fakes, g_batch)
+                pixel, feature, perceptual, adv_g = self._generator_terms(image, recon, phi_real, phi_rec, fakes,
+                                                                          g_batch)
                 real_target = 1.0 - cfg.d_label_smoothing
                 loss_d = (1.0 / len(fakes)) * tf.add_n(
                     [losses.discriminator_loss(real_logit, f, g_batch, cfg.gan_loss, real_target) for f in fakes])
@@ -302,7 +321,7 @@ class BGAN(keras.Model):
                     counts = {"d_acc_real": (losses.judged_right(real_logit, real=True), seen),
                               "d_acc_recon": (losses.judged_right(rec_logit, real=False), seen),
                               "d_acc_prior": self._prior_judged_fake(prior_codes, prior_logit)}
-            content = cfg.w_pixel * pixel + cfg.w_feature * feature
+            content = self._content(pixel, feature, perceptual)
             loss_g = content + cfg.w_adv * adv_g
             # The encoder always learns from the neighbourhood, quantization and
             # content terms; the adversarial term reaches it only on request
@@ -339,6 +358,8 @@ class BGAN(keras.Model):
                       adv_g=adv_g, loss_d=loss_d)
         if cfg.w_consistency:
             values[CONSISTENCY_NAME] = consistency
+        if self.perceptual is not None:
+            values[PERCEPTUAL_NAME] = perceptual
         logs = {}
         for name, v in values.items():
             total = _sum_over_replicas(tf.cast(v, tf.float32))

@@ -85,6 +85,14 @@ def feature_loss(phi_real: tf.Tensor, phi_recon: tf.Tensor, image_elems: int, gl
     return per_example_share(d, global_batch)
 
 
+def perceptual_loss(f_real: tf.Tensor, f_recon: tf.Tensor, global_batch) -> tf.Tensor:
+    """1 - cos(f(x), f(G(z))) per image, on a frozen network's features: scale-free, so its
+    weight means the same for any backbone's feature norms."""
+    a = tf.math.l2_normalize(tf.stop_gradient(tf.cast(f_real, tf.float32)), axis=1)
+    b = tf.math.l2_normalize(tf.cast(f_recon, tf.float32), axis=1)
+    return per_example_share(1.0 - tf.reduce_sum(a * b, axis=1), global_batch)
+
+
 def generator_adv_loss(fake_logits: tf.Tensor, global_batch, form: str = "bce") -> tf.Tensor:
     """The generator's (and encoder's) adversarial loss.
 
