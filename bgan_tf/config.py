@@ -95,7 +95,7 @@ EXACT_KNN_MAX_ITEMS = 50_000
 GRAPH_CONSTRUCTIONS = ("k1k2", "diffusion")
 DIFFUSION_MAX_ITEMS = 100_000
 INT_LIMITS.update(diffusion_steps=(1, 100))
-FLOAT_LIMITS.update(diffusion_alpha=(0.0, 0.999, False))
+FLOAT_LIMITS.update(diffusion_alpha=(0.0, 0.999, False), diffusion_pairs_per_item=(0.0, 10_000.0, True))
 
 
 def check_graph_construction(construction: str, num_items: int) -> None:
@@ -183,6 +183,11 @@ class BGANConfig:
     graph_model: str = ""
     diffusion_alpha: float = 0.99  # diffusion: weight of longer walks (graph_quality.md measured 0.9, 0.99)
     diffusion_steps: int = 20  # diffusion: terms T of the truncated series
+    # diffusion: positive pairs per image (the figure the training log prints, the image itself
+    # included); 0: as many as the K1/K2 graph of the same features. A second round
+    # (--graph_model) on sharper features gets a sparser K1/K2 graph: this keeps the first
+    # round's density instead.
+    diffusion_pairs_per_item: float = 0.0
     # --- sign activation ---------------------------------------------------
     sign_mode: str = "tanh"  # tanh | app | ste
     ste_surrogate: str = "tanh"
@@ -262,6 +267,9 @@ class BGANConfig:
         need(self.knn in KNN_METHODS, f"--knn must be {', '.join(KNN_METHODS[:-1])} or {KNN_METHODS[-1]}, "
              f"got {self.knn!r}")
         check_graph_construction(self.graph_construction, 0)
+        need(not self.diffusion_pairs_per_item or self.graph_construction == "diffusion",
+             f"--diffusion_pairs_per_item {self.diffusion_pairs_per_item:g} sets the density of the diffusion "
+             "graph: add --graph_construction diffusion or drop it")
         need(self.strategy in ("one_device", "mirrored", "multi_worker_mirrored"),
              f"--strategy must be one_device, mirrored or multi_worker_mirrored, got {self.strategy!r}")
         need(self.gan_loss in GAN_LOSSES, f"--gan_loss must be {' or '.join(GAN_LOSSES)}, got {self.gan_loss!r}")

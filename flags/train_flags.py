@@ -61,6 +61,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
                     "features: a second round on what the first one learned. Empty: this run's backbone."),
     "diffusion_alpha": ("float", "Diffusion: weight of longer walks, in (0, 0.999]."),
     "diffusion_steps": ("integer", "Diffusion: terms of the truncated series."),
+    "diffusion_pairs_per_item": ("float", "Diffusion: positive pairs per image, itself included (the figure the "
+                                 "training log prints); 0: as many as the K1/K2 graph of the same features."),
     "sign_mode": ("string", "Sign relaxation during training: tanh, app (clip) or ste (straight-through)."),
     "ste_surrogate": ("string", "Surrogate whose gradient the straight-through estimator uses: tanh or app."),
     "beta_values": ("list_float", "Sign slopes of the continuation schedule, e.g. 1,2.5,5,7.5,10."),

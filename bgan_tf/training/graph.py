@@ -243,7 +243,8 @@ def symmetric_keys(p: sp.csr_matrix, chunk_pairs: int = CHUNK_PAIRS) -> np.ndarr
 
 def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30, knn_method: str = "exact",
                 seed: int = 0, recall_sample: int = RECALL_SAMPLE, construction: str = "k1k2",
-                diffusion_alpha: float = 0.99, diffusion_steps: int = 20) -> NeighbourGraph:
+                diffusion_alpha: float = 0.99, diffusion_steps: int = 20,
+                diffusion_pairs_per_item: float = 0.0) -> NeighbourGraph:
     """Features [N, D] -> the symmetric positive-pair graph of the BGAN definition.
 
     ``knn_method``: exact, approximate, or auto (`resolve_knn`); an approximate graph
@@ -251,12 +252,16 @@ def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30, knn_method: st
     ``construction``: ``k1k2`` (the definition above) or ``diffusion``: the same number of
     positive pairs, re-ranked by manifold ranking over the K1 kNN graph
     (`bgan_tf.training.diffusion`; at most DIFFUSION_MAX_ITEMS items, its cost is
-    quadratic in N).
+    quadratic in N). ``diffusion_pairs_per_item`` > 0 sets the diffusion graph's density
+    instead (positive pairs per item, the item itself included).
     """
     n = int(features.shape[0])
     if n < 2:
         raise ValueError("the neighbourhood graph needs at least two items")
     check_graph_construction(construction, n)
+    if diffusion_pairs_per_item and not 1.0 < diffusion_pairs_per_item <= n:
+        raise UserError(f"--diffusion_pairs_per_item {diffusion_pairs_per_item:g} must be above 1 (an image and "
+                        f"at least part of a neighbour) and at most the {n:,} training images")
     method = resolve_knn(knn_method, n)
     clock = [time.perf_counter()]
 
@@ -278,7 +283,8 @@ def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30, knn_method: st
     if construction == "diffusion":
         from bgan_tf.training.diffusion import diffusion_keys, off_diagonal
 
-        keys, _ = diffusion_keys(features, k1, off_diagonal(keys, n), diffusion_alpha, diffusion_steps, method)
+        target = round((diffusion_pairs_per_item - 1.0) * n) if diffusion_pairs_per_item else off_diagonal(keys, n)
+        keys, _ = diffusion_keys(features, k1, target, diffusion_alpha, diffusion_steps, method)
         seconds["diffusion"] = lap()
     return NeighbourGraph(n, keys, method, recall, seconds)
 

@@ -273,7 +273,8 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         feats = graph_features(config, data, backbone_feats)
     graph = build_graph(feats, config.k1, config.k2, config.knn, config.seed,
                         construction=config.graph_construction, diffusion_alpha=config.diffusion_alpha,
-                        diffusion_steps=config.diffusion_steps)
+                        diffusion_steps=config.diffusion_steps,
+                        diffusion_pairs_per_item=config.diffusion_pairs_per_item)
     seconds["graph"] = time.time() - t
     if graph.knn_recall is not None:
         logging.info("neighbourhood graph: approximate kNN (--knn %s), recall@%d %.3f against exact search "

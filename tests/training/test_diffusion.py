@@ -65,6 +65,23 @@ def test_diffusion_graph_is_symmetric_holds_each_item_and_matches_k1k2_density()
     assert np.array_equal(again.keys, g.keys)
 
 
+def test_diffusion_density_can_be_set_per_item():
+    x, _ = separated_clusters()
+    n = len(x)
+    for per_item in (3.0, 8.0):
+        g = build_graph(x, 5, 5, construction="diffusion", diffusion_alpha=0.9, diffusion_steps=10,
+                        diffusion_pairs_per_item=per_item)
+        # Top-P then symmetrised: within one pair an item of the target, the diagonal included.
+        assert abs(g.num_positive_pairs / n - per_item) <= 1.0, (per_item, g.num_positive_pairs / n)
+    with pytest.raises(UserError, match="add --graph_construction diffusion"):
+        BGANConfig(diffusion_pairs_per_item=400.0).validate()
+    BGANConfig(graph_construction="diffusion", diffusion_pairs_per_item=400.0).validate()
+    with pytest.raises(UserError, match="--diffusion_pairs_per_item 1 must be above 1"):
+        build_graph(x, 5, 5, construction="diffusion", diffusion_pairs_per_item=1.0)
+    with pytest.raises(UserError, match=f"at most the {n:,} training images"):
+        build_graph(x, 5, 5, construction="diffusion", diffusion_pairs_per_item=n + 1.0)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_diffusion_positives_share_a_cluster_more_often_at_the_same_density(seed):
     # Ten overlapping Gaussian clusters in 32-d, the shape of the gain on CIFAR-10 features
