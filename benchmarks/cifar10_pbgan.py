@@ -33,7 +33,10 @@ psnr_db / ssim = mean PSNR (dB) and SSIM of G(code) against the 1,000 query
 images at the GAN's resolution (bgan_tf.evaluation.reconstruction), next to two
 references: psnr_other_code_db, G fed another query's code (each query gets the
 next one's), and psnr_mean_image_db, the training images' mean image for every
-query. A G whose PSNR is not above both has learned nothing from the code. And
+query. A G whose PSNR is not above both has learned nothing from the code. The same
+three in the backbone's feature space: feature_cos = mean cosine between the frozen
+ImageNet backbone's features of G(code) and of the query (what --w_perceptual trains),
+feature_cos_other_code and feature_cos_mean_image its references. And
 d_acc_last = D's accuracy in the last training epoch on real images
 (d_acc_real) and the fraction of reconstructions G(code) (d_acc_recon) and of
 prior fakes G(noise) (d_acc_prior) it judged fake (bgan_tf.training.bgan);
@@ -179,7 +182,7 @@ def main() -> int:
         args.cache = os.path.join(fresh_cache, "features")
         load_at_start = os.getloadavg()
 
-    from bgan_tf.modeling.backbones import BackboneSpec
+    from bgan_tf.modeling.backbones import BackboneSpec, build_feature_extractor
     from bgan_tf.evaluation.baselines import make_baseline
     from bgan_tf.data.features import bottom_cache_path, cache_path, cached_bottom, cached_features
     from bgan_tf.training.graph import build_graph
@@ -245,6 +248,7 @@ def main() -> int:
           f"({seconds['graph_10k']:.0f}s)", flush=True)
 
     train_data = data.subset(tr)
+    extractor = None  # built once, for the first GAN row's feature cosines
     for bits in bits_list:
         # A --variant run has the same seed, so the same baselines: keep the rows already recorded.
         for name in () if args.variant and not args.whole_run else baselines:
@@ -293,7 +297,9 @@ def main() -> int:
                 row["override"] = args.override
             if cfg.use_gan:
                 t = time.time()
-                row.update(gan_health(res, qc, data.images[q], cfg.image_size, data.images[tr]))
+                if extractor is None:  # the frozen pretrained backbone whose features feats holds
+                    extractor = build_feature_extractor(spec)
+                row.update(gan_health(res, qc, data.images[q], cfg.image_size, data.images[tr], feats[q], extractor))
                 seconds[f"{stage}_gan_health"] = time.time() - t
             methods_out.setdefault(name + args.suffix, {})[str(bits)] = row
             # A --variant run into a fresh --out has no baseline rows of its own.
@@ -359,12 +365,14 @@ def check_bottom_codes(enc, images: np.ndarray, codes: np.ndarray) -> int:
 
 
 def gan_health(res, q_codes: np.ndarray, q_images: np.ndarray, image_size: int,
-               train_images: np.ndarray | None = None) -> dict:
+               train_images: np.ndarray | None = None, q_features: np.ndarray | None = None,
+               extractor=None) -> dict:
     """PSNR/SSIM of G(code) on the queries, the PSNR of G(another query's code) and of the
-    training images' mean image as references, and D's accuracies in the last epoch
-    (``res.history``; empty when the run was already finished and not retrained)."""
+    training images' mean image as references, the same three as feature cosines when
+    ``q_features`` (the queries' features from ``extractor``) are given, and D's accuracies in
+    the last epoch (``res.history``; empty when the run was already finished and not retrained)."""
     from bgan_tf.data.pipeline import images_for_gan
-    from bgan_tf.evaluation.reconstruction import reconstruction_quality
+    from bgan_tf.evaluation.reconstruction import feature_cosine, reconstruction_quality
     from bgan_tf.inference.keras_model import load_generator
     from bgan_tf.training.bgan import ACCURACY_NAMES
 
@@ -378,6 +386,15 @@ def gan_health(res, q_codes: np.ndarray, q_images: np.ndarray, image_size: int,
         out["psnr_other_code_db"] = round(other["psnr_db"], 2)
         if train_images is not None:
             out["psnr_mean_image_db"] = round(mean_image_psnr(images_for_gan(train_images, image_size), target), 2)
+        if q_features is not None:
+            out["feature_cos"] = round(feature_cosine(gen, q_codes, q_features, extractor), 4)
+            out["feature_cos_other_code"] = round(
+                feature_cosine(gen, np.roll(q_codes, -1, axis=0), q_features, extractor), 4)
+            if train_images is not None:
+                mean = images_for_gan(train_images, image_size).mean(axis=0, keepdims=True) * 255.0
+                f = np.asarray(extractor(mean, training=False), np.float32)[0]
+                qn = q_features / np.linalg.norm(q_features, axis=1, keepdims=True)
+                out["feature_cos_mean_image"] = round(float(np.mean(qn @ (f / np.linalg.norm(f)))), 4)
     last = {k: round(res.history[k][-1], 4) for k in ACCURACY_NAMES if res.history.get(k)}
     if last:
         out["d_acc_last"] = last
@@ -501,6 +518,9 @@ def _gan_health_lines(methods: dict, order: list[str], bits: list[str]) -> list[
         if r and "psnr_db" in r:
             refs = [f"{r[k]:.1f}" for k in ("psnr_other_code_db", "psnr_mean_image_db") if k in r]
             parts.append(f"{r['psnr_db']:.1f} dB" + (f" ({' / '.join(refs)})" if refs else ""))
+        if r and "feature_cos" in r:
+            refs = [f"{r[k]:.2f}" for k in ("feature_cos_other_code", "feature_cos_mean_image") if k in r]
+            parts.append(f"cos {r['feature_cos']:.2f}" + (f" ({' / '.join(refs)})" if refs else ""))
         return ", ".join(parts) or "-"
 
     gan = [m for m in order if any("d_acc_last" in r or "psnr_db" in r for r in methods[m].values())]
@@ -508,7 +528,9 @@ def _gan_health_lines(methods: dict, order: list[str], bits: list[str]) -> list[
         return []
     lines = ["", "GAN health of each GAN row: D accuracy on real / reconstructed / prior fakes in the last "
                  "epoch, PSNR dB (G(code) against the 1,000 queries; in brackets, where recorded, G fed another "
-                 "query's code / the training images' mean image: a G not above both ignores the code).", "",
+                 "query's code / the training images' mean image: a G not above both ignores the code), and, where "
+                 "recorded, the same three as the cosine of the ImageNet backbone's features of G(code) and of "
+                 "the query.", "",
              "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
     lines += [f"| {m} | " + " | ".join(cell(methods[m].get(b)) for b in bits) + " |" for m in gan]
     return lines

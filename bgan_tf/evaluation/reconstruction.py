@@ -1,4 +1,5 @@
-"""How well G(code) reproduces the image the code came from: PSNR and SSIM.
+"""How well G(code) reproduces the image the code came from: PSNR and SSIM, and
+(`feature_cosine`) how close its pretrained features come to the image's.
 
 Why on held-out images: the codes of training images are what G learned from; a
 query's code tells whether the code keeps what the image looks like. Both scores
@@ -50,3 +51,27 @@ def reconstruction_quality(generator, codes: np.ndarray, images: np.ndarray,
         "num_images": int(p.size),
         "resolution": int(images.shape[1]),
     }
+
+
+def feature_cosine(generator, codes: np.ndarray, features: np.ndarray, extractor,
+                   batch_size: int = 256) -> float:
+    """Mean cosine between ``extractor`` features of ``generator(codes)`` and ``features``
+    (the real images' features from the same extractor), over at most MAX_IMAGES images.
+
+    PSNR asks whether G redraws the pixels; this asks whether it redraws what a pretrained
+    network sees, the space the neighbourhood graph is built in. extractor: [0,255] images
+    of any size -> pooled features (`modeling.backbones.build_feature_extractor`).
+    """
+    import tensorflow as tf
+
+    codes = np.asarray(codes, np.float32)[:MAX_IMAGES]
+    features = np.asarray(features, np.float32)[:MAX_IMAGES]
+    if codes.shape[0] != features.shape[0] or features.ndim != 2:
+        raise ValueError(f"codes {codes.shape} and features {features.shape} must be [N, L] and [N, D]")
+    cos = []
+    for i in range(0, len(codes), batch_size):
+        recon = tf.cast(generator(tf.constant(codes[i:i + batch_size]), training=False), tf.float32)
+        f = tf.math.l2_normalize(tf.cast(extractor(recon * 255.0, training=False), tf.float32), axis=1)
+        real = tf.math.l2_normalize(tf.constant(features[i:i + batch_size]), axis=1)
+        cos.append(tf.reduce_sum(f * real, axis=1).numpy())
+    return float(np.mean(np.concatenate(cos))) if cos else float("nan")

@@ -1,9 +1,9 @@
-"""PSNR/SSIM of G(code): values against their definitions (max_val 1)."""
+"""PSNR/SSIM and feature cosine of G(code): values against their definitions (max_val 1)."""
 
 import numpy as np
 import pytest
 
-from bgan_tf.evaluation.reconstruction import reconstruction_quality
+from bgan_tf.evaluation.reconstruction import feature_cosine, reconstruction_quality
 
 
 def _generator_of(images):
@@ -33,3 +33,22 @@ def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match="G makes"):
         reconstruction_quality(_generator_of(np.zeros((2, 16, 16, 3), np.float32)),
                                np.zeros((2, 1), np.float32), images)
+
+
+def test_feature_cosine_compares_the_extractors_view_of_g_with_the_real_features():
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0.1, 0.9, (5, 4, 4, 3)).astype(np.float32)
+    codes = np.arange(5, dtype=np.float32)[:, None]
+
+    def flat(x, training=False):  # extractor: [0,255] images -> their pixels
+        return np.asarray(x, np.float32).reshape(len(x), -1)
+
+    real = flat(images * 255.0)
+    # Features of a brighter copy point the same way: cosine 1, whatever the batching.
+    assert feature_cosine(_generator_of(images * 0.5), codes, real, flat, batch_size=2) == pytest.approx(1.0, abs=1e-5)
+    # Each image's features against another's: the mean of those cosines.
+    other = np.roll(codes, -1, axis=0)
+    want = np.mean([r @ o / np.linalg.norm(r) / np.linalg.norm(o) for r, o in zip(real, np.roll(real, -1, 0))])
+    assert feature_cosine(_generator_of(images), other, real, flat) == pytest.approx(want, abs=1e-5)
+    with pytest.raises(ValueError):
+        feature_cosine(_generator_of(images), codes, real[:3], flat)
