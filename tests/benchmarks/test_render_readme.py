@@ -68,6 +68,8 @@ def test_a_bgan_row_is_measured_against_its_ablation_seed_by_seed():
         "bgan_released_code_eps1e-7_scaled_seed1": {"32": _cell(0.371, epochs=6, override=gan)},
         # G and D widths are GAN-only: the same ablation.
         "bgan_released_code_wide": {"32": _cell(0.40, epochs=6, override=gan + ",gen_channels=(64,64,32)")},
+        # So is the perceptual content term (it only exists with G).
+        "bgan_released_code_perc": {"32": _cell(0.39, epochs=6, override=gan + ",w_perceptual=1.0")},
         # Another epoch count has no ablation: the name rule picks nbr_only.
         "bgan_released_code_long": {"32": _cell(0.40, epochs=12, override=gan)},
     }
@@ -75,6 +77,8 @@ def test_a_bgan_row_is_measured_against_its_ablation_seed_by_seed():
     assert any(l.startswith("- bgan_released_code_eps1e-7_scaled: 32 bits: ITQ +0.105, nbr_only_released_scaled_tanh +0.005,")
                for l in lines)
     assert any(l.startswith("- bgan_released_code_wide: 32 bits: ITQ +0.120, nbr_only_released_scaled_tanh +0.020")
+               for l in lines)
+    assert any(l.startswith("- bgan_released_code_perc: 32 bits: ITQ +0.110, nbr_only_released_scaled_tanh +0.010")
                for l in lines)
     assert any(l.startswith("- bgan_released_code_long: 32 bits: ITQ +0.120, nbr_only +0.030") for l in lines)
     assert ("- bgan_released_code_eps1e-7_scaled 32 bits over nbr_only_released_scaled_tanh: -0.007 mean over "
