@@ -1,0 +1,172 @@
+"""A first round's graph next to the second round's built from its model, at one density.
+
+    .venv/bin/python benchmarks/graph_rounds.py \
+        --model benchmarks/work/nbr_only_ft_lr1e-4_diffusion_cons1_from_block10_32_s0/model
+
+On CIFAR-10 the second round's graph (``--graph_model`` with ``--diffusion_pairs_per_item``
+set to the first round's density) was more label-precise pair by pair (0.511 against 0.464)
+and trained worse codes (0.386 against 0.423 mAP@all). This looks at how the two graphs
+differ beyond their mean precision. Data: the 10,000 training images of the P-BGAN split
+(--seed), loaded as benchmarks/cifar10_pbgan.py does. Round 1: the model's own graph
+settings (K1, K2, construction, diffusion alpha and steps from its config.json) on the
+pretrained MobileNetV2 features (cached under --cache as that benchmark caches them).
+Round 2: the same settings on the model's backbone features (what --graph_model uses), its
+density set to round 1's.
+
+Each graph's row (positive pairs i != j; labels used only to score):
+- precision: the fraction of pairs that share a class (`NeighbourGraph.label_agreement`);
+- per-image precision: the mean over images of each image's own fraction, and the share of
+  images whose positives share its class less than 20% of the time;
+- spread: the share of all pairs held by the 10% of images with the most positives, and the
+  share of images with no positive;
+- class recall: per class, the fraction of its ordered same-class pairs that are positive,
+  minimum and maximum over the classes (a class the graph leaves out cannot be retrieved
+  whole, which mAP@all needs);
+- wrong_top5_share: of the pairs that do not share a class, the share that falls on the 5
+  most frequent of the 45 class pairs (0.11 if errors were spread evenly);
+- overlap: the fraction of round 2's pairs that round 1 has.
+The rows round1_unseen / round2_unseen build the same two graphs (pretrained features, the
+model's backbone features) on as many database images the model never trained on, at round
+1's density: the model's backbone was tuned on the training images, so a gain there that
+does not hold on unseen images is fit to the training set.
+
+Writes --out.{json,md}. Needs ../shared/data/cifar10, ../shared/weights and a model folder;
+prints SKIP and exits 0 when the data or weights are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+LOW_PRECISION = 0.2  # an image whose positives share its class less often than this is "mostly wrong"
+TOP_SHARE = 0.1  # the busiest tenth of the images
+TOP_CONFUSIONS = 5  # of the 45 pairs of CIFAR-10 classes (uniform errors: 5/45 = 0.11)
+
+
+def graph_stats(keys: np.ndarray, n: int, labels: np.ndarray) -> dict:
+    """The row described in the module docstring for one graph's sorted symmetric keys."""
+    i, j = keys // n, keys % n
+    off = i != j
+    i, j = i[off], j[off]
+    same = labels[i] == labels[j]
+    degree = np.bincount(i, minlength=n)
+    hits = np.bincount(i, weights=same, minlength=n)
+    has = degree > 0
+    own = hits[has] / degree[has]
+    busiest = np.sort(degree)[::-1][: max(1, int(round(TOP_SHARE * n)))]
+    sizes = np.bincount(labels)
+    recall = np.bincount(labels[i[same]], minlength=sizes.size) / np.maximum(sizes * (sizes - 1), 1)
+    # Wrong pairs by unordered class pair: scattered noise averages out in the codes, wrong pairs
+    # concentrated on a few class pairs pull those classes together.
+    a, b = np.minimum(labels[i[~same]], labels[j[~same]]), np.maximum(labels[i[~same]], labels[j[~same]])
+    confusion = np.sort(np.bincount(a * sizes.size + b, minlength=sizes.size ** 2))[::-1]
+    return {"precision": round(float(same.mean()), 4), "pairs_per_item": round(float(i.size / n), 1),
+            "wrong_top5_share": round(float(confusion[:TOP_CONFUSIONS].sum() / max(confusion.sum(), 1)), 4),
+            "per_image_precision": round(float(own.mean()), 4),
+            "images_below_0.2": round(float(np.mean(own < LOW_PRECISION)), 4),
+            "top10_share": round(float(busiest.sum() / max(i.size, 1)), 4),
+            "images_without_positive": round(float(np.mean(~has)), 4),
+            "class_recall_min": round(float(recall.min()), 4), "class_recall_max": round(float(recall.max()), 4),
+            "class_recall": [round(float(r), 4) for r in recall]}
+
+
+def render(results: dict) -> str:
+    cols = ("precision", "pairs_per_item", "wrong_top5_share", "per_image_precision", "images_below_0.2", "top10_share",
+            "images_without_positive", "class_recall_min", "class_recall_max")
+    lines = ["# Two rounds of the neighbourhood graph", "",
+             "Generated by `benchmarks/graph_rounds.py`; do not edit by hand.", "",
+             f"Command: `{results['command']}` ({results['date']}). Model: `{results['model']}`.", "",
+             "| round | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name in ("round1", "round2", "round1_unseen", "round2_unseen"):
+        r = results[name]
+        lines.append(f"| {name} | " + " | ".join(str(r[c]) for c in cols) + " |")
+    lines += ["", f"Share of round 2's pairs that round 1 has: {results['overlap']}.", "",
+              "Class recall by class (round 1 / round 2): " + ", ".join(
+                  f"{a} / {b}" for a, b in zip(results["round1"]["class_recall"], results["round2"]["class_recall"]))]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="a first-round model folder (its config.json gives the graph settings)")
+    p.add_argument("--data", default=os.path.join(SHARED, "data", "cifar10"))
+    p.add_argument("--weights", default=os.path.join(SHARED, "weights",
+                                                     "mobilenet_v2_imagenet_torchvision_notop.weights.h5"))
+    p.add_argument("--cache", default=os.path.join(ROOT, "benchmarks", "work", "features"))
+    p.add_argument("--input_size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="seed of the P-BGAN split (the model's, normally)")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "graph_rounds"))
+    args = p.parse_args()
+    if not os.path.isdir(args.data) or not os.path.isfile(args.weights):
+        print(f"SKIP: CIFAR-10 folder ({args.data}) or MobileNetV2 weights ({args.weights}) not found; "
+              "see ../shared/data/README.md and ../shared/weights/README.md")
+        return 0
+    config_path = os.path.join(args.model, "config.json")
+    if not os.path.isfile(config_path):
+        p.error(f"--model {args.model}: no config.json there; pass a model folder that training wrote")
+    with open(config_path) as f:
+        cfg = json.load(f)
+
+    from bgan_tf import atomic
+    from bgan_tf.data.features import cached_features
+    from bgan_tf.evaluation.protocols import cifar10_pbgan
+    from bgan_tf.inference.keras_model import load_encoder
+    from bgan_tf.modeling.backbones import BackboneSpec
+    from bgan_tf.runtime import tune_allocator
+    from bgan_tf.training.diffusion import off_diagonal
+    from bgan_tf.training.graph import build_graph
+    from cifar10_pbgan import load_cifar
+
+    tune_allocator()
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    data = load_cifar(args.data)
+    split = cifar10_pbgan(data.labels, args.seed)
+    train = split.train
+    # As many database images the model never trained on, drawn with the split's seed.
+    unseen = np.random.default_rng(args.seed).choice(np.setdiff1d(split.database, train), len(train), replace=False)
+    labels = np.asarray(data.labels[train], np.int64)
+    unseen_labels = np.asarray(data.labels[unseen], np.int64)
+    n = len(train)
+    spec = BackboneSpec("mobilenet_v2_torch", args.weights, args.input_size)
+    all_pretrained = cached_features(data.images, spec, data.fingerprint(), args.cache)
+    pretrained, pretrained_unseen = all_pretrained[train], all_pretrained[unseen]
+    encoder = load_encoder(args.model)
+    tuned, tuned_unseen = encoder.backbone_features(data.images[train]), encoder.backbone_features(data.images[unseen])
+
+    def graph(feats: np.ndarray, pairs_per_item: float = 0.0):
+        return build_graph(feats, cfg["k1"], cfg["k2"], "exact", args.seed, construction=cfg["graph_construction"],
+                           diffusion_alpha=cfg["diffusion_alpha"], diffusion_steps=cfg["diffusion_steps"],
+                           diffusion_pairs_per_item=pairs_per_item)
+
+    first = graph(pretrained, cfg["diffusion_pairs_per_item"])
+    # Round 2 at round 1's density, the item itself counted as --diffusion_pairs_per_item does.
+    density = off_diagonal(first.keys, n) / n + 1.0
+    second = graph(tuned, density if cfg["graph_construction"] == "diffusion" else 0.0)
+    results = {"command": ".venv/bin/python benchmarks/graph_rounds.py " + " ".join(sys.argv[1:]),
+               "date": started, "model": args.model, "seed": args.seed,
+               "round1": graph_stats(first.keys, n, labels), "round2": graph_stats(second.keys, n, labels),
+               "overlap": round(float(np.isin(second.keys, first.keys, assume_unique=True).mean()), 4)}
+    # The same two feature sets on images the model never saw, each at its own graph's density:
+    # how much of the tuned features' precision is fit to the training images.
+    results["round1_unseen"] = graph_stats(graph(pretrained_unseen, density).keys, n, unseen_labels)
+    results["round2_unseen"] = graph_stats(graph(tuned_unseen, density).keys, n, unseen_labels)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    atomic.write_json(args.out + ".json", results)
+    atomic.write_text(args.out + ".md", render(results))
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
