@@ -105,7 +105,7 @@ def main() -> int:
                                                      "mobilenet_v2_imagenet_torchvision_notop.weights.h5"))
     p.add_argument("--cache", default=os.path.join(ROOT, "benchmarks", "work", "features"))
     p.add_argument("--input_size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0, help="seed of the P-BGAN split (the model's, normally)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the P-BGAN split (default: the model's)")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "graph_rounds"))
     args = p.parse_args()
     if not os.path.isdir(args.data) or not os.path.isfile(args.weights):
@@ -117,6 +117,8 @@ def main() -> int:
         p.error(f"--model {args.model}: no config.json there; pass a model folder that training wrote")
     with open(config_path) as f:
         cfg = json.load(f)
+    if args.seed is None:
+        args.seed = int(cfg["seed"])
 
     from bgan_tf import atomic
     from bgan_tf.data.features import cached_features
@@ -157,7 +159,7 @@ def main() -> int:
                "date": started, "model": args.model, "seed": args.seed,
                "round1": graph_stats(first.keys, n, labels), "round2": graph_stats(second.keys, n, labels),
                "overlap": round(float(np.isin(second.keys, first.keys, assume_unique=True).mean()), 4)}
-    # The same two feature sets on images the model never saw, each at its own graph's density:
+    # The same two feature sets on images the model never saw, at round 1's density:
     # how much of the tuned features' precision is fit to the training images.
     results["round1_unseen"] = graph_stats(graph(pretrained_unseen, density).keys, n, unseen_labels)
     results["round2_unseen"] = graph_stats(graph(tuned_unseen, density).keys, n, unseen_labels)
