@@ -63,7 +63,7 @@ PAPER_MAP_ALL = {"12": 0.401, "32": 0.531, "48": 0.558}
 # Knobs that only shape G, D or their training: a BGAN row without them is its ablation.
 GAN_ONLY = {"use_gan", "w_pixel", "w_feature", "w_adv", "fake_source", "adv_to_encoder", "gan_loss",
             "disc_spectral_norm", "d_label_smoothing", "instance_noise", "instance_noise_steps", "g_steps",
-            "content_warmup_epochs", "w_perceptual",
+            "content_warmup_epochs", "content_to_encoder", "w_perceptual",
             "gen_channels", "disc_channels", "disc_feature_dim", "noise_dim", "lr_g", "lr_d"}
 SEED_SUFFIX = re.compile(r"^(.*)_seed(\d+)$")
 

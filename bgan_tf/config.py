@@ -66,7 +66,8 @@ FLOAT_LIMITS: dict[str, tuple[float, float, bool]] = {
 }
 # --- discriminator balance (issue 14): bounds of the remedies' knobs ----------------
 INT_LIMITS.update(g_steps=(1, 5), instance_noise_steps=(0, 10_000_000), content_warmup_epochs=(0, 100_000))
-FLOAT_LIMITS.update(d_label_smoothing=(0.0, 0.5, True), instance_noise=(0.0, 1.0, True))
+FLOAT_LIMITS.update(d_label_smoothing=(0.0, 0.5, True), instance_noise=(0.0, 1.0, True),
+                    content_to_encoder=(0.0, 1.0, True))
 GAN_LOSSES = ("bce", "hinge")
 # ----------------------------------------------------------------------------------
 BETA_LIMITS = (1, 100, 1e4)  # fewest, most values; largest slope (each > 0)
@@ -188,6 +189,10 @@ class BGANConfig:
     # (--graph_model) on sharper features gets a sparser K1/K2 graph: this keeps the first
     # round's density instead.
     diffusion_pairs_per_item: float = 0.0
+    # A trained model folder whose encoder (fine-tuned top, hash head and its batch norm) this
+    # run starts from instead of the pretrained backbone and a fresh head: a second round that
+    # continues the first one's training. G and D start fresh. A resumed run's checkpoint wins.
+    init_from: str = ""
     # --- sign activation ---------------------------------------------------
     sign_mode: str = "tanh"  # tanh | app | ste
     ste_surrogate: str = "tanh"
@@ -225,6 +230,10 @@ class BGANConfig:
     # neighbourhood and quantization terms while G learns to decode its codes, and gets the
     # content gradient only from then on (a G that ignores the code passes back none worth having).
     content_warmup_epochs: int = 0
+    # Share of the content terms' gradient that reaches the encoder (G always gets all of it):
+    # a G weighted to decode the code (a large w_perceptual) while the encoder hears it at a
+    # small weight. 1: the paper (one content term for both); 0: G decodes codes it cannot move.
+    content_to_encoder: float = 1.0
     # --- optimisation ------------------------------------------------------
     batch_size: int = 40
     epochs: int = 30
@@ -298,6 +307,8 @@ class BGANConfig:
              f"{self.image_size.bit_length()} widths")
         need(isinstance(self.graph_model, str) and len(self.graph_model) <= 4096,
              f"--graph_model must be a model folder's path, got {self.graph_model!r}")
+        need(isinstance(self.init_from, str) and len(self.init_from) <= 4096,
+             f"--init_from must be a model folder's path, got {self.init_from!r}")
         need(not self.graph_model or self.graph_features == "backbone",
              "--graph_model gives the graph backbone features: it needs --graph_features backbone")
         need(self.top_bn in ("frozen", "train"), f"--top_bn must be frozen or train, got {self.top_bn!r}")

@@ -59,6 +59,9 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
                            f"quadratic cost, at most {DIFFUSION_MAX_ITEMS:,} images)."),
     "graph_model": ("string", "A trained model folder whose backbone (fine-tuned layers included) gives the graph's "
                     "features: a second round on what the first one learned. Empty: this run's backbone."),
+    "init_from": ("string", "A trained model folder whose encoder (fine-tuned top and hash head) this run starts "
+                  "from, with the same encoder settings: a second round that continues the first. Empty: the "
+                  "pretrained backbone and a fresh head."),
     "diffusion_alpha": ("float", "Diffusion: weight of longer walks, in (0, 0.999]."),
     "diffusion_steps": ("integer", "Diffusion: terms of the truncated series."),
     "diffusion_pairs_per_item": ("float", "Diffusion: positive pairs per image, itself included (the figure the "
@@ -89,6 +92,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "instance_noise": ("float", "Std of Gaussian noise added to every image the discriminator sees; falls linearly to 0."),
     "instance_noise_steps": ("integer", "Steps over which the instance noise falls to 0 (0: the whole run)."),
     "g_steps": ("integer", "Generator updates per training step (encoder and discriminator update once)."),
+    "content_to_encoder": ("float", "Share of the content losses' gradient that reaches the encoder, in [0, 1] (the "
+                           "generator always gets all of it): 1 is the paper's one content term for both."),
     "content_warmup_epochs": ("integer", "Epochs at the start in which the content losses train the generator only; "
                               "the encoder gets their gradient from then on (0: from the first step)."),
     "epochs": ("integer", "Epochs to train; rerunning with more epochs continues the run."),

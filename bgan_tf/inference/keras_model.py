@@ -3,6 +3,8 @@
 `load_encoder` / `load_generator` rebuild the networks from the config.json that
 `bgan_tf.inference.model_folder.read_model_files` reads and validates, then load their
 weights; `LoadedEncoder` encodes uint8 images (or cached backbone features) to signs.
+`check_warm_start` / `warm_start_encoder` start a training run's encoder from a trained
+one (``--init_from``).
 """
 
 from __future__ import annotations
@@ -132,6 +134,34 @@ def load_encoder(model_dir: str) -> LoadedEncoder:
     _load_weights(enc, model_dir, "encoder.weights.h5",
                   f"backbone {config.backbone}, {config.num_bits} bits")
     return LoadedEncoder(enc, config, metadata, model_dir)
+
+
+# The settings an encoder's weights file is shaped by: a warm start (--init_from) needs
+# the same values. (Freezing, the cut and the rates change what trains, not the weights.)
+ENCODER_WEIGHT_FIELDS = ("num_bits", "backbone", "backbone_input_size", "hash_hidden", "hash_norm")
+
+
+def check_warm_start(model_dir: str, config: BGANConfig) -> None:
+    """UserError, before any work, when ``model_dir`` is not a model folder or its encoder
+    was built with other `ENCODER_WEIGHT_FIELDS` than ``config``."""
+    stored, _ = read_model_files(model_dir)
+
+    def show(v) -> str:
+        return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    diffs = [f"--{n} {show(getattr(stored, n))} (this run: {show(getattr(config, n))})"
+             for n in ENCODER_WEIGHT_FIELDS if show(getattr(stored, n)) != show(getattr(config, n))]
+    if diffs:
+        raise UserError(f"--init_from {model_dir} holds an encoder trained with {', '.join(diffs)}: its weights "
+                        "cannot start this run's encoder; use those settings or start from another model")
+
+
+def warm_start_encoder(encoder, model_dir: str) -> None:
+    """Load the trained encoder of ``model_dir`` (checked by `check_warm_start`) into the
+    built ``encoder``: backbone, hash head, their batch-norm statistics and the sign's slope
+    (the beta schedule sets the slope again at every epoch)."""
+    config, _ = read_model_files(model_dir)
+    _load_weights(encoder, model_dir, "encoder.weights.h5", f"backbone {config.backbone}, {config.num_bits} bits")
 
 
 def load_generator(model_dir: str):

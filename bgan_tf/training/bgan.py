@@ -32,8 +32,8 @@ w_perceptual adds a content term on a frozen copy of the pretrained backbone
 1 - cos of its pooled features of the real image and of G(code). Like the other
 content terms it trains G and, through the code, the encoder.
 
-content_warmup_epochs holds the content gradient back from the encoder for the
-run's first epochs (the gate is a function of the encoder optimizer's step
+content_to_encoder scales the content gradient the encoder gets (G's is whole), and
+content_warmup_epochs holds it back from the encoder for the run's first epochs (the gate is a function of the encoder optimizer's step
 count, which checkpoints keep, so a resumed run gates the same steps).
 """
 
@@ -122,7 +122,7 @@ class BGAN(keras.Model):
         elif self.config.content_warmup_epochs:
             raise ValueError("content_warmup_epochs counts epochs: pass steps_per_epoch to set_run_length")
 
-    def _content_to_encoder(self) -> tf.Tensor:
+    def _content_warmup_gate(self) -> tf.Tensor:
         """1.0 once the content warm-up is over (always without one), else 0.0."""
         if not self.config.content_warmup_epochs:
             return tf.constant(1.0)
@@ -290,7 +290,7 @@ class BGAN(keras.Model):
         # Drawn before any update moves the step counter.
         prior_codes = self._prior_codes(b) if gan else None
         noise = self._instance_noise(image) if gan else None
-        content_gate = self._content_to_encoder()
+        content_gate = self._content_warmup_gate()
         counts = {}
         with tf.GradientTape(persistent=True) as tape:
             if cfg.w_consistency:
@@ -326,8 +326,9 @@ class BGAN(keras.Model):
             # The encoder always learns from the neighbourhood, quantization and
             # content terms; the adversarial term reaches it only on request
             # (measured on digits: it drowns the neighbourhood signal).
-            # (content_gate: 0 during the content warm-up, when G learns to decode first.)
-            loss_e = cfg.w_nbr * nbr + cfg.w_quant * quant + content * content_gate
+            # (content_gate: 0 during the content warm-up, when G learns to decode first;
+            # content_to_encoder: the encoder's share of the content gradient.)
+            loss_e = cfg.w_nbr * nbr + cfg.w_quant * quant + content * (content_gate * cfg.content_to_encoder)
             if cfg.w_consistency:
                 consistency = losses.consistency_loss(z, z_other, g_batch)
                 loss_e = loss_e + cfg.w_consistency * consistency

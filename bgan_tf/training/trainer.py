@@ -203,6 +203,10 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
     config.validate()
     if config.graph_model:  # a missing or broken folder is one line now, before any output or features
         model_folder.read_model_files(config.graph_model)
+    if config.init_from:
+        from bgan_tf.inference.keras_model import check_warm_start
+
+        check_warm_start(config.init_from, config)
     import keras
     import tensorflow as tf
 
@@ -294,6 +298,11 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     rank1 = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     with strategy.scope():
         model = build_bgan(config, graph, x, features_input, data.images, rank1_logs=rank1)
+        if config.init_from:  # before the restore below: a resumed run's checkpoint overrides it
+            from bgan_tf.inference.keras_model import warm_start_encoder
+
+            warm_start_encoder(model.encoder, config.init_from)
+            logging.info("encoder starts from the trained encoder of %s", config.init_from)
     if model.generator is not None:
         saved = dict(encoder=model.encoder, generator=model.generator, discriminator=model.discriminator,
                      e_optimizer=model.e_optimizer, g_optimizer=model.g_optimizer, d_optimizer=model.d_optimizer)

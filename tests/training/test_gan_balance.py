@@ -149,6 +149,7 @@ def test_instance_noise_needs_the_run_length():
     (dict(instance_noise=-0.1), "--instance_noise"),
     (dict(gan_loss="wgan"), "--gan_loss"),
     (dict(gan_loss="hinge", d_label_smoothing=0.1), "bce"),
+    (dict(content_to_encoder=1.5), "--content_to_encoder"),
 ])
 def test_bad_remedy_settings_are_refused(changes, message):
     with pytest.raises(UserError, match=message):
@@ -161,9 +162,9 @@ def test_defaults_keep_the_original_training():
         ("bce", False, 0.0, 0.0, 1)
 
 
-def _encoder_after(steps: int, **overrides) -> list[np.ndarray]:
-    """The encoder's weights after `steps` steps of the tiny paper-style config, from the
-    same initial weights every call."""
+def _networks_after(steps: int, **overrides) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The encoder's and G's weights after `steps` steps of the tiny paper-style config,
+    from the same initial weights every call."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -174,7 +175,29 @@ def _encoder_after(steps: int, **overrides) -> list[np.ndarray]:
     model.set_run_length(steps, 2)  # a 2-step epoch: the warm-up counts these
     model.fit(ds.repeat(), epochs=1, steps_per_epoch=steps, verbose=0)
     assert int(model.e_optimizer.iterations) == steps
-    return [v.numpy() for v in model.encoder.trainable_variables]
+    return [v.numpy() for v in model.encoder.trainable_variables], [v.numpy() for v in model.generator.weights]
+
+
+def _encoder_after(steps: int, **overrides) -> list[np.ndarray]:
+    return _networks_after(steps, **overrides)[0]
+
+
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def test_content_to_encoder_scales_the_encoders_share_and_leaves_gs_whole():
+    # Share 0: over several steps the encoder learns exactly as with no content terms...
+    for a, b in zip(_encoder_after(3, content_to_encoder=0.0), _encoder_after(3, w_pixel=0.0, w_feature=0.0)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # ...while G's first step is the full-share run's (it gets all of the content gradient).
+    e0, g0 = _networks_after(1, content_to_encoder=0.0)
+    e1, g1 = _networks_after(1)
+    for a, b in zip(g0, g1):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # A share in between moves the encoder unlike either end.
+    half = _encoder_after(1, content_to_encoder=0.5)
+    assert _max_diff(half, e0) > 1e-5 and _max_diff(half, e1) > 1e-5
 
 
 def test_content_warmup_keeps_the_content_gradient_from_the_encoder_until_it_ends():

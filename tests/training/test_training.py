@@ -111,6 +111,41 @@ def test_model_metadata_names_the_commit_training_started_from(tmp_path, digits_
     assert meta["git_commit"] == "commit_at_start"
 
 
+def test_init_from_starts_the_encoder_from_a_trained_one(tmp_path, digits_subset, monkeypatch):
+    from bgan_tf.errors import UserError
+    from bgan_tf.inference.keras_model import load_encoder
+    from bgan_tf.training import callbacks
+    from bgan_tf.training.trainer import train
+
+    base = apply_preset(BGANConfig(**TINY), "nbr_only").replace(epochs=1, steps_per_epoch=3)
+    first = train(base.replace(output_dir=str(tmp_path / "round1")), digits_subset, verbose=0)
+    trained = [np.asarray(v) for v in load_encoder(first.model_dir).model.weights]
+    started = {}
+    real = callbacks.fit_resumable
+
+    def record(model, *a, **kw):  # the encoder as the first step sees it
+        started.setdefault(model.encoder.name + str(len(started)), [np.asarray(v) for v in model.encoder.weights])
+        return real(model, *a, **kw)
+
+    monkeypatch.setattr(callbacks, "fit_resumable", record)
+    train(base.replace(seed=1, output_dir=str(tmp_path / "cold")), digits_subset, verbose=0)
+    train(base.replace(seed=1, init_from=first.model_dir, output_dir=str(tmp_path / "warm")), digits_subset,
+          verbose=0)
+    cold, warm = started.values()
+    assert len(warm) == len(trained) == len(cold)
+    for w, t in zip(warm, trained):  # every weight, BN statistics included
+        np.testing.assert_array_equal(w, t)
+    assert any(not np.array_equal(c, t) for c, t in zip(cold, trained))
+    # An encoder of another shape is refused before anything is written.
+    with pytest.raises(UserError, match=r"--init_from .* --num_bits 16 \(this run: 8\)"):
+        train(base.replace(num_bits=8, init_from=first.model_dir, output_dir=str(tmp_path / "other")),
+              digits_subset, verbose=0)
+    with pytest.raises(UserError, match="model folder not found"):
+        train(base.replace(init_from=str(tmp_path / "nope"), output_dir=str(tmp_path / "other")), digits_subset,
+              verbose=0)
+    assert not (tmp_path / "other").exists()
+
+
 def test_second_round_builds_its_graph_from_the_first_rounds_backbone(tmp_path, digits_subset, monkeypatch):
     from bgan_tf.errors import UserError
     from bgan_tf.inference.keras_model import load_encoder
