@@ -130,7 +130,7 @@ def main() -> int:
     p.add_argument("--bits", default=",".join(map(str, ALL_BITS)))
     p.add_argument("--methods", default=",".join(ALL_METHODS))
     p.add_argument("--epochs", type=int, default=None, help="default: the cifar10 config's")
-    p.add_argument("--input_size", type=int, default=128)
+    p.add_argument("--input_size", type=int, default=INPUT_SIZE)
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the baselines and training")
     p.add_argument("--suffix", default="", help="appended to method names, e.g. _seed1 for a second-seed run")
     p.add_argument("--override", default="", help="config fields for the learned rows, e.g. "
@@ -293,6 +293,7 @@ def main() -> int:
             # model folder says.
             row["commit"] = commit if res.epochs_run else trained_by(res.model_dir)
             row["cpu"] = cpu_model()  # seconds, and oneDNN's float rounding, depend on it
+            row["input_size"] = args.input_size  # a row is only comparable with rows at its size
             if args.override:
                 row["override"] = args.override
             if cfg.use_gan:
@@ -464,6 +465,9 @@ def _write(results, secs_out, seconds, args, graph_agree, out):
 # 15 minutes on 2 cores; a fine-tuned run, whole_run_32_ft<variant>, has issue 14's 30). The
 # float-cosine reference and the GAN-health figures are not part of a user's run.
 WHOLE_RUN_KEY = "whole_run_32"
+# The backbone's input size when --input_size is not given; cells from before the field
+# was recorded were all trained at it.
+INPUT_SIZE = 128
 WHOLE_RUN_BUDGET_S = 900
 WHOLE_FT_RUN_BUDGET_S = 1800
 

@@ -76,9 +76,9 @@ def split_seed(method: str) -> tuple[str, int]:
 
 def encoder_setting(method: str, cell: dict) -> tuple | None:
     """What trained a learned cell's encoder, GAN-only knobs left out: its preset, --override,
-    fine-tuning and epochs. None for rows that are not BGAN or nbr_only."""
+    fine-tuning, input size and epochs. None for rows that are not BGAN or nbr_only."""
     from bgan_tf.config import LOSS_PRESETS
-    from cifar10_pbgan import PRESET_OF_METHOD, parse_override
+    from cifar10_pbgan import INPUT_SIZE, PRESET_OF_METHOD, parse_override
 
     base = split_seed(method)[0]
     preset = next((PRESET_OF_METHOD[p] for p in PRESET_OF_METHOD if base.startswith(p)), None)
@@ -87,7 +87,8 @@ def encoder_setting(method: str, cell: dict) -> tuple | None:
     knobs = {**LOSS_PRESETS[preset], **parse_override(cell.get("override", ""))}
     # Fine-tuned rows carry the _ft tag in their names (older ones recorded no trainable_from).
     knobs.update(trainable_from=cell.get("trainable_from", ""), top_bn=cell.get("top_bn", ""),
-                 epochs=cell.get("epochs"), fine_tuned="_ft" in base)
+                 epochs=cell.get("epochs"), fine_tuned="_ft" in base,
+                 input_size=cell.get("input_size", INPUT_SIZE))
     return tuple(sorted((k, repr(v)) for k, v in knobs.items() if k not in GAN_ONLY))
 
 

@@ -102,3 +102,19 @@ def test_margins_say_when_the_two_rows_were_trained_on_different_cpus():
             "against a row trained on another CPU") in lines
     assert render_readme.other_cpu({"cpu": "A"}, {"cpu": "B"})
     assert not render_readme.other_cpu({"cpu": "A"}, {})  # unrecorded: not flagged
+
+
+def test_a_row_at_another_input_size_is_not_measured_against_the_default_size():
+    """Rows that differ only in --input_size (recorded per cell; older cells were all at the
+    default 128) are different encoders: the 160 px BGAN row's ablation is the 160 px one."""
+    cons = "w_consistency=1.0"
+    methods = {
+        "ITQ": {"32": _cell(0.28)},
+        "nbr_only_ft_x": {"32": _cell(0.42, epochs=6, override=cons)},
+        "nbr_only_ft_x_160px": {"32": _cell(0.41, epochs=6, override=cons, input_size=160)},
+        "bgan_paper_ft_x_160px": {"32": _cell(0.40, epochs=6, override=cons + ",w_adv=0.1", input_size=160)},
+        "bgan_paper_ft_x": {"32": _cell(0.43, epochs=6, override=cons + ",w_adv=0.1", input_size=128)},
+    }
+    lines = render_readme._cifar_targets(methods, ["32"])
+    assert any(l.startswith("- bgan_paper_ft_x_160px: 32 bits: ITQ +0.120, nbr_only_ft_x_160px -0.010,") for l in lines)
+    assert any(l.startswith("- bgan_paper_ft_x: 32 bits: ITQ +0.150, nbr_only_ft_x +0.010,") for l in lines)
