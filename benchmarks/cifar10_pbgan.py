@@ -226,7 +226,9 @@ def main() -> int:
 
     def score(qc, dbc):
         m = evaluate_codes(qc, dbc, lq, ldb, topk=(1000,), pr_curve=False)
-        return {"map_all": round(m["map_all"], 4), "map_1000": round(m["map_at"][1000], 4)}
+        # input_size: a cell is only comparable with cells at its size (baselines fit its features).
+        return {"map_all": round(m["map_all"], 4), "map_1000": round(m["map_at"][1000], 4),
+                "input_size": args.input_size}
 
     out_json = args.out + ".json"
     results = {"methods": {}, "seconds": {}}
@@ -293,7 +295,6 @@ def main() -> int:
             # model folder says.
             row["commit"] = commit if res.epochs_run else trained_by(res.model_dir)
             row["cpu"] = cpu_model()  # seconds, and oneDNN's float rounding, depend on it
-            row["input_size"] = args.input_size  # a row is only comparable with rows at its size
             if args.override:
                 row["override"] = args.override
             if cfg.use_gan:

@@ -74,11 +74,18 @@ def split_seed(method: str) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else (method, 0)
 
 
+def input_size(cell: dict) -> int:
+    """The backbone input size a cell was measured at (cells from before it was recorded: the default)."""
+    from cifar10_pbgan import INPUT_SIZE
+
+    return cell.get("input_size", INPUT_SIZE)
+
+
 def encoder_setting(method: str, cell: dict) -> tuple | None:
     """What trained a learned cell's encoder, GAN-only knobs left out: its preset, --override,
     fine-tuning, input size and epochs. None for rows that are not BGAN or nbr_only."""
     from bgan_tf.config import LOSS_PRESETS
-    from cifar10_pbgan import INPUT_SIZE, PRESET_OF_METHOD, parse_override
+    from cifar10_pbgan import PRESET_OF_METHOD, parse_override
 
     base = split_seed(method)[0]
     preset = next((PRESET_OF_METHOD[p] for p in PRESET_OF_METHOD if base.startswith(p)), None)
@@ -88,7 +95,7 @@ def encoder_setting(method: str, cell: dict) -> tuple | None:
     # Fine-tuned rows carry the _ft tag in their names (older ones recorded no trainable_from).
     knobs.update(trainable_from=cell.get("trainable_from", ""), top_bn=cell.get("top_bn", ""),
                  epochs=cell.get("epochs"), fine_tuned="_ft" in base,
-                 input_size=cell.get("input_size", INPUT_SIZE))
+                 input_size=input_size(cell))
     return tuple(sorted((k, repr(v)) for k, v in knobs.items() if k not in GAN_ONLY))
 
 
@@ -142,7 +149,8 @@ def _cifar_targets(methods: dict, bits: list[str]) -> list[str]:
                 continue
             ref = _same_setting_nbr_only(m, methods, b)
             v = methods[m][b]["map_all"]
-            part = [f"ITQ {v - methods['ITQ'][b]['map_all']:+.3f}" if b in methods.get("ITQ", {}) else None,
+            itq = methods.get("ITQ", {}).get(b)
+            part = [f"ITQ {v - itq['map_all']:+.3f}" if itq and input_size(itq) == input_size(methods[m][b]) else None,
                     f"{ref} {v - methods[ref][b]['map_all']:+.3f}"
                     + (" (trained on another CPU)" if other_cpu(methods[m][b], methods[ref][b]) else "")
                     if ref and b in methods[ref] else None,
