@@ -136,10 +136,11 @@ def test_named_configs_and_their_variants():
 
     frozen, tuned = get_config("cifar10"), get_config("cifar10:finetune")
     assert frozen.trainable_from == "" and frozen.graph_construction == "k1k2"
-    assert (tuned.trainable_from, tuned.lr_e, tuned.graph_construction, tuned.disc_spectral_norm,
-            tuned.w_consistency) == ("block_10_expand", 1e-4, "diffusion", True, 1.0)
+    assert (tuned.trainable_from, tuned.lr_e, tuned.graph_construction, tuned.disc_spectral_norm, tuned.lr_d,
+            tuned.w_consistency) == ("block_10_expand", 1e-4, "diffusion", True, 3e-4, 1.0)
     assert tuned.replace(trainable_from="", lr_e=frozen.lr_e, graph_construction="k1k2", disc_spectral_norm=False,
-                         w_consistency=0.0, output_dir=frozen.output_dir) == frozen  # the variant changes only those
+                         lr_d=frozen.lr_d, w_consistency=0.0,
+                         output_dir=frozen.output_dir) == frozen  # the variant changes only those
     tuned.validate()
     assert get_config("digits") == get_config("digits:")
     with pytest.raises(UserError, match="the variants of digits are: none"):
