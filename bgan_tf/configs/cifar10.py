@@ -12,7 +12,7 @@ Result:   P-BGAN protocol, 32 bits, mAP@all / mAP@1000: paper preset 0.353 / 0.5
 ``--config cifar10:finetune``: MobileNetV2 from block_10_expand on trains (its bottom's
 activations and their mirrors' cached once, float16) at Adam 1e-4, on the diffusion graph,
 with the consistency term (--w_consistency 1: an image's and its mirror's codes agree),
-spectral norm in D and D at a third of the other networks' step (--lr_d 3e-4).
+spectral norm in D and D at a third of G's step (--lr_d 3e-4).
 Cost:     the whole run, features and bottom activations included, 699 s on the 2-core AMD
           EPYC with another job on the cores, paper preset (whole_run_32_ft_lr1e-4_diffusion_
           sn_cons1_from_block10 in benchmarks/results/cifar10_pbgan.md, timed before --lr_d
