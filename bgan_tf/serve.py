@@ -32,6 +32,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS.index:
         raise UserError("missing --index")
     max_pixels = search_flags.service_max_pixels()
+    pixel_budget = search_flags.service_pixel_budget(max_pixels)
     import uvicorn
 
     from bgan_tf.search.service import create_app
@@ -41,11 +42,17 @@ def main(argv: list[str]) -> None:
     try:
         search.set_num_threads(FLAGS.threads)
         encoder = load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
-        index = indexing.open_index(FLAGS.index, encoder, **search_flags.open_options())
+        options = search_flags.open_options()
+        index = indexing.open_index(FLAGS.index, encoder, **options)
+        # POST /reload re-reads the index the same way (a running server otherwise never
+        # sees an updated index); create_app refuses one of another model.
         application = create_app(index, encoder, max_upload_bytes=FLAGS.max_upload_bytes,
                                  allowed_types=FLAGS.allowed_types, max_k=FLAGS.max_k,
                                  search_threads=FLAGS.workers_threads, max_batch=FLAGS.max_batch,
-                                 max_pixels=max_pixels)
+                                 max_pixels=max_pixels, pixel_budget=pixel_budget,
+                                 allowed_hosts=search_flags.service_hosts(), serve_images=not FLAGS.no_images,
+                                 api_docs=FLAGS.api_docs,
+                                 reload=lambda: indexing.open_index(FLAGS.index, encoder, **options))
         sock.listen(2048)  # uvicorn's default backlog; clients queue from here on
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host

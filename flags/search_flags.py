@@ -94,6 +94,16 @@ def define_service_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                          lower_bound=b["search_threads"][0], upper_bound=b["search_threads"][1], flag_values=fv)
     flags.DEFINE_integer("max_batch", d["max_batch"], "Most waiting queries encoded and searched together in one model/index call.",
                          lower_bound=b["max_batch"][0], upper_bound=b["max_batch"][1], flag_values=fv)
+    flags.DEFINE_integer("pixel_budget", None, "Decoded pixels in flight across all uploads (default "
+                         f"{d['pixel_budget']:,}, or --max_pixels if larger; at least --max_pixels): more "
+                         "concurrent uploads wait instead of taking memory.",
+                         lower_bound=b["pixel_budget"][0], upper_bound=b["pixel_budget"][1], flag_values=fv)
+    flags.DEFINE_list("allowed_hosts", [], "Host header values accepted, others get HTTP 421 (DNS rebinding). "
+                      "Default: localhost, 127.0.0.1, ::1 and --host; '*' accepts any (behind a checking proxy).",
+                      flag_values=fv)
+    flags.DEFINE_boolean("no_images", False, "Do not serve indexed image files (GET /images answers 404).",
+                         flag_values=fv)
+    flags.DEFINE_boolean("api_docs", False, "Serve the OpenAPI page /docs and /openapi.json.", flag_values=fv)
     flags.register_validator(
         "allowed_types", _valid_types,
         message="--allowed_types must list at least one image/* content type, e.g. image/jpeg,image/png",
@@ -152,3 +162,23 @@ def service_max_pixels(flag_values: flags.FlagValues = FLAGS) -> int:
         raise UserError(f"--max_pixels must be from {lo:,} to {hi:,} for the service (Pillow refuses larger "
                         f"images), got {value:,}")
     return value
+
+
+def service_pixel_budget(max_pixels: int, flag_values: flags.FlagValues = FLAGS) -> int:
+    """serve's --pixel_budget (default: limits.DEFAULTS or max_pixels, whichever is larger)."""
+    value = flag_values["pixel_budget"].value
+    if value is None:
+        return max(limits.DEFAULTS["pixel_budget"], max_pixels)
+    if value < max_pixels:
+        raise UserError(f"--pixel_budget ({value:,}) must be at least --max_pixels ({max_pixels:,})")
+    return value
+
+
+def service_hosts(flag_values: flags.FlagValues = FLAGS) -> list[str]:
+    """The Host header values serve accepts: --allowed_hosts, else the loopback names and --host
+    (a wildcard --host such as 0.0.0.0 is no name a client uses: pass --allowed_hosts then)."""
+    fv = flag_values
+    given = [h.strip() for h in fv.allowed_hosts if h.strip()]
+    if given:
+        return given
+    return [*limits.LOCAL_HOSTS, *([fv.host] if fv.host not in ("0.0.0.0", "::", "") else [])]

@@ -38,6 +38,14 @@ class LoadedEncoder:
         self.metadata = metadata
         self.model_dir = model_dir
 
+    # The model resizes any input to input_size, bilinear (modeling.backbones.Preprocess);
+    # the search service shrinks uploads the same way before batching them.
+    input_resize = "bilinear"
+
+    @property
+    def input_size(self) -> int:
+        return int(self.config.backbone_input_size)
+
     @property
     def num_bits(self) -> int:
         return int(self.config.num_bits)

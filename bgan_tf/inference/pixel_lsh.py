@@ -23,6 +23,10 @@ class PixelLSHEncoder:
     """
 
     SIZE = 16
+    # What encode() resizes to, and how (rows/cols arange(SIZE) * H // SIZE): the
+    # search service shrinks uploads the same way before batching them.
+    input_size = SIZE
+    input_resize = "nearest"
 
     def __init__(self, num_bits: int = 64, seed: int = 0) -> None:
         if not 1 <= int(num_bits) <= MAX_PIXEL_LSH_BITS:

@@ -15,9 +15,12 @@ import numpy as np
 
 from bgan_tf.errors import UserError
 
+# Host names a loopback service answers to by default (serve --allowed_hosts).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 DEFAULT_TYPES = ("image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp")
 # Defaults of the other create_app knobs; the serve flags default to the same values.
-DEFAULTS = {"max_upload_bytes": 10 * 1024 * 1024, "max_k": 100, "search_threads": 2, "max_batch": 64}
+DEFAULTS = {"max_upload_bytes": 10 * 1024 * 1024, "max_k": 100, "search_threads": 2, "max_batch": 64,
+            "pixel_budget": 48_000_000}
 
 # The service's pixel budget per upload: 16 megapixels (a 48 MB decoded image) takes
 # any phone photo, while the CLI's larger default (data.DEFAULT_MAX_PIXELS) is for
@@ -33,21 +36,30 @@ LIMITS: dict[str, tuple[int, int]] = {
     "max_batch": (1, 4096),
     # Pillow refuses anything above twice Image.MAX_IMAGE_PIXELS (178,956,970) itself.
     "max_pixels": (1, 178_956_970),
+    # Decoded pixels in flight across ALL requests (service.create_app): an upload takes
+    # its header's pixel count before decoding and returns it once shrunk to the
+    # encoder's input, so concurrent uploads cost at most ~budget x 3 bytes (plus the
+    # decoder's transients) and wait, rather than allocate, beyond it. The default
+    # admits three 16-megapixel uploads at once. It must be at least max_pixels.
+    "pixel_budget": (1, 1_000_000_000),
 }
 
 
 def check_settings(*, max_upload_bytes: int, allowed_types: Sequence[str], max_k: int, search_threads: int,
-                   max_batch: int, max_pixels: int) -> list[str]:
+                   max_batch: int, max_pixels: int, pixel_budget: int = DEFAULTS["pixel_budget"]) -> list[str]:
     """The content types to accept (lowercased); UserError naming the first bad setting.
 
     A service started with max_k 0 or no content types would refuse every request.
     """
     values = {"max_upload_bytes": max_upload_bytes, "max_k": max_k, "search_threads": search_threads,
-              "max_batch": max_batch, "max_pixels": max_pixels}
+              "max_batch": max_batch, "max_pixels": max_pixels, "pixel_budget": pixel_budget}
     for name, value in values.items():
         lo, hi = LIMITS[name]
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
             raise UserError(f"{name} must be an integer from {lo:,} to {hi:,}, got {value!r}")
+    if pixel_budget < max_pixels:
+        raise UserError(f"pixel_budget ({pixel_budget:,}) must be at least max_pixels ({max_pixels:,}): "
+                        "an upload of max_pixels pixels could never be decoded")
     if isinstance(allowed_types, str):
         allowed_types = [allowed_types]
     types = [str(t).strip().lower() for t in allowed_types]

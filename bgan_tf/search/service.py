@@ -3,18 +3,22 @@
     app = create_app(index, encoder, max_upload_bytes=..., allowed_types=..., max_pixels=...)
 
 Routes: POST /search (multipart field `image`, query `k`), GET /health, GET /stats,
-GET /images/{id} (the indexed file, only for ids in the index), GET / (the web page,
-bgan_tf/search/static/index.html, read when the app is built).
-Errors are JSON `{"error": "..."}` with 400 (bad/undecodable input), 404, 413
-(upload too large, or an image whose header claims more than `max_pixels` pixels:
-refused before any pixel is decoded), 415 (content type), 422 (missing field), and
-500 for anything unexpected (still JSON, so the page can show it; details go to the
-server log only).
+GET/HEAD /images/{id} (the indexed file, only for ids in the index and only from inside
+the recorded image root: bgan_tf/search/files.py), GET /samples, POST /reload (when
+create_app got a loader: re-read the index from disk and switch to it as one unit),
+GET / (the web page, bgan_tf/search/static/index.html, read when the app is built).
+Errors are JSON `{"error": "..."}` with 400 (bad/undecodable input), 404, 409 (a reload
+already running), 413 (body over the byte limit, counted while it streams in, or an
+image whose header claims more than `max_pixels` pixels: refused before any pixel is
+decoded), 415 (content type, or bytes of another format than the declared type), 421
+(Host not allowed), 422 (missing field), 503 (pixel budget busy for too long), and 500
+for anything unexpected (still JSON, so the page can show it; details go to the server
+log only).
 
-Paths never leave the server as they are: an indexed file's path is shown relative
-to the image root (``extra["image_root"]`` in the index manifest when recorded, else
-the common folder of the indexed paths), and any other absolute path (the model
-folder in /stats, say) by its last component.
+What one client can make the process allocate is bounded (bgan_tf/search/guards.py):
+body bytes (`max_upload_bytes`), decoded pixels in flight across all requests
+(`pixel_budget`, taken from the header before decoding and given back once the image is
+shrunk to the encoder's input size), k (`max_k`) and the batch (`max_batch`).
 
 Where the work runs: the event loop only parses HTTP; decoding runs in a small
 thread pool; encoding and searching run in ONE batching thread (`_Batcher`)
@@ -33,28 +37,33 @@ import asyncio
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bgan_tf.data.images import ImageTooLarge, decode_image_bytes
 from bgan_tf.errors import UserError
 from bgan_tf.inference.encoders import Encoder
 from bgan_tf.search import backends as search_lib
+from bgan_tf.search import guards
 from bgan_tf.search.binary_index import BinaryIndex
+from bgan_tf.search.files import (NotServed, file_chunks, hide_paths, image_root, media_type, open_indexed_file,
+                                  shown_path)
 from bgan_tf.search.limits import DEFAULT_MAX_PIXELS, DEFAULT_TYPES, DEFAULTS, check_settings
+
+__all__ = ["create_app", "hide_paths", "image_root", "shown_path"]
 
 _MULTIPART_SLACK = 64 * 1024  # boundary + headers around the file in a multipart body
 _PAGE_FILE = Path(__file__).with_name("static") / "index.html"  # the web page served at GET /
+_BUDGET_WAIT_S = 30.0  # an upload waiting this long for the pixel budget gets a 503
 _log = logging.getLogger(__name__)
 
 
@@ -62,60 +71,6 @@ class _ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
-
-
-_SPEC_PATH = re.compile(r"^([A-Za-z][A-Za-z0-9_+.-]*:)(/(?!/).*)$")  # e.g. folder:/data/imgs
-
-
-def image_root(index: BinaryIndex) -> str | None:
-    """The folder indexed paths are shown relative to, or None when there is none.
-
-    ``extra["image_root"]`` when the index records it; else the common folder of the
-    indexed paths, one level up when every item carries the same label and that
-    folder is named after it (a folder with a single class subfolder).
-    """
-    recorded = index.store.extra.get("image_root")
-    if isinstance(recorded, str) and recorded:
-        return os.path.normpath(recorded)
-    rows = [m for m in index.store.metadata_rows() if isinstance(m.get("path"), str) and m["path"]]
-    if not rows:
-        return None
-    try:
-        common = os.path.commonpath([os.path.dirname(os.path.normpath(m["path"])) for m in rows])
-    except ValueError:  # absolute and relative paths mixed
-        return None
-    labels = {m.get("label") for m in rows}
-    if len(labels) == 1 and None not in labels and os.path.basename(common) == str(next(iter(labels))):
-        common = os.path.dirname(common)
-    return common
-
-
-def shown_path(path: str, root: str | None) -> str:
-    """``path`` relative to ``root`` when inside it, else its last component."""
-    p = os.path.normpath(path)
-    if root:
-        try:
-            inside = os.path.commonpath([root, p]) == root
-        except ValueError:
-            inside = False
-        if inside and p != root:
-            return os.path.relpath(p, root).replace(os.sep, "/")
-    return os.path.basename(p)
-
-
-def hide_paths(value: Any, root: str | None) -> Any:
-    """A JSON-able value with every absolute path string replaced by `shown_path`."""
-    if isinstance(value, dict):
-        return {k: hide_paths(v, root) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [hide_paths(v, root) for v in value]
-    if isinstance(value, str) and len(value) > 1:
-        if os.path.isabs(value) and not value.startswith("//"):
-            return shown_path(value, root)
-        m = _SPEC_PATH.match(value)
-        if m:
-            return m.group(1) + shown_path(m.group(2), root)
-    return value
 
 
 class _Batcher:
@@ -203,28 +158,6 @@ class _Batcher:
                 batch[i][2].set_result([{**r.to_dict(), "image_url": f"/images/{r.id}"} for r in row])
 
 
-class _BodyLimit:
-    """Pure ASGI middleware: refuse a POST whose Content-Length is too large,
-    before the multipart parser spools it (no per-request task, unlike
-    BaseHTTPMiddleware, which cost ~20% of the event loop's time under load)."""
-
-    def __init__(self, app: Any, limit: int, on_reject: Any) -> None:
-        self.app, self.limit, self.on_reject = app, limit, on_reject
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("method") == "POST":
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length":
-                    if value.isdigit() and int(value) > self.limit:
-                        self.on_reject()
-                        resp = JSONResponse({"error": f"request larger than {self.limit - _MULTIPART_SLACK} bytes"},
-                                            status_code=413)
-                        await resp(scope, receive, send)
-                        return
-                    break
-        await self.app(scope, receive, send)
-
-
 def create_app(
     index: BinaryIndex,
     encoder: Encoder,
@@ -235,24 +168,36 @@ def create_app(
     search_threads: int = DEFAULTS["search_threads"],
     max_batch: int = DEFAULTS["max_batch"],
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    pixel_budget: int | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    serve_images: bool = True,
+    api_docs: bool = False,
+    reload: Callable[[], BinaryIndex] | None = None,
 ) -> FastAPI:
     """Build the ASGI app around a loaded index and the encoder that built it.
 
     search_threads: threads that decode uploads; max_batch: most queries the
     batching thread encodes and searches in one go; max_pixels: largest image (by
-    its header) an upload may be, checked before decoding. Every knob is bounded
+    its header) an upload may be, checked before decoding; pixel_budget: decoded
+    pixels in flight across all requests (default: the larger of limits.DEFAULTS and
+    max_pixels). allowed_hosts: Host header values accepted (None: any, for embedding
+    behind a proxy; `serve` always passes a list). serve_images False turns /images off;
+    api_docs True serves /docs and /openapi.json. reload: a loader that re-reads the
+    index from disk, which enables POST /reload. Every knob is bounded
     (bgan_tf/search/limits.py); a bad one raises UserError.
     """
+    if pixel_budget is None:
+        pixel_budget = max(DEFAULTS["pixel_budget"], max_pixels)
     allowed = set(check_settings(max_upload_bytes=max_upload_bytes, allowed_types=allowed_types, max_k=max_k,
-                                 search_threads=search_threads, max_batch=max_batch, max_pixels=max_pixels))
-    if encoder.num_bits != index.num_bits or encoder.model_id != index.model_id:
-        raise UserError(
-            f"index was built by model {index.model_id!r} ({index.num_bits} bits), "
-            f"not {encoder.model_id!r} ({encoder.num_bits} bits); rebuild it or pass its model"
-        )
-    root = image_root(index)
+                                 search_threads=search_threads, max_batch=max_batch, max_pixels=max_pixels,
+                                 pixel_budget=pixel_budget))
+    _check_pair(index, encoder)
+    # The index in use: POST /reload replaces it as one unit (the batcher reads it once per batch).
+    live = {"index": index, "root": image_root(index)}
     page_html = _PAGE_FILE.read_text(encoding="utf-8").replace("__MAXK__", str(max_k))
-    app = FastAPI(title="bgan_tf search", docs_url="/docs", redoc_url=None)
+    # /docs and /openapi.json describe every route to anyone who asks: off unless wanted.
+    app = FastAPI(title="bgan_tf search", docs_url="/docs" if api_docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if api_docs else None)
     # A plain executor rather than an anyio CapacityLimiter: it is not tied to one
     # event loop, so the app also works when driven from several loops (TestClient).
     pool = ThreadPoolExecutor(max(1, search_threads), thread_name_prefix="bgan-decode",
@@ -261,8 +206,10 @@ def create_app(
     # model is never used from two threads at once, and concurrent queries share
     # one model call instead of queueing on a lock.
     batcher = _Batcher(index, encoder, max_batch)
-    counters = {"searches": 0, "errors": 0, "started": time.time()}
+    budget = guards.PixelBudget(pixel_budget)
+    counters = {"searches": 0, "errors": 0, "reloads": 0, "started": time.time()}
     counters_lock = threading.Lock()
+    reload_lock = threading.Lock()
 
     def count(key: str) -> None:
         with counters_lock:
@@ -294,15 +241,27 @@ def create_app(
         return JSONResponse({"error": f"internal server error ({exc.__class__.__name__}); "
                                       "the server log has the details"}, status_code=500)
 
-    def decode(data: bytes, filename: str) -> np.ndarray:
+    def decode(data: bytes, filename: str, taken: int) -> np.ndarray:
         # Runs in the decode pool, off the event loop. The pixel budget is checked from
         # the header first, so an over-budget upload is refused in well under a millisecond.
+        # The full-resolution image lives only here: it leaves shrunk to the encoder's input.
         try:
-            return decode_image_bytes(data, what=filename or "upload", max_pixels=max_pixels)
+            return guards.shrink(decode_image_bytes(data, what=filename or "upload", max_pixels=max_pixels), encoder)
         except ImageTooLarge as e:
             raise _ApiError(413, str(e)) from None
         except UserError as e:
             raise _ApiError(400, str(e)) from None
+        finally:
+            budget.give_back(taken)
+
+    async def take_pixels(n: int) -> None:
+        deadline = time.monotonic() + _BUDGET_WAIT_S
+        # Polling rather than an asyncio primitive: the budget is shared by every event
+        # loop and thread that drives the app; a few ms of wait only under full load.
+        while not budget.try_take(n):
+            if time.monotonic() > deadline:
+                raise _ApiError(503, "server busy decoding other images; retry shortly")
+            await asyncio.sleep(0.005)
 
     @app.post("/search")
     async def search_route(
@@ -319,51 +278,102 @@ def create_app(
         data = await image.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise _ApiError(413, f"image larger than {max_upload_bytes} bytes")
-        decoded = await asyncio.get_running_loop().run_in_executor(pool, decode, data, image.filename or "upload")
+        # The decoder follows the bytes, not the label: a TIFF labelled image/png would
+        # reach the TIFF parser (and its attack surface) though only PNG was allowed.
+        found, declared = guards.sniff_format(data), guards.declared_format(ctype)
+        if found and declared and found != declared:
+            raise _ApiError(415, f"upload declared {ctype} but holds a {found} image; send it as what it is")
+        pixels = guards.header_pixels(data, found)
+        taken = min(pixels, max_pixels) if pixels else 0  # over max_pixels: refused from the header
+        await take_pixels(taken)
+        decoded = await asyncio.get_running_loop().run_in_executor(pool, decode, data, image.filename or "upload",
+                                                                   taken)
+        del data
         try:
             results = await asyncio.wrap_future(batcher.submit(decoded, k))
         except UserError as e:  # e.g. an image the model cannot take
             raise _ApiError(400, str(e)) from None
         count("searches")
+        root = live["root"]
         return JSONResponse({"k": k, "count": len(results), "took_ms": round(1000 * (time.perf_counter() - t0), 2),
                              "results": [{**r, "metadata": hide_paths(r.get("metadata") or {}, root)}
                                          for r in results]})
 
-    app.add_middleware(_BodyLimit, limit=max_upload_bytes + _MULTIPART_SLACK, on_reject=lambda: count("errors"))
+    app.add_middleware(guards.BodyLimit, limit=max_upload_bytes + _MULTIPART_SLACK,
+                       message=f"request larger than {max_upload_bytes} bytes", on_reject=lambda: count("errors"))
+    if allowed_hosts is not None:
+        app.add_middleware(guards.HostCheck, hosts=allowed_hosts)  # added last: runs first
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "count": len(index), "model_id": index.model_id, "num_bits": index.num_bits}
+        ix = live["index"]
+        return {"status": "ok", "count": len(ix), "model_id": ix.model_id, "num_bits": ix.num_bits}
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
         with counters_lock:
             c = dict(counters)
-        return {**hide_paths(index.stats(), root), "searches": c["searches"], "errors": c["errors"],
-                "encode_batches": batcher.batches,
+        return {**hide_paths(live["index"].stats(), live["root"]), "searches": c["searches"],
+                "errors": c["errors"], "reloads": c["reloads"], "encode_batches": batcher.batches,
                 "mean_batch": round(batcher.queries / batcher.batches, 2) if batcher.batches else 0.0,
                 "largest_batch": batcher.largest,
                 "uptime_s": round(time.time() - c["started"], 1), "max_upload_bytes": max_upload_bytes,
-                "allowed_types": sorted(allowed), "max_k": max_k, "max_pixels": max_pixels}
+                "allowed_types": sorted(allowed), "max_k": max_k, "max_pixels": max_pixels,
+                "pixel_budget": pixel_budget, "pixels_in_flight_peak": budget.peak}
 
-    @app.get("/images/{item_id}")
-    async def image_file(item_id: int) -> FileResponse:
-        # Only files recorded in the index are served: the id is looked up, never a path.
-        if item_id not in index:
-            raise _ApiError(404, f"no item {item_id} in the index")
-        path = index.store.metadata(item_id).get("path")
-        if not path or not Path(path).is_file():
-            raise _ApiError(404, f"image of item {item_id} is not available")
-        return FileResponse(path)
+    @app.api_route("/images/{item_id}", methods=["GET", "HEAD"])
+    async def image_file(request: Request, item_id: int) -> Response:
+        # The id is looked up, never a path; the file is opened safely (files.py) and
+        # served from the descriptor that was checked. No Range support (always 200 with
+        # the whole file, which HTTP allows), so no Range error can be a non-JSON 416.
+        if not serve_images:
+            raise _ApiError(404, "this server does not serve image files (--no_images)")
+        ix = live["index"]
+        try:
+            fd, size = await asyncio.get_running_loop().run_in_executor(None, open_indexed_file, ix, item_id)
+        except NotServed as e:
+            raise _ApiError(404, str(e)) from None
+        headers = {"content-length": str(size), "accept-ranges": "none", "x-content-type-options": "nosniff"}
+        media = media_type(ix.store.metadata(item_id).get("path"))
+        if request.method == "HEAD":
+            os.close(fd)
+            return Response(status_code=200, headers=headers, media_type=media)
+        return StreamingResponse(file_chunks(fd, size), headers=headers, media_type=media)
 
     @app.get("/samples")
     async def samples(n: int = Query(12, ge=1, le=100)) -> dict[str, Any]:
         """A few indexed ids with their image URLs, for the page's 'pick an image'."""
-        ids = index.store.ids
+        ix, root = live["index"], live["root"]
+        ids = ix.store.ids
         step = max(1, len(ids) // n) if len(ids) else 1
         pick = [int(i) for i in ids[::step][:n]]
-        return {"items": [{"id": i, "image_url": f"/images/{i}", "metadata": hide_paths(index.store.metadata(i), root)}
-                          for i in pick if i in index]}
+        return {"items": [{"id": i, "image_url": f"/images/{i}", "metadata": hide_paths(ix.store.metadata(i), root)}
+                          for i in pick if i in ix]}
+
+    def do_reload() -> BinaryIndex:
+        new = reload()  # type: ignore[misc]
+        _check_pair(new, encoder)
+        return new
+
+    @app.post("/reload")
+    async def reload_route() -> dict[str, Any]:
+        """Re-read the index from disk and switch to it as one unit; on any error the old
+        index keeps serving. One reload at a time (a second gets 409)."""
+        if reload is None:
+            raise _ApiError(404, "this server was started without an index folder to reload")
+        if not reload_lock.acquire(blocking=False):
+            raise _ApiError(409, "a reload is already running")
+        try:
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(None, do_reload)
+            except UserError as e:
+                raise _ApiError(400, f"reload refused, still serving the old index: {e}") from None
+            batcher.index = new
+            live.update(index=new, root=image_root(new))
+            count("reloads")
+        finally:
+            reload_lock.release()
+        return {"status": "reloaded", "count": len(new), "model_id": new.model_id, "num_bits": new.num_bits}
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
@@ -371,4 +381,13 @@ def create_app(
 
     app.state.search_pool = pool  # owners may shut it down; idle threads cost nothing
     app.state.batcher = batcher  # daemon thread, started on the first search
+    app.state.pixel_budget = budget
     return app
+
+
+def _check_pair(index: BinaryIndex, encoder: Encoder) -> None:
+    if encoder.num_bits != index.num_bits or encoder.model_id != index.model_id:
+        raise UserError(
+            f"index was built by model {index.model_id!r} ({index.num_bits} bits), "
+            f"not {encoder.model_id!r} ({encoder.num_bits} bits); rebuild it or pass its model"
+        )

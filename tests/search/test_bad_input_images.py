@@ -327,7 +327,7 @@ def test_serve_flags_are_bounded_at_parse_time_and_match_the_service_limits():
     # The flags of the real binary (its own process: another test may have defined
     # --max_pixels as the index binary's flag in this one), bounded by LIMITS.
     knob_of = {"max_upload_bytes": "max_upload_bytes", "max_k": "max_k", "workers_threads": "search_threads",
-               "max_batch": "max_batch", "max_pixels": "max_pixels"}
+               "max_batch": "max_batch", "max_pixels": "max_pixels", "pixel_budget": "pixel_budget"}
     probe = ("import json; from flags.search_flags import define_service_flags; define_service_flags(); "
              "from absl import flags; F = flags.FLAGS; "
              f"print(json.dumps({{n: [F[n].parser.lower_bound, F[n].parser.upper_bound, F[n].default] "
