@@ -113,24 +113,29 @@ class HostCheck:
 
 class PixelBudget:
     """A count of decoded pixels in flight, at most ``total``; thread-safe and not
-    tied to an event loop (the app may be driven from several, e.g. by TestClient)."""
+    tied to an event loop (the app may be driven from several, e.g. by TestClient).
 
-    def __init__(self, total: int) -> None:
-        self.total = int(total)
+    ``reserve`` pixels are kept for small images (at most ``reserve`` pixels each): big
+    uploads filling the budget would otherwise make every small query wait for them.
+    """
+
+    def __init__(self, total: int, reserve: int = 0) -> None:
+        self.total, self.reserve = int(total), max(0, int(reserve))
         self.used = 0
         self.peak = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
 
     def try_take(self, n: int) -> bool:
-        with self._cond:
-            if self.used + n > self.total:
+        with self._lock:
+            cap = self.total if n <= self.reserve else self.total - self.reserve
+            if self.used + n > cap:
                 return False
             self.used += n
             self.peak = max(self.peak, self.used)
             return True
 
     def give_back(self, n: int) -> None:
-        with self._cond:
+        with self._lock:
             self.used -= n
 
 

@@ -206,7 +206,8 @@ def create_app(
     # model is never used from two threads at once, and concurrent queries share
     # one model call instead of queueing on a lock.
     batcher = _Batcher(index, encoder, max_batch)
-    budget = guards.PixelBudget(pixel_budget)
+    # An eighth of the budget (when max_pixels leaves room) is kept for small images.
+    budget = guards.PixelBudget(pixel_budget, reserve=min(pixel_budget // 8, pixel_budget - max_pixels))
     counters = {"searches": 0, "errors": 0, "reloads": 0, "started": time.time()}
     counters_lock = threading.Lock()
     reload_lock = threading.Lock()

@@ -378,3 +378,90 @@ def test_16bit_arrays_from_npz_are_scaled_not_clipped(tmp_path):
     want = np.round(ramp.astype(np.float64) * 255 / 65535)
     assert np.abs(img[..., 0].astype(int) - want).max() <= 1
     assert (img == 255).mean() < 0.05
+
+
+# ------------------------------------------- issue 27: the second hostile probe
+def _small_index(tmp_path: Path, n: int = 3):
+    """A pixel-lsh index of n 16x16 PNGs under tmp_path/imgs (root recorded by the build)."""
+    enc = load_model("pixel-lsh:32")
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    indexing.build_index(enc, tmp_path / "imgs", tmp_path / "idx", progress=False)
+    return indexing.open_index(tmp_path / "idx", enc), enc
+
+
+def _id_of(index, name: str) -> int:
+    return next(int(i) for i in index.store.ids if index.store.metadata(int(i))["path"].endswith(name))
+
+
+def test_symlinks_leaving_the_root_devices_and_folders_are_json_404(tmp_path):
+    """Issue 27 case 1: an indexed file replaced by a symlink to a file outside the image
+    root (the probe got /etc/shadow) is not served; a symlink staying inside the root is."""
+    index, enc = _small_index(tmp_path)
+    client = TestClient(create_app(index, enc))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:hash")
+    imgs = tmp_path / "imgs"
+    (imgs / "0.png").unlink()
+    (imgs / "0.png").symlink_to(secret)
+    (imgs / "1.png").unlink()
+    (imgs / "1.png").symlink_to(imgs / "2.png")  # inside the root: served
+    for name, status in [("0.png", 404), ("1.png", 200), ("2.png", 200)]:
+        r = client.get(f"/images/{_id_of(index, name)}")
+        assert r.status_code == status, (name, r.text)
+        assert "root:hash" not in r.text
+    assert client.get(f"/images/{_id_of(index, '1.png')}").content == (imgs / "2.png").read_bytes()
+    r = client.get(f"/images/{_id_of(index, '0.png')}")
+    assert r.headers["content-type"] == "application/json" and "not available" in r.json()["error"]
+    # A folder or a FIFO in place of the file: 404 at once (a FIFO must not hang the open).
+    (imgs / "2.png").unlink()
+    (imgs / "2.png").mkdir()
+    assert client.get(f"/images/{_id_of(index, '2.png')}").status_code == 404
+    (imgs / "2.png").rmdir()
+    os.mkfifo(imgs / "2.png")
+    assert client.get(f"/images/{_id_of(index, '2.png')}").status_code == 404
+    # The image root itself a symlink (an operator's choice) still serves what lies inside it.
+    (imgs / "2.png").unlink()
+    Image.new("RGB", (4, 4)).save(imgs / "2.png")
+    (tmp_path / "imgs2").symlink_to(imgs)
+    index.store.extra["image_root"] = str(tmp_path / "imgs2")
+    assert client.get(f"/images/{_id_of(index, '1.png')}").status_code == 200
+
+
+def test_absolute_and_dotdot_paths_in_metadata_are_not_served_or_shown(tmp_path, monkeypatch):
+    """Issue 27 case 2: metadata rows naming /etc/passwd or ../../../../etc/hostname
+    (the relative one used to resolve against the server's working folder) are a JSON
+    404, /samples and /search show only their last component, and an index with no
+    recorded image root serves no file at all."""
+    index, enc = _small_index(tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    climb = os.path.relpath(outside, tmp_path / "imgs")  # ../outside.txt
+    monkeypatch.chdir(tmp_path / "imgs")  # so the relative path would land on the file
+    code = enc.encode(np.zeros((1, 16, 16, 3), np.uint8))
+    ids = index.add(np.repeat(code, 3, axis=0),
+                    metadata=[{"path": str(outside)}, {"path": "../../../../etc/hostname"}, {"path": climb}])
+    client = TestClient(create_app(index, enc))
+    for i in ids:
+        r = client.get(f"/images/{int(i)}")
+        assert r.status_code == 404 and r.json()["error"].endswith("is not available"), r.text
+    shown = json.dumps(client.get("/samples?n=100").json())
+    r = _post(client, _encode(Image.new("RGB", (16, 16))), k=10)
+    shown += json.dumps(r.json())
+    assert "outside.txt" in shown and "hostname" in shown
+    assert str(tmp_path) not in shown and "../" not in shown and "/etc" not in shown
+    assert hide_paths({"path": "../../../../etc/hostname"}, str(tmp_path / "imgs")) == {"path": "hostname"}
+    assert hide_paths({"path": "/etc/passwd"}, str(tmp_path / "imgs")) == {"path": "passwd"}
+    # No recorded root: nothing is served, and the message says how to fix it.
+    del index.store.extra["image_root"]
+    r = TestClient(create_app(index, enc)).get(f"/images/{_id_of(index, '1.png')}")
+    assert r.status_code == 404 and "rebuild it" in r.json()["error"]
+
+
+def test_no_images_mode_serves_no_file(svc):
+    """Issue 27 case 1 (optional part): --no_images turns GET /images off entirely."""
+    _, _, index, enc, _ = svc
+    r = TestClient(create_app(index, enc, serve_images=False)).get(f"/images/{int(index.store.ids[0])}")
+    assert r.status_code == 404 and "--no_images" in r.json()["error"]
