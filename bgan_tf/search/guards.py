@@ -22,6 +22,7 @@ import threading
 from typing import Any, Callable, Iterable
 
 import numpy as np
+from starlette.exceptions import HTTPException
 
 # Content type -> the format Pillow reports for it.
 _TYPE_FORMATS = {
@@ -39,8 +40,10 @@ async def _send_json(send: Any, status: int, body: dict) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-class BodyTooLarge(Exception):
-    """Raised from the wrapped ``receive`` once a body passes the limit."""
+class BodyTooLarge(HTTPException):
+    """Raised from the wrapped ``receive`` once a body passes the limit: an HTTPException,
+    so FastAPI's body parser passes it on (it turns any other error into a 400) and the
+    app's handler answers the JSON 413."""
 
 
 class BodyLimit:
@@ -68,7 +71,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(413, self.message)
             return message
 
         async def tracked_send(message: dict) -> None:

@@ -465,3 +465,101 @@ def test_no_images_mode_serves_no_file(svc):
     _, _, index, enc, _ = svc
     r = TestClient(create_app(index, enc, serve_images=False)).get(f"/images/{int(index.store.ids[0])}")
     assert r.status_code == 404 and "--no_images" in r.json()["error"]
+
+
+def test_chunked_body_over_the_limit_is_refused_while_it_streams(svc):
+    """Issue 27 case 3: a chunked upload (no Content-Length) past the byte limit gets a
+    JSON 413 as soon as the limit is passed; the app stops reading instead of spooling
+    the whole body (the probe's 1 GB was spooled to disk before the 413)."""
+    import asyncio
+
+    _, _, index, enc, _ = svc
+    app = create_app(index, enc, max_upload_bytes=100_000)
+    chunk, total_chunks, pulled, sent = b"\0" * 65536, 800, [0], []  # a 50 MB body on offer
+    boundary = b"xyz"
+    head = (b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n")
+
+    async def receive() -> dict:
+        pulled[0] += 1
+        body = head if pulled[0] == 1 else chunk
+        return {"type": "http.request", "body": body, "more_body": pulled[0] < total_chunks}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/search", "raw_path": b"/search", "query_string": b"k=3",
+             "headers": [(b"host", b"testserver"), (b"transfer-encoding", b"chunked"),
+                         (b"content-type", b"multipart/form-data; boundary=" + boundary)],
+             "http_version": "1.1", "scheme": "http", "server": ("testserver", 80), "client": ("c", 1),
+             "root_path": "", "app": app}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert start["status"] == 413 and "larger than 100000 bytes" in json.loads(body)["error"]
+    # 100 KB + the multipart slack is 3 chunks of 64 KB: nothing much past the limit was read.
+    assert pulled[0] <= 4, pulled[0]
+
+
+_CONCURRENT_BIG_UPLOADS = r"""
+import io, os, resource, sys, tempfile
+cap = int(sys.argv[1]) << 20
+resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+from concurrent.futures import ThreadPoolExecutor
+from PIL import Image
+from fastapi.testclient import TestClient
+from bgan_tf.inference.encoders import load_model
+from bgan_tf.search import indexer as indexing
+from bgan_tf.search.service import create_app
+root = tempfile.mkdtemp(); os.makedirs(f"{root}/imgs")
+Image.new("RGB", (16, 16), (10, 200, 30)).save(f"{root}/imgs/0.png")
+enc = load_model("pixel-lsh:32")
+indexing.build_index(enc, f"{root}/imgs", f"{root}/idx", progress=False)
+client = TestClient(create_app(indexing.open_index(f"{root}/idx", enc), enc, search_threads=8),
+                    raise_server_exceptions=False)
+buf = io.BytesIO(); Image.new("RGB", (4000, 4000), (10, 200, 30)).save(buf, "PNG")
+post = lambda _: client.post("/search?k=1", files={"image": ("q.png", buf.getvalue(), "image/png")}).status_code
+with ThreadPoolExecutor(12) as ex:
+    print(sorted(set(ex.map(post, range(12)))), client.get("/stats").json()["pixels_in_flight_peak"])
+"""
+
+
+def test_concurrent_big_uploads_stay_within_the_pixel_budget_under_a_memory_cap():
+    """Issue 27 case 4: 12 concurrent 4000x4000 PNGs (16 megapixels each, 56 KB, under the
+    per-upload budget) with 8 decode threads. Before, each decoded image waited in the
+    batcher at full resolution (48 MB) and was stacked with the others (the probe: 3.76 GiB
+    arrays, 5.6 GB RSS); now at most `pixel_budget` pixels are decoded at once and each is
+    shrunk to the encoder's 16x16 input before it is queued.
+
+    The cap is RLIMIT_DATA (private writable memory), not RLIMIT_AS: each thread's glibc
+    arena reserves 64 MB of address space, so an address-space cap small enough to catch
+    the regression stops the threads from starting. Measured peak RSS: 1,071 MB before
+    (it needs a 2 GB cap to answer all 12), 360-420 MB after; under the 1,100 MB cap all
+    12 answered 500 MemoryError before. No TensorFlow: the pixel-lsh encoder."""
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    r = subprocess.run([sys.executable, "-c", _CONCURRENT_BIG_UPLOADS, "1100"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    codes, peak = r.stdout.strip().rsplit("]", 1)
+    assert codes == "[200", r.stdout
+    assert int(peak) <= 48_000_000, r.stdout  # the default pixel budget
+
+
+def test_uploads_are_shrunk_with_the_encoders_own_resize(svc):
+    """Issue 27 case 4: the shrunk image gives the codes the full one gives (pixel-lsh's
+    row sampling exactly; bilinear equal to tflite.resize_bilinear, the graph's arithmetic),
+    so resizing before batching changes memory, not results."""
+    from bgan_tf.inference.tflite import resize_bilinear
+    from bgan_tf.search.guards import shrink
+
+    _, _, _, enc, _ = svc
+    img = np.random.default_rng(3).integers(0, 255, (301, 517, 3), dtype=np.uint8)
+    small = shrink(img, enc)
+    assert small.shape == (16, 16, 3) and small.dtype == np.uint8
+    assert np.array_equal(enc.encode(small[None]), enc.encode(img[None]))
+
+    class Bilinear:
+        input_size, input_resize = 24, "bilinear"
+
+    got = shrink(img, Bilinear())
+    assert got.dtype == np.float32 and np.array_equal(got, resize_bilinear(img[None], 24)[0])
