@@ -520,7 +520,7 @@ client = TestClient(create_app(indexing.open_index(f"{root}/idx", enc), enc, sea
 buf = io.BytesIO(); Image.new("RGB", (4000, 4000), (10, 200, 30)).save(buf, "PNG")
 post = lambda _: client.post("/search?k=1", files={"image": ("q.png", buf.getvalue(), "image/png")}).status_code
 with ThreadPoolExecutor(12) as ex:
-    print(sorted(set(ex.map(post, range(12)))), client.get("/stats").json()["pixels_in_flight_peak"])
+    print(sorted(set(ex.map(post, range(12)))), client.get("/stats").json().get("pixels_in_flight_peak", 0))
 """
 
 
@@ -563,3 +563,66 @@ def test_uploads_are_shrunk_with_the_encoders_own_resize(svc):
 
     got = shrink(img, Bilinear())
     assert got.dtype == np.float32 and np.array_equal(got, resize_bilinear(img[None], 24)[0])
+
+
+def test_reload_switches_to_the_updated_index_and_refuses_another_models(tmp_path):
+    """Issue 27 case 12 (service): a running server never saw an updated index. POST
+    /reload re-reads it from disk and switches as one unit; an index of another model is
+    refused with a JSON 400 and the old one keeps serving."""
+    index, enc = _small_index(tmp_path, n=2)
+    target = {"path": tmp_path / "idx", "enc": enc}
+    client = TestClient(create_app(index, enc, reload=lambda: indexing.open_index(target["path"], target["enc"])))
+    assert client.get("/health").json()["count"] == 2
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "imgs" / "new.png")
+    indexing.build_index(enc, tmp_path / "imgs", tmp_path / "idx", progress=False)
+    r = client.post("/reload")
+    assert r.status_code == 200 and r.json()["count"] == 3, r.text
+    assert client.get("/health").json()["count"] == 3
+    top = _post(client, _encode(Image.new("RGB", (16, 16), (1, 2, 3)))).json()["results"][0]
+    assert top["distance"] == 0 and top["metadata"]["path"] == "new.png"
+    other = load_model("pixel-lsh:32:7")
+    indexing.build_index(other, tmp_path / "imgs", tmp_path / "idx7", progress=False)
+    target.update(path=tmp_path / "idx7", enc=other)
+    r = client.post("/reload")
+    assert r.status_code == 400 and "still serving the old index" in r.json()["error"]
+    assert client.get("/health").json() == {"status": "ok", "count": 3, "model_id": enc.model_id, "num_bits": 32}
+    assert TestClient(create_app(index, enc)).post("/reload").status_code == 404  # no loader given
+
+
+def test_head_range_host_docs_and_mislabelled_formats(svc, tmp_path):
+    """Issue 27 case 21 (service items): HEAD /images has GET's headers and no body; a
+    Range the server cannot honour is ignored (200, whole file), never a text/plain 416;
+    a Host not allowed (DNS rebinding) gets JSON 421; /docs and /openapi.json are off
+    unless asked for; a TIFF sent as image/png is a JSON 415, not decoded as TIFF."""
+    client, arrays, index, enc, root = svc
+    item = int(index.store.ids[0])
+    get, head = client.get(f"/images/{item}"), client.head(f"/images/{item}")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+    assert head.headers["content-type"] == get.headers["content-type"] == "image/png"
+    r = client.get(f"/images/{item}", headers={"Range": "bytes=999999-"})
+    assert r.status_code == 200 and r.content == get.content
+    assert client.get("/docs").status_code == 404 and client.get("/openapi.json").status_code == 404
+    assert TestClient(create_app(index, enc, api_docs=True)).get("/openapi.json").status_code == 200
+    guarded = create_app(index, enc, allowed_hosts=["localhost", "127.0.0.1"])
+    r = TestClient(guarded, base_url="http://evil.example").get("/health")
+    assert r.status_code == 421 and "host not allowed" in r.json()["error"]
+    assert TestClient(guarded, base_url="http://localhost:8000").get("/health").status_code == 200
+    tiff = _encode(Image.fromarray(arrays["cat/0.png"]), "TIFF")
+    r = TestClient(create_app(index, enc, allowed_types=["image/png", "image/tiff"])).post(
+        "/search", files={"image": ("q.png", tiff, "image/png")})
+    assert r.status_code == 415 and "holds a TIFF image" in r.json()["error"]
+
+
+def test_serve_accepts_only_local_host_names_by_default():
+    """Issue 27 case 21: serve's Host list is the loopback names and --host unless
+    --allowed_hosts is given; a wildcard --host adds no name."""
+    from flags import search_flags
+
+    assert search_flags.service_hosts(_parsed_serve_flags()) == ["localhost", "127.0.0.1", "::1", "127.0.0.1"]
+    assert search_flags.service_hosts(_parsed_serve_flags("--host=0.0.0.0")) == ["localhost", "127.0.0.1", "::1"]
+    assert search_flags.service_hosts(_parsed_serve_flags("--allowed_hosts=search.example,*")) == [
+        "search.example", "*"]
+    fv = _parsed_serve_flags("--pixel_budget=1000")
+    with pytest.raises(UserError, match="at least --max_pixels"):
+        search_flags.service_pixel_budget(16_000_000, fv)
