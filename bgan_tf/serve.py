@@ -4,6 +4,14 @@ Binds --host:--port first (a busy port is one error line, before the index is
 loaded), loads the index and its model (refusing a mismatch), builds the FastAPI
 app (bgan_tf.search.service.create_app) and runs it with uvicorn on that socket; the
 "serving ..." line is printed only once the socket is listening.
+
+Security model (docs/search.md, "What the service may read and allocate"): the service
+reads only regular files inside the index's recorded image root (symlinks leaving it,
+absolute or `..` paths in the metadata: 404; --no_images: none), answers only Host names
+in --allowed_hosts, and a client can make it allocate at most --max_upload_bytes per
+body (counted while it streams), --max_pixels per image and --pixel_budget decoded
+pixels across all uploads at once, k <= --max_k, batches <= --max_batch.
+POST /reload re-reads --index from disk (a running server does not watch it).
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def define_service_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                         flag_values=fv)
     flags.DEFINE_integer("port", 8000, "TCP port to listen on (0 picks a free one and prints it).",
                          lower_bound=0, upper_bound=65535, flag_values=fv)
-    flags.DEFINE_integer("max_upload_bytes", d["max_upload_bytes"], "Largest accepted upload; bigger ones get HTTP 413.",
+    flags.DEFINE_integer("max_upload_bytes", d["max_upload_bytes"], "Largest request body (chunked too, counted as it arrives); bigger ones get HTTP 413.",
                          lower_bound=b["max_upload_bytes"][0], upper_bound=b["max_upload_bytes"][1], flag_values=fv)
     flags.DEFINE_list("allowed_types", list(limits.DEFAULT_TYPES),
                       "Accepted upload content types (image/*); others get HTTP 415.", flag_values=fv)
@@ -101,7 +101,7 @@ def define_service_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_list("allowed_hosts", [], "Host header values accepted, others get HTTP 421 (DNS rebinding). "
                       "Default: localhost, 127.0.0.1, ::1 and --host; '*' accepts any (behind a checking proxy).",
                       flag_values=fv)
-    flags.DEFINE_boolean("no_images", False, "Do not serve indexed image files (GET /images answers 404).",
+    flags.DEFINE_boolean("no_images", False, "Serve no image file at all (GET /images answers 404). Otherwise only regular files inside the index's recorded image root are served.",
                          flag_values=fv)
     flags.DEFINE_boolean("api_docs", False, "Serve the OpenAPI page /docs and /openapi.json.", flag_values=fv)
     flags.register_validator(
