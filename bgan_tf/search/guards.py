@@ -5,10 +5,10 @@
   the count passes the limit, so nothing past the limit is read or spooled to disk.
 - `HostCheck`: ASGI middleware refusing a Host header not on the allowed list (a DNS
   rebinding page in a browser would otherwise reach a loopback service).
-- `PixelBudget`: a process-wide budget of decoded pixels in flight. A request takes
-  its image's pixel count (from the header) before decoding and gives it back once
-  the image is shrunk to the encoder's input, so N concurrent uploads cost at most
-  the budget, not N full-resolution images.
+- `Budget`: a process-wide count of something in flight. The service keeps two: decoded
+  pixels (a request takes its image's pixel count from the header before decoding and
+  gives it back once the image is shrunk to the encoder's input) and upload bytes held
+  in memory, so N concurrent uploads cost at most the budgets, not N full images.
 - `shrink`: a decoded image -> the encoder's input size, with the encoder's own
   arithmetic, before it is queued and stacked by the batcher.
 - `sniff_format` / `declared_format`: the format the bytes really are vs. the one the
@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -114,11 +116,11 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
-class PixelBudget:
-    """A count of decoded pixels in flight, at most ``total``; thread-safe and not
+class Budget:
+    """A count of units (pixels, bytes) in flight, at most ``total``; thread-safe and not
     tied to an event loop (the app may be driven from several, e.g. by TestClient).
 
-    ``reserve`` pixels are kept for small images (at most ``reserve`` pixels each): big
+    ``reserve`` units are kept for small takers (at most ``reserve`` units each): big
     uploads filling the budget would otherwise make every small query wait for them.
     """
 
@@ -136,6 +138,17 @@ class PixelBudget:
             self.used += n
             self.peak = max(self.peak, self.used)
             return True
+
+    async def take(self, n: int, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for ``n`` units; False when they never came free.
+        Polls (5 ms) rather than using an asyncio primitive: the budget is shared by every
+        event loop and thread that drives the app; it waits only under full load."""
+        deadline = time.monotonic() + timeout_s
+        while not self.try_take(n):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
     def give_back(self, n: int) -> None:
         with self._lock:

@@ -11,12 +11,13 @@ Errors are JSON `{"error": "..."}` with 400 (bad/undecodable input), 404, 409 (a
 already running), 413 (body over the byte limit, counted while it streams in, or an
 image whose header claims more than `max_pixels` pixels: refused before any pixel is
 decoded), 415 (content type, or bytes of another format than the declared type), 421
-(Host not allowed), 422 (missing field), 503 (pixel budget busy for too long), and 500
+(Host not allowed), 422 (missing field), 503 (byte or pixel budget busy too long), and 500
 for anything unexpected (still JSON, so the page can show it; details go to the server
 log only).
 
 What one client can make the process allocate is bounded (bgan_tf/search/guards.py):
-body bytes (`max_upload_bytes`), decoded pixels in flight across all requests
+body bytes (`max_upload_bytes`; upload bytes held in memory across all requests at most
+`_BYTES_IN_FLIGHT` uploads' worth), decoded pixels in flight across all requests
 (`pixel_budget`, taken from the header before decoding and given back once the image is
 shrunk to the encoder's input size), k (`max_k`) and the batch (`max_batch`).
 
@@ -63,7 +64,8 @@ __all__ = ["create_app", "hide_paths", "image_root", "shown_path"]
 
 _MULTIPART_SLACK = 64 * 1024  # boundary + headers around the file in a multipart body
 _PAGE_FILE = Path(__file__).with_name("static") / "index.html"  # the web page served at GET /
-_BUDGET_WAIT_S = 30.0  # an upload waiting this long for the pixel budget gets a 503
+_BUDGET_WAIT_S = 30.0  # an upload waiting this long for the byte or pixel budget gets a 503
+_BYTES_IN_FLIGHT = 8  # upload bodies held in memory at once, in max_upload_bytes
 _log = logging.getLogger(__name__)
 
 
@@ -176,15 +178,14 @@ def create_app(
 ) -> FastAPI:
     """Build the ASGI app around a loaded index and the encoder that built it.
 
-    search_threads: threads that decode uploads; max_batch: most queries the
-    batching thread encodes and searches in one go; max_pixels: largest image (by
-    its header) an upload may be, checked before decoding; pixel_budget: decoded
-    pixels in flight across all requests (default: the larger of limits.DEFAULTS and
-    max_pixels). allowed_hosts: Host header values accepted (None: any, for embedding
+    search_threads: threads that decode uploads; max_batch: most queries encoded and
+    searched in one go; max_pixels: largest image (by its header) an upload may be;
+    pixel_budget: decoded pixels in flight across all requests (default: the larger of
+    limits.DEFAULTS and max_pixels). allowed_hosts: Host values accepted (None: any,
     behind a proxy; `serve` always passes a list). serve_images False turns /images off;
     api_docs True serves /docs and /openapi.json. reload: a loader that re-reads the
-    index from disk, which enables POST /reload. Every knob is bounded
-    (bgan_tf/search/limits.py); a bad one raises UserError.
+    index, enabling POST /reload. Every knob is bounded (bgan_tf/search/limits.py); a
+    bad one raises UserError.
     """
     if pixel_budget is None:
         pixel_budget = max(DEFAULTS["pixel_budget"], max_pixels)
@@ -207,7 +208,10 @@ def create_app(
     # one model call instead of queueing on a lock.
     batcher = _Batcher(index, encoder, max_batch)
     # An eighth of the budget (when max_pixels leaves room) is kept for small images.
-    budget = guards.PixelBudget(pixel_budget, reserve=min(pixel_budget // 8, pixel_budget - max_pixels))
+    budget = guards.Budget(pixel_budget, reserve=min(pixel_budget // 8, pixel_budget - max_pixels))
+    # Upload bytes read into memory (the parser spools bodies over 1 MB to disk first);
+    # bodies of up to 1 MB may use all of it, so big uploads do not stall small queries.
+    bytes_budget = guards.Budget(_BYTES_IN_FLIGHT * (max_upload_bytes + 1), reserve=1 << 20)
     counters = {"searches": 0, "errors": 0, "reloads": 0, "started": time.time()}
     counters_lock = threading.Lock()
     reload_lock = threading.Lock()
@@ -255,14 +259,9 @@ def create_app(
         finally:
             budget.give_back(taken)
 
-    async def take_pixels(n: int) -> None:
-        deadline = time.monotonic() + _BUDGET_WAIT_S
-        # Polling rather than an asyncio primitive: the budget is shared by every event
-        # loop and thread that drives the app; a few ms of wait only under full load.
-        while not budget.try_take(n):
-            if time.monotonic() > deadline:
-                raise _ApiError(503, "server busy decoding other images; retry shortly")
-            await asyncio.sleep(0.005)
+    async def take(which: guards.Budget, n: int) -> None:
+        if not await which.take(n, _BUDGET_WAIT_S):
+            raise _ApiError(503, "server busy with other uploads; retry shortly")
 
     @app.post("/search")
     async def search_route(
@@ -276,19 +275,24 @@ def create_app(
         ctype = (image.content_type or "").split(";")[0].strip().lower()
         if ctype not in allowed:
             raise _ApiError(415, f"content type {ctype or 'unknown'!r} not accepted; send one of {sorted(allowed)}")
-        data = await image.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise _ApiError(413, f"image larger than {max_upload_bytes} bytes")
-        # The decoder follows the bytes, not the label: a TIFF labelled image/png would
-        # reach the TIFF parser (and its attack surface) though only PNG was allowed.
-        found, declared = guards.sniff_format(data), guards.declared_format(ctype)
-        if found and declared and found != declared:
-            raise _ApiError(415, f"upload declared {ctype} but holds a {found} image; send it as what it is")
-        pixels = guards.header_pixels(data, found)
-        taken = min(pixels, max_pixels) if pixels else 0  # over max_pixels: refused from the header
-        await take_pixels(taken)
-        decoded = await asyncio.get_running_loop().run_in_executor(pool, decode, data, image.filename or "upload",
-                                                                   taken)
+        held = min(image.size if image.size is not None else max_upload_bytes + 1, max_upload_bytes + 1)
+        await take(bytes_budget, held)
+        try:
+            data = await image.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise _ApiError(413, f"image larger than {max_upload_bytes} bytes")
+            # The decoder follows the bytes, not the label: a TIFF labelled image/png would
+            # reach the TIFF parser (and its attack surface) though only PNG was allowed.
+            found, declared = guards.sniff_format(data), guards.declared_format(ctype)
+            if found and declared and found != declared:
+                raise _ApiError(415, f"upload declared {ctype} but holds a {found} image; send it as what it is")
+            pixels = guards.header_pixels(data, found)
+            taken = min(pixels, max_pixels) if pixels else 0  # over max_pixels: refused from the header
+            await take(budget, taken)
+            decoded = await asyncio.get_running_loop().run_in_executor(pool, decode, data,
+                                                                       image.filename or "upload", taken)
+        finally:
+            bytes_budget.give_back(held)
         del data
         try:
             results = await asyncio.wrap_future(batcher.submit(decoded, k))
@@ -320,7 +324,8 @@ def create_app(
                 "largest_batch": batcher.largest,
                 "uptime_s": round(time.time() - c["started"], 1), "max_upload_bytes": max_upload_bytes,
                 "allowed_types": sorted(allowed), "max_k": max_k, "max_pixels": max_pixels,
-                "pixel_budget": pixel_budget, "pixels_in_flight_peak": budget.peak}
+                "pixel_budget": pixel_budget, "pixels_in_flight_peak": budget.peak,
+                "upload_bytes_in_flight_peak": bytes_budget.peak}
 
     @app.api_route("/images/{item_id}", methods=["GET", "HEAD"])
     async def image_file(request: Request, item_id: int) -> Response:
