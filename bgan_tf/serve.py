@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import sys
 
 from absl import flags
 
@@ -65,6 +66,10 @@ def main(argv: list[str]) -> None:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"serving {len(index)} images on http://{shown}:{port}/", flush=True)
+        if FLAGS.host in ("0.0.0.0", "::") and not FLAGS.allowed_hosts:
+            # Otherwise a client using the machine's name or address gets 421 and wonders why.
+            print("note: only requests with Host localhost, 127.0.0.1 or ::1 are answered; pass "
+                  "--allowed_hosts with the names clients use", file=sys.stderr, flush=True)
         # One process: the index and the model are loaded once; the batching thread
         # does the heavy work. uvloop/httptools are used when installed (uvicorn's "auto").
         config = uvicorn.Config(application, log_level="warning", access_log=False)
