@@ -430,6 +430,26 @@ def test_symlinks_leaving_the_root_devices_and_folders_are_json_404(tmp_path):
     assert client.get(f"/images/{_id_of(index, '1.png')}").status_code == 200
 
 
+def test_a_folder_swapped_for_a_symlink_after_the_check_is_not_followed(tmp_path, monkeypatch):
+    """Issue 27 case 1, the race: a folder inside the root replaced by a symlink to an
+    outside folder between the path check and the open. Simulated by a realpath that
+    reports the path as it was; the open walks the components with O_NOFOLLOW, so it
+    fails instead of serving the outside file."""
+    from bgan_tf.search import files
+
+    index, enc = _small_index(tmp_path)
+    sub, outside = tmp_path / "imgs" / "sub", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.png").write_bytes(b"secret")
+    sub.symlink_to(outside)  # the swap has already happened
+    code = enc.encode(np.zeros((1, 16, 16, 3), np.uint8))
+    item = int(index.add(code, metadata=[{"path": str(sub / "x.png")}])[0])
+    real = os.path.realpath
+    monkeypatch.setattr(files.os.path, "realpath", lambda p: str(p) if "sub" in str(p) else real(p))
+    r = TestClient(create_app(index, enc)).get(f"/images/{item}")
+    assert r.status_code == 404 and b"secret" not in r.content
+
+
 def test_absolute_and_dotdot_paths_in_metadata_are_not_served_or_shown(tmp_path, monkeypatch):
     """Issue 27 case 2: metadata rows naming /etc/passwd or ../../../../etc/hostname
     (the relative one used to resolve against the server's working folder) are a JSON
