@@ -1,5 +1,7 @@
 """Regression tests for issue 11's image items: pixel budget, bombs, 16-bit images,
-skip counts, the service's error answers and paths, and `serve`'s start-up checks.
+skip counts, the service's error answers and paths, and `serve`'s start-up checks; and
+for issue 27's service cases (1-4, 12, 21, at the end): what the service may read,
+what a client can make it allocate, reloading, Host/HEAD/Range/docs/format checks.
 
 Service tests run in-process through FastAPI's TestClient over a small index built
 with the training-free pixel-lsh encoder; the `serve` checks are short subprocess
