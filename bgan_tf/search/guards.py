@@ -141,13 +141,15 @@ class Budget:
 
     async def take(self, n: int, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for ``n`` units; False when they never came free.
-        Polls (5 ms) rather than using an asyncio primitive: the budget is shared by every
-        event loop and thread that drives the app; it waits only under full load."""
-        deadline = time.monotonic() + timeout_s
+        Polls rather than using an asyncio primitive: the budget is shared by every event
+        loop and thread that drives the app; it waits only under full load, and backs off
+        from 2 to 50 ms so a thousand waiting uploads do not busy the event loop."""
+        deadline, pause = time.monotonic() + timeout_s, 0.002
         while not self.try_take(n):
             if time.monotonic() > deadline:
                 return False
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(pause)
+            pause = min(0.05, pause * 1.5)
         return True
 
     def give_back(self, n: int) -> None:
