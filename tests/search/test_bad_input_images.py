@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -648,3 +649,25 @@ def test_serve_accepts_only_local_host_names_by_default():
     fv = _parsed_serve_flags("--pixel_budget=1000")
     with pytest.raises(UserError, match="at least --max_pixels"):
         search_flags.service_pixel_budget(16_000_000, fv)
+
+
+def test_budgets_keep_room_for_small_uploads_and_time_out(svc):
+    """Issue 27 case 4: the process-wide budgets (decoded pixels, upload bytes in memory)
+    refuse what would pass the total, keep their reserve for small takers (big uploads
+    filling the pixel budget made a 16x16 query wait 7 s), and a wait ends with a 503,
+    not forever. After concurrent uploads the byte peak stays under 8 uploads' worth."""
+    import asyncio
+
+    from bgan_tf.search.guards import Budget
+
+    b = Budget(100, reserve=10)
+    assert b.try_take(90) and not b.try_take(11) and b.try_take(10) and not b.try_take(1)
+    assert asyncio.run(b.take(5, timeout_s=0.05)) is False
+    b.give_back(10)
+    assert asyncio.run(b.take(5, timeout_s=0.05)) is True and b.peak == 100
+    _, arrays, index, enc, _ = svc
+    client = TestClient(create_app(index, enc, max_upload_bytes=2_000))
+    body = _encode(Image.fromarray(arrays["cat/1.png"]))
+    with ThreadPoolExecutor(8) as ex:
+        assert set(ex.map(lambda _: _post(client, body).status_code, range(16))) == {200}
+    assert 0 < client.get("/stats").json()["upload_bytes_in_flight_peak"] <= 8 * 2_001
