@@ -1,6 +1,7 @@
 """Issue 11, search side: bad input and faults in `python -m bgan_tf.index` and its library.
 
-One test per numbered item of the issue (1, 3, 5, 8, 10, 12, 13, 15). CLI runs are
+One test per numbered item of the issue (1, 3, 5, 8, 10, 12, 13, 15); then issue 27's
+index cases, named test_i27_<case>_... CLI runs are
 subprocesses of the real binary (no TensorFlow import: about half a second each).
 """
 
@@ -385,3 +386,28 @@ def test_15_killed_runs_temps_are_cleaned_and_the_index_follows_the_umask(tmp_pa
     assert manifest["count"] == 3
     # the service shows paths relative to this recorded root, not absolute server paths
     assert manifest["extra"]["image_root"] == str(imgs.absolute())
+
+
+# ------------------------------------------------------------------ issue 27
+def test_i27_13_an_output_symlink_is_followed_and_kept(tmp_path):
+    """Issue 27 case 13: --index given as a symlink to an index replaced the link by a real
+    folder (the target left stale, a dangling temp link behind), and a symlink to an empty
+    folder failed after all the encoding. The link's target is written; the link is kept."""
+    imgs = tmp_path / "imgs"
+    _images(imgs, 3)
+    real, link = tmp_path / "real", tmp_path / "link"
+    indexing.build_index(ENC, imgs, real, progress=False)
+    link.symlink_to(real)
+    _images(imgs / "more", 2)
+    r = _run("build", "--model=pixel-lsh:16", f"--images={imgs}", f"--index={link}", "--noprogress")
+    assert r.returncode == 0, r.stderr.decode()
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert read_manifest(real)["count"] == 5  # the real target holds the update
+    empty, link2 = tmp_path / "empty", tmp_path / "link2"
+    empty.mkdir()
+    link2.symlink_to(empty)
+    r = _run("build", "--model=pixel-lsh:16", f"--images={imgs}", f"--index={link2}", "--noprogress")
+    assert r.returncode == 0, r.stderr.decode()
+    assert link2.is_symlink() and read_manifest(empty)["count"] == 5
+    leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert leftovers == []
