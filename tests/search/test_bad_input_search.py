@@ -411,3 +411,22 @@ def test_i27_13_an_output_symlink_is_followed_and_kept(tmp_path):
     assert link2.is_symlink() and read_manifest(empty)["count"] == 5
     leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
     assert leftovers == []
+
+
+def test_i27_17_another_models_weights_in_a_model_folder_are_refused(tiny_model_dir, tmp_path):
+    """Issue 27 case 17: weights of another model with the same code length copied into a
+    model folder kept metadata.json's model_id, so an index accepted their wrong codes. The id
+    is now checked against the loaded weights; a mismatch is one UserError at load."""
+    import shutil
+
+    from bgan_tf.inference.keras_model import load_encoder
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    enc = load_encoder(str(copy))  # the folder as written loads
+    other = enc.model.get_weights()
+    other[0] = other[0] + 0.5  # "another model": same architecture and bits, other values
+    enc.model.set_weights(other)
+    enc.model.save_weights(str(copy / "encoder.weights.h5"))
+    with pytest.raises(UserError, match="not the ones this model folder was written with"):
+        load_encoder(str(copy))
