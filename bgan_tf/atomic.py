@@ -13,7 +13,8 @@ Every file or folder a bgan_tf command writes goes through this module:
 - `claim_output(path, what, is_ours)`: the guard every writer runs first. An output path
   is accepted only when it is absent, an empty folder, or already holds what this tool
   writes (``is_ours`` looks for the tool's own marker file, e.g. an index manifest).
-  Anything else is refused with a one-line `UserError`, and nothing is touched.
+  Anything else is refused with a one-line `UserError`, and nothing is touched. An
+  output path that is a symbolic link is followed: its target is written, the link kept.
 - `check_disjoint(output, *inputs)`: refuses an output that is, contains or lies inside
   an input (``--images X --index X``).
 - `output_lock(target)`: an advisory `flock` on ``.NAME.lock`` beside the target, held
@@ -136,15 +137,30 @@ def is_empty_dir(path: Path) -> bool:
         return False
 
 
+def resolve_output(path: str | os.PathLike[str], what: str = "output") -> Path:
+    """The absolute folder an output path names; a symbolic link is followed.
+
+    Why: swapping a new folder in at the link's own path replaced the link by a real
+    folder, left its target stale and a temp link behind (issue 27 case 13). Writing at
+    the link's target keeps the link and updates what it points to; locks, temps and the
+    swap all use this path. A broken link is refused (UserError, nothing touched).
+    """
+    p = Path(path).absolute()
+    if not p.is_symlink():
+        return p
+    if not p.exists():
+        raise UserError(f"{path} is a broken symbolic link; choose another path for the {what}")
+    return Path(os.path.realpath(p))
+
+
 def claim_output(path: str | os.PathLike[str], what: str, is_ours: IsOurs) -> Path:
     """Refuse ``path`` as the output folder unless it is absent, empty or already ``what``.
 
-    Returns the absolute path. Raises UserError (nothing touched) when the path is a file,
-    is not writable, or is a folder holding anything else.
+    Returns the absolute path (a symbolic link's target, see `resolve_output`). Raises
+    UserError (nothing touched) when the path is a file, is not writable, or is a folder
+    holding anything else.
     """
-    p = Path(path).absolute()
-    if p.is_symlink() and not p.exists():
-        raise UserError(f"{path} is a broken symbolic link; choose another path for the {what}")
+    p = resolve_output(path, what)
     if p.exists() and not p.is_dir():
         raise UserError(f"{path} is a file, not a folder; choose another path for the {what} "
                         "(nothing was changed)")
@@ -180,7 +196,7 @@ _held_lock = threading.RLock()
 
 
 def lock_path(target: str | os.PathLike[str]) -> Path:
-    t = Path(target).absolute()
+    t = resolve_output(target)
     return t.parent / f".{t.name}{LOCK_SUFFIX}"
 
 
@@ -242,7 +258,7 @@ def clean_stale(target: str | os.PathLike[str]) -> list[Path]:
 
     Call it only while holding `output_lock(target)`: then no live writer owns them.
     """
-    t = Path(target).absolute()
+    t = resolve_output(target)
     if not t.parent.is_dir():
         return []
     removed = []
@@ -325,6 +341,8 @@ def commit_dir(tmp: Path, target: Path, is_ours: IsOurs, what: str = "output") -
 def recover_dir(target: str | os.PathLike[str], is_ours: IsOurs) -> None:
     """If a fallback swap was interrupted, restore the newest complete previous folder."""
     t = Path(target).absolute()
+    if t.is_symlink() and t.exists():
+        t = resolve_output(t)
     if t.exists() or not t.parent.is_dir():
         return
     olds = sorted((p for p in t.parent.glob(f".{t.name}{OLD_INFIX}*") if p.is_dir() and is_ours(p)),
@@ -346,7 +364,7 @@ def staged_dir(target: str | os.PathLike[str], *, what: str, is_ours: IsOurs,
     and cleans temp leftovers of killed runs first. On any exception the temp folder is
     removed and the target is left exactly as it was.
     """
-    t = Path(target).absolute()
+    t = resolve_output(target, what)
     with output_lock(t, what):
         recover_dir(t, is_ours)
         claim_output(t, what, is_ours)

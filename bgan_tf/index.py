@@ -8,7 +8,8 @@ is saved atomically every --save_every images. It writes only to a new or empty
 folder or an existing index outside --images (checked before the model loads), and
 one build at a time per index. `query` encodes with --model (or the model recorded
 at build time), refuses an index built by another model and returns at most the
-index size. Images over --max_pixels are skipped (build) or refused (query).
+index size. Images over --max_pixels, or files over 8 bytes per pixel of it, are
+skipped (build) or refused (query); docs/search.md says what a build may read.
 """
 
 from __future__ import annotations

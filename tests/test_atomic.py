@@ -152,3 +152,17 @@ def test_writing_streams_a_file_in_whole_or_not_at_all(tmp_path):
         f.write(b"new")
     assert path.read_bytes() == b"new"
     assert stat.S_IMODE(path.stat().st_mode) == atomic.umask_mode(0o666)
+
+
+def test_a_symlinked_output_writes_its_target_and_keeps_the_link(tmp_path):
+    """Issue 27 case 13, for every output kind (index, report, model, export): staged_dir
+    through a link to an own folder or an empty one writes the target and keeps the link."""
+    for name, prepare in (("own", lambda p: atomic.write_text(p / "MARK", "old")), ("empty", lambda p: None)):
+        real, link = tmp_path / f"real_{name}", tmp_path / f"link_{name}"
+        real.mkdir()
+        prepare(real)
+        link.symlink_to(real)
+        with atomic.staged_dir(link, what="thing", is_ours=_is_ours) as tmp:
+            _write(tmp, "new")
+        assert link.is_symlink() and (real / "MARK").read_text() == "new", name
+    assert not [p for p in tmp_path.iterdir() if atomic.TMP_INFIX in p.name or atomic.OLD_INFIX in p.name]

@@ -15,6 +15,7 @@ import io
 import os
 import re
 import struct
+from typing import BinaryIO
 
 import numpy as np
 
@@ -25,6 +26,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # decoded: 40 megapixels takes any camera photo (120 MB as RGB) while a 97 KB PNG that
 # claims 10000x10000 pixels is refused instead of costing 300 MB and seconds to decode.
 DEFAULT_MAX_PIXELS = 40_000_000
+# Bytes per pixel a file may hold before it is refused unread (`max_file_bytes`): an
+# uncompressed 16-bit RGBA image is 8; a 6 GB file named .jpg must not be read whole.
+FILE_BYTES_PER_PIXEL = 8
 
 
 class ImageTooLarge(UserError):
@@ -38,14 +42,24 @@ class ImageListing:
     entries: list[tuple[str, str | None]]  # (path, class subfolder or None), sorted
     unsupported: list[str]  # files skipped because of their extension
     hidden: int = 0  # dot-files and files in dot-folders, never read
+    # Symbolic links not followed: every link to a folder, and links to files outside the
+    # folder (an index must never record, nor a service serve, a file outside its root).
+    links: list[str] = dataclasses.field(default_factory=list)
+    unlisted: list[str] = dataclasses.field(default_factory=list)  # folders that could not be read
 
     def describe_skips(self) -> str:
-        """'' or e.g. '3 files with unsupported extensions (.txt, .heic)'."""
-        if not self.unsupported:
-            return ""
-        exts = sorted({os.path.splitext(p)[1].lower() or "(none)" for p in self.unsupported})
-        return (f"{len(self.unsupported)} file(s) with unsupported extensions ({', '.join(exts[:6])}); "
-                f"supported: {', '.join(IMAGE_EXTENSIONS)}")
+        """'' or e.g. '3 files with unsupported extensions (.txt, .heic); 1 symbolic link ...'."""
+        parts = []
+        if self.unsupported:
+            exts = sorted({os.path.splitext(p)[1].lower() or "(none)" for p in self.unsupported})
+            parts.append(f"{len(self.unsupported)} file(s) with unsupported extensions ({', '.join(exts[:6])}); "
+                         f"supported: {', '.join(IMAGE_EXTENSIONS)}")
+        if self.links:
+            parts.append(f"{len(self.links)} symbolic link(s) to folders or to files outside the folder "
+                         "(not followed)")
+        if self.unlisted:
+            parts.append(f"{len(self.unlisted)} folder(s) that could not be listed")
+        return "; ".join(parts)
 
 
 def to_rgb_uint8(arr: np.ndarray, what: str = "image") -> np.ndarray:
@@ -144,23 +158,55 @@ def decode_image_bytes(data: bytes, what: str = "image", max_pixels: int | None 
     the pixels are decoded; a larger image (or one Pillow itself calls a decompression
     bomb) raises ImageTooLarge, a UserError with a one-line message. Grayscale is
     replicated to RGB, alpha composited on white, and 16-bit, 32-bit and float images
-    are scaled to 8 bits (see `_grey_to_uint8`), not clipped.
+    are scaled to 8 bits (see `_grey_to_uint8`), not clipped. The EXIF orientation is
+    applied, so a phone photo comes out upright.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if not data:
         raise UserError(f"{what}: file is empty; pass a JPEG, PNG, BMP, GIF or WebP image")
+    return _decode(io.BytesIO(data), what, max_pixels)
+
+
+def _pixel_limit(max_pixels: int | None) -> int:
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     if limit < 1:
         raise UserError(f"max_pixels must be at least 1, got {limit}")
+    return limit
+
+
+def max_file_bytes(max_pixels: int | None = None) -> int:
+    """The largest file `load_image_file` reads: FILE_BYTES_PER_PIXEL per pixel of the
+    budget plus 1 MB of headers (320 MB at the default 40 megapixels)."""
+    return FILE_BYTES_PER_PIXEL * _pixel_limit(max_pixels) + (1 << 20)
+
+
+def _upright(im):
+    """Apply the EXIF orientation (issue 27 case 20: phone photos were encoded sideways,
+    so the upright copy found other neighbours). Width x height, which the pixel budget
+    checks, is the same either way. A malformed EXIF block leaves the image as stored."""
+    from PIL import ImageOps
+
     try:
-        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as im:  # reads the header only
+        if im.getexif().get(0x0112, 1) not in (2, 3, 4, 5, 6, 7, 8):
+            return im  # most images: no copy
+    except Exception:  # noqa: BLE001 - any broken EXIF block: decode the image as stored
+        return im
+    return ImageOps.exif_transpose(im)
+
+
+def _decode(fp: BinaryIO, what: str, max_pixels: int | None) -> np.ndarray:
+    """Decode the image in file object ``fp``: Pillow reads the header first, so a file
+    that is no image is refused after a few KB and an over-budget one before its pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit = _pixel_limit(max_pixels)
+    try:
+        with Image.open(fp, formats=_PIL_FORMATS) as im:  # reads the header only
             width, height = im.size
             if width * height > limit:
                 raise ImageTooLarge(f"{what}: {width}x{height} pixels is over the limit of {limit:,} "
                                     "pixels; downscale it or raise --max_pixels")
             im.load()
-            arr = _pil_to_array(im)
+            arr = _pil_to_array(_upright(im))
     except UserError:
         raise
     except Image.DecompressionBombError as e:
@@ -175,15 +221,26 @@ def decode_image_bytes(data: bytes, what: str = "image", max_pixels: int | None 
 
 
 def load_image_file(path: str, max_pixels: int | None = None) -> np.ndarray:
-    """Read one image file -> uint8 HxWx3 (UserError if missing, undecodable or too large)."""
+    """Read one image file -> uint8 HxWx3 (UserError if missing, undecodable or too large).
+
+    A file over `max_file_bytes` is refused (ImageTooLarge) before a byte is read, and
+    the rest is read only as far as the decoder needs (issue 27 case 19: a 6 GB file
+    named .jpg ran a build out of memory; a 3 GB non-image was read whole).
+    """
     if not os.path.isfile(path):
         raise UserError(f"image not found: {path}")
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            size, cap = os.fstat(f.fileno()).st_size, max_file_bytes(max_pixels)
+            if size > cap:
+                raise ImageTooLarge(f"{path}: file is {size:,} bytes, over the limit of {cap:,} bytes "
+                                    f"({FILE_BYTES_PER_PIXEL} per pixel of the pixel budget); "
+                                    "downscale it or raise --max_pixels")
+            if size == 0:
+                raise UserError(f"{path}: file is empty; pass a JPEG, PNG, BMP, GIF or WebP image")
+            return _decode(f, path, max_pixels)
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    return decode_image_bytes(data, what=path, max_pixels=max_pixels)
 
 
 def resize_uint8(img: np.ndarray, size: int) -> np.ndarray:
@@ -200,23 +257,43 @@ def list_image_files(root: str) -> ImageListing:
     The project's one folder lister (training, evaluation and indexing read folders
     alike). Files with other extensions are listed in ``unsupported`` so callers can say
     what they skipped; dot-files and dot-folders (.DS_Store, .git, our own temps) are
-    never read. Names that are not valid UTF-8 come back surrogate-escaped, as os.walk
-    gives them (os.fsencode turns them back into the original bytes).
+    never read. Symbolic links to folders are never followed (no cycles, no escape) and
+    links to files are followed only when the file lies inside ``root``; the others are
+    counted in ``links``. Iterative, so any depth lists (os.walk recursed: a tree 1,100
+    levels deep was a RecursionError, issue 27 case 19). Names that are not valid UTF-8
+    come back surrogate-escaped (os.fsencode turns them back into the original bytes).
     """
     if not os.path.isdir(root):
         raise UserError(f"image folder not found: {root}")
-    entries, unsupported, hidden = [], [], 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        hidden += sum(d.startswith(".") for d in dirnames)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, root)
-        cls = None if rel == "." else rel.split(os.sep)[0]
-        for fn in sorted(filenames):
-            if fn.startswith("."):
-                hidden += 1
-            elif fn.lower().endswith(IMAGE_EXTENSIONS):
-                entries.append((os.path.join(dirpath, fn), cls))
+    real_root = os.path.realpath(root)
+    out = ImageListing([], [])
+    stack: list[tuple[str, str | None]] = [(root, None)]
+    while stack:
+        folder, cls = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                children = sorted(it, key=lambda e: e.name)
+        except OSError:
+            out.unlisted.append(folder)
+            continue
+        subdirs = []
+        for e in children:
+            if e.name.startswith("."):
+                out.hidden += 1
+            elif e.is_symlink():
+                target = os.path.realpath(e.path)
+                inside = os.path.commonpath([real_root, target]) == real_root
+                if os.path.isfile(target) and inside and e.name.lower().endswith(IMAGE_EXTENSIONS):
+                    out.entries.append((e.path, cls))
+                elif os.path.isfile(target) and inside:
+                    out.unsupported.append(e.path)
+                else:
+                    out.links.append(e.path)
+            elif e.is_dir(follow_symlinks=False):
+                subdirs.append((e.path, e.name if cls is None else cls))
+            elif e.name.lower().endswith(IMAGE_EXTENSIONS):
+                out.entries.append((e.path, cls))
             else:
-                unsupported.append(os.path.join(dirpath, fn))
-    return ImageListing(entries, unsupported, hidden)
-
+                out.unsupported.append(e.path)
+        stack.extend(reversed(subdirs))  # depth first, in name order, as os.walk listed
+    return out

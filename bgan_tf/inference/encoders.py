@@ -29,10 +29,12 @@ class Encoder(Protocol):
 
 def load_model(model: str) -> Encoder:
     """A model folder (bgan_tf.inference.keras_model.load_encoder), a `.tflite` export or `pixel-lsh:BITS[:SEED]`."""
-    if model.startswith("pixel-lsh"):
+    # An existing folder wins, and the spec is exactly pixel-lsh or pixel-lsh:...: a model
+    # folder named pixel-lsh-x was parsed as a bad spec (issue 27 case 21).
+    if (model == "pixel-lsh" or model.startswith("pixel-lsh:")) and not os.path.isdir(model):
         parts = model.split(":")
         try:
-            if parts[0] != "pixel-lsh" or len(parts) > 3:
+            if len(parts) > 3:
                 raise ValueError
             bits = int(parts[1]) if len(parts) > 1 else 64
             seed = int(parts[2]) if len(parts) > 2 else 0

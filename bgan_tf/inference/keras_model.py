@@ -16,7 +16,7 @@ import numpy as np
 
 from bgan_tf.config import BGANConfig
 from bgan_tf.errors import UserError
-from bgan_tf.inference.model_folder import first_line, read_model_files, unusable_model
+from bgan_tf.inference.model_folder import check_weights_id, first_line, read_model_files, unusable_model
 
 
 class LoadedEncoder:
@@ -141,6 +141,7 @@ def load_encoder(model_dir: str) -> LoadedEncoder:
                              f"({first_line(e)})") from None
     _load_weights(enc, model_dir, "encoder.weights.h5",
                   f"backbone {config.backbone}, {config.num_bits} bits")
+    check_weights_id(model_dir, metadata, enc.weights)  # the id an index trusts is the weights'
     return LoadedEncoder(enc, config, metadata, model_dir)
 
 

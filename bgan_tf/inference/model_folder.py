@@ -71,12 +71,9 @@ def write_model_folder(final_dir: str, config: BGANConfig, encoder, data: "Image
             generator.save_weights(str(tmp / "generator.weights.h5"))
             discriminator.save_weights(str(tmp / "discriminator.weights.h5"))
         (tmp / "config.json").write_text(config.to_json(), encoding="utf-8")
-        h = hashlib.sha256()
-        for v in encoder.weights:
-            h.update(np.ascontiguousarray(np.asarray(v)).tobytes())
         meta = {
             "format": MODEL_FORMAT,
-            "model_id": h.hexdigest()[:16],
+            "model_id": weights_id(encoder.weights),
             "num_bits": config.num_bits,
             "backbone": {"name": config.backbone, "weights": config.backbone_weights,
                          "input_size": config.backbone_input_size, "frozen": config.freeze_backbone,
@@ -91,6 +88,34 @@ def write_model_folder(final_dir: str, config: BGANConfig, encoder, data: "Image
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def weights_id(weights: Any) -> str:
+    """A model's id: the first 16 hex digits of the sha256 of its encoder's weight values.
+
+    An index records the id of the model that built it and refuses queries from another.
+    """
+    h = hashlib.sha256()
+    for v in weights:
+        h.update(np.ascontiguousarray(np.asarray(v)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_weights_id(model_dir: str, metadata: dict, weights: Any) -> None:
+    """UserError when the loaded weights are not the ones metadata.json's model_id was made of.
+
+    Why: the id was read from metadata.json alone, so another model's weights copied into
+    the folder kept its id and an index took their codes as its own (issue 27 case 17).
+    A folder whose metadata has no model_id (none written so far) is accepted.
+    """
+    recorded = metadata.get("model_id")
+    if not isinstance(recorded, str) or not recorded:
+        return
+    actual = weights_id(weights)
+    if actual != recorded:
+        raise UserError(f"the weights in {os.path.join(model_dir, 'encoder.weights.h5')} are not the ones "
+                        f"this model folder was written with (metadata.json says model {recorded}, the "
+                        f"weights are {actual}); re-train or re-export the model")
 
 
 def unusable_model(model_dir: str, name: str, problem: str) -> UserError:

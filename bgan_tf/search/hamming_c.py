@@ -11,7 +11,8 @@ BGAN_TF_NO_AVX512=1 / BGAN_TF_NO_AVX2=1 switch paths off (tests, comparisons).
 
 Robustness: the C source (hamming.c beside this module) is compiled with the system
 C compiler into a cache folder (BGAN_TF_CACHE or ~/.cache/bgan_tf), keyed by a hash of the source
-and compiler; everything is optional. `load_kernel()` returns None when there is
+and compiler, with the .so's sha256 beside it (a damaged .so is rebuilt, never
+loaded); everything is optional. `load_kernel()` returns None when there is
 no compiler or the build fails, and callers fall back to FAISS/numpy.
 """
 
@@ -27,6 +28,9 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from absl import logging
+
+from bgan_tf import atomic
 
 # The C source ships beside this module (package data); its hash keys the build cache.
 _SOURCE = (Path(__file__).parent / "hamming.c").read_text()
@@ -125,12 +129,35 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cached_ok(out: Path) -> bool:
+    """The cached .so matches the sha256 recorded beside it when it was built.
+
+    Why: dlopen of a truncated .so (a full disk, a killed copy) is a Bus error on every
+    query (issue 27 case 9), and no Python code can catch that; the hash is checked first.
+    """
+    try:
+        return _sha256(out) == Path(f"{out}.sha256").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256((_SOURCE + version).encode()).hexdigest()[:16]
     out = _cache_dir() / f"hamming_{key}.so"
-    if out.is_file():
+    if _cached_ok(out):
         return out
+    if out.exists():  # our own cache file: rebuilding it is always safe
+        logging.warning("the cached C kernel %s does not match its recorded sha256 (truncated or "
+                        "changed); rebuilding it", out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         src = Path(tmp) / "hamming.c"
@@ -138,7 +165,13 @@ def _build(cc: str) -> Path:
         so = Path(tmp) / "hamming.so"
         subprocess.run([cc, "-O3", "-fPIC", "-shared", "-std=c11", str(src), "-o", str(so)],
                        check=True, capture_output=True, timeout=120)
+        digest = _sha256(so)
+        # The hash goes in before the .so, each by an atomic rename: a reader sees an old
+        # .so with a new hash at worst, which fails the check and is rebuilt, never loaded.
+        atomic.write_text(f"{out}.sha256", digest + "\n")
         os.replace(so, out)  # atomic: concurrent builders never see a half-written .so
+    if not _cached_ok(out):  # a concurrent builder's .so landed between our two renames
+        raise OSError(f"the C kernel cache {out} changed while it was built")
     return out
 
 

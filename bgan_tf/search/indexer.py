@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 from typing import Any, Callable
@@ -41,21 +42,48 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> n
     return load_image_file(os.fspath(path), max_pixels=max_pixels)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def printable(text: str) -> str:
-    """``text`` safe to print: file names that are not valid UTF-8 come from os.walk as
-    surrogate escapes, which a UTF-8 stdout refuses; show their bytes as \\xNN instead."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """``text`` safe to print on one line of a terminal.
+
+    File names that are not valid UTF-8 come from the lister as surrogate escapes, which
+    a UTF-8 stdout refuses: their bytes show as \\xNN. Control characters (newline, ESC,
+    bidi overrides) show escaped too: a name holding a newline and ANSI escapes printed
+    a spoofed row in `query`'s table (issue 27 case 21).
+    """
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 # ------------------------------------------------------------------ encoding
+# Decoded pixels a build holds and hands to one encoder call: 16 megapixels is 48 MB
+# as uint8 (192 MB once a Keras encoder casts it to float32). Why: 64 phone photos
+# (4000x3000) at the default --batch_size were 2.3 GB decoded, stacked again, then cast
+# (issue 27 case 19). The images are not resized first: the codes stay bit for bit the
+# ones `query` and the service compute for the same file at full size.
+ENCODE_PIXEL_BUDGET = 16_000_000
+
+
 def encode_images(encoder: Encoder, images: list[np.ndarray]) -> np.ndarray:
-    """Encode images of possibly different sizes: one encoder call per shape group."""
+    """Encode images of possibly different sizes: encoder calls per shape group, each of
+    at most ENCODE_PIXEL_BUDGET pixels (one image when it alone is larger)."""
     out = np.zeros((len(images), encoder.num_bits), dtype=np.float32)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, im in enumerate(images):
         groups.setdefault(im.shape, []).append(i)
-    for idx in groups.values():
-        out[idx] = encoder.encode(np.stack([images[i] for i in idx]))
+    for shape, idx in groups.items():
+        step = max(1, ENCODE_PIXEL_BUDGET // max(1, shape[0] * shape[1]))
+        for s in range(0, len(idx), step):
+            part = idx[s:s + step]
+            out[part] = encoder.encode(np.stack([images[i] for i in part]))
+    if not np.isfinite(out).all():
+        # A diverged model (NaN weights) maps every image to the same code: refuse it
+        # instead of writing an index that answers every query alike (issue 27, item 3).
+        raise UserError(f"the model {getattr(encoder, 'model_id', '')!r} produced non-finite codes "
+                        f"for {int((~np.isfinite(out).all(axis=1)).sum())} of {len(images)} images: "
+                        "its weights are broken (diverged training?); retrain it")
     return out
 
 
@@ -70,13 +98,18 @@ class BuildReport:
     seconds: float
     too_large: list[str] = dataclasses.field(default_factory=list)  # over --max_pixels
     unsupported: int = 0  # files skipped for their extension
+    links: int = 0  # symbolic links not followed (ImageListing.links)
+    unlisted: int = 0  # folders that could not be listed
 
     def summary(self, index_path: str | os.PathLike[str]) -> str:
         # The first part is what the summary always said (scripts may match it).
         return (f"indexed {self.added} new images ({self.skipped} already indexed, "
                 f"{len(self.failed)} unreadable); skipped {len(self.too_large)} over the pixel "
                 f"budget and {self.unsupported} with unsupported extensions; index holds "
-                f"{self.count} -> {printable(os.fspath(index_path))}")
+                f"{self.count} -> {printable(os.fspath(index_path))}"
+                + (f"; not followed: {self.links} symbolic link(s) to folders or to files outside "
+                   "the image folder" if self.links else "")
+                + (f"; {self.unlisted} folder(s) could not be listed" if self.unlisted else ""))
 
 
 class _Progress:
@@ -124,7 +157,7 @@ def prepare_build(images_dir: str | os.PathLike[str], index_path: str | os.PathL
     listing = list_image_files(images_dir)
     listing.entries = [(os.path.abspath(p), label) for p, label in listing.entries]
     if not listing.entries:
-        skips = f"; {listing.describe_skips()}" if listing.unsupported else ""
+        skips = f"; {listing.describe_skips()}" if listing.describe_skips() else ""
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {images_dir}{skips}; "
                         "nothing was indexed")
     return listing
@@ -196,10 +229,15 @@ def _build_locked(encoder: Encoder, images_dir: str | os.PathLike[str],
     try:
         for s in range(0, len(todo), batch_size):
             batch = todo[s : s + batch_size]
-            imgs, meta = [], []
+            imgs, meta, held = [], [], 0
             for path, label in batch:
+                if held >= ENCODE_PIXEL_BUDGET:  # encode what is held before decoding more
+                    index.add(encode_images(encoder, imgs), metadata=meta)
+                    added, since_save = added + len(imgs), since_save + len(imgs)
+                    imgs, meta, held = [], [], 0
                 try:
                     imgs.append(read_image(path, max_pixels=max_pixels))
+                    held += imgs[-1].shape[0] * imgs[-1].shape[1]
                 except ImageTooLarge as e:
                     # A counted, logged skip: one huge file must not stop the build.
                     logging.warning("skipping %s", printable(str(e)))
@@ -232,8 +270,21 @@ def _build_locked(encoder: Encoder, images_dir: str | os.PathLike[str],
                         f"budget{': ' + printable(failed[0]) if failed else ''}); no index was written")
     if added or not existed:
         index.save(index_path)
+    warn_if_one_code(index, index_path)
     return BuildReport(len(files), added, len(files) - len(todo), failed, len(index), time.time() - t0,
-                       too_large=too_large, unsupported=len(listing.unsupported))
+                       too_large=too_large, unsupported=len(listing.unsupported), links=len(listing.links),
+                       unlisted=len(listing.unlisted))
+
+
+def warn_if_one_code(index: BinaryIndex, index_path: str | os.PathLike[str]) -> bool:
+    """A loud stderr line when more than a handful of images share one single code: every
+    query then ties with every image (a collapsed or diverged model). True if it warned."""
+    if len(index) <= 8 or np.unique(index.store.packed, axis=0).shape[0] > 1:
+        return False
+    print(f"warning: all {len(index)} images in {printable(os.fspath(index_path))} have the same code: "
+          "the model maps every image alike (collapsed or diverged training?), so search cannot "
+          "tell them apart; retrain the model", file=sys.stderr)
+    return True
 
 
 def _jsonable(d: Any) -> Any:
@@ -266,7 +317,7 @@ def open_index(index_path: str | os.PathLike[str], encoder: Encoder, **kwargs: A
 def query_index(index: BinaryIndex, encoder: Encoder, image_path: str, k: int,
                 max_pixels: int | None = None) -> list[SearchResult]:
     """Top-k neighbours of one image file (at most the index size; UserError if it is too large)."""
-    signs = encoder.encode(read_image(image_path, max_pixels=max_pixels)[None])
+    signs = encode_images(encoder, [read_image(image_path, max_pixels=max_pixels)])
     return index.search_one(signs[0], k)
 
 

@@ -7,10 +7,10 @@ On disk an index is one folder:
     ids.npy         int64 [N]
     metadata.jsonl  one JSON object per row (e.g. {"path": ..., "label": ...})
 
-Saving writes a complete new folder next to the target and then swaps it in
-(`bgan_tf.atomic.staged_dir`), so a crash at any moment leaves either the old index
-or the new one, never a mix, and a folder that is not an index is never replaced. Rows are kept in insertion order; search backends decide
-their own internal order.
+Saving writes a complete new folder beside the target and swaps it in
+(`bgan_tf.atomic.staged_dir`): a crash leaves the old index or the new one, never a mix,
+and a folder that is not an index is never replaced. Loading opens all four files from
+one folder descriptor, so a load racing a save reads the old or the new index whole.
 """
 
 from __future__ import annotations
@@ -19,18 +19,17 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, NoReturn, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from bgan_tf import atomic
 from bgan_tf.errors import UserError
+# The on-disk readers live in index_files; is_index and read_manifest are re-exported here.
+from bgan_tf.search.index_files import CODES_FILE, IDS_FILE, MANIFEST_FILE, META_FILE, FORMAT_VERSION, \
+    check_manifest, damaged, load_metadata, load_npy, open_whole_save, parse_manifest, \
+    is_index, read_manifest
 
-FORMAT_VERSION = 1
-_MANIFEST = "manifest.json"
-_CODES = "codes.npy"
-_IDS = "ids.npy"
-_META = "metadata.jsonl"
 # How error messages name an index folder ("... holds files that are not a binary index").
 INDEX_WHAT = "binary index"
 
@@ -188,16 +187,16 @@ class CodeStore:
         """
         with atomic.staged_dir(path, what=INDEX_WHAT, is_ours=is_index,
                                before_commit=lambda tmp, target: _before_commit(tmp, target)) as tmp:
-            _save_npy(tmp / _CODES, self._codes)
-            _save_npy(tmp / _IDS, self._ids)
-            with open(tmp / _META, "w", encoding="utf-8") as f:
+            _save_npy(tmp / CODES_FILE, self._codes)
+            _save_npy(tmp / IDS_FILE, self._ids)
+            with open(tmp / META_FILE, "w", encoding="utf-8") as f:
                 for m in self._meta:
                     # ensure_ascii: a file name that is not valid UTF-8 arrives as a
                     # surrogate-escaped str, which only survives as a \udcXX escape.
                     f.write(json.dumps(m, ensure_ascii=True, sort_keys=True) + "\n")
                 _fsync(f)
             # Manifest last: a folder without one is never a valid index.
-            with open(tmp / _MANIFEST, "w", encoding="utf-8") as f:
+            with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as f:
                 json.dump(self.manifest(), f, indent=2, sort_keys=True, ensure_ascii=True)
                 f.write("\n")
                 _fsync(f)
@@ -214,121 +213,43 @@ class CodeStore:
         A damaged index (bad manifest, truncated or missing arrays, a bad metadata
         line) is a UserError naming the index and saying to rebuild it.
         """
-        target = Path(path).absolute()
-        man = read_manifest(path)
-        num_bits = man["num_bits"]
-        if expect_num_bits is not None and int(expect_num_bits) != num_bits:
-            raise UserError(
-                f"index {path} holds {num_bits}-bit codes but the model makes "
-                f"{expect_num_bits}-bit codes; use the model that built it or rebuild the index"
-            )
-        if expect_model_id is not None and str(expect_model_id) != man["model_id"]:
-            raise UserError(
-                f"index {path} was built by model {man['model_id']!r}, not {expect_model_id!r}; "
-                "use the same model or rebuild the index"
-            )
-        store = cls(num_bits, man["model_id"], created=man.get("created"), extra=man.get("extra"))
-        n = man["count"]
-        codes = _load_npy(path, target / _CODES)
-        ids = _load_npy(path, target / _IDS)
+        files = open_whole_save(path)
+        try:
+            man = check_manifest(path, parse_manifest(path, files[MANIFEST_FILE]))
+            num_bits = man["num_bits"]
+            if expect_num_bits is not None and int(expect_num_bits) != num_bits:
+                raise UserError(
+                    f"index {path} holds {num_bits}-bit codes but the model makes "
+                    f"{expect_num_bits}-bit codes; use the model that built it or rebuild the index"
+                )
+            if expect_model_id is not None and str(expect_model_id) != man["model_id"]:
+                raise UserError(
+                    f"index {path} was built by model {man['model_id']!r}, not {expect_model_id!r}; "
+                    "use the same model or rebuild the index"
+                )
+            store = cls(num_bits, man["model_id"], created=man.get("created"), extra=man.get("extra"))
+            n = man["count"]
+            codes = load_npy(path, CODES_FILE, files[CODES_FILE])
+            ids = load_npy(path, IDS_FILE, files[IDS_FILE])
+            meta = load_metadata(path, META_FILE, files[META_FILE])
+        finally:
+            for f in files.values():
+                f.close()
         if codes.dtype != np.uint8 or codes.shape != (n, store.code_bytes):
-            _damaged(path, f"{_CODES} holds {codes.dtype} {codes.shape}, expected uint8 "
+            damaged(path, f"{CODES_FILE} holds {codes.dtype} {codes.shape}, expected uint8 "
                            f"{(n, store.code_bytes)}")
         if ids.dtype.kind not in "iu" or ids.shape != (n,):
-            _damaged(path, f"{_IDS} holds {ids.dtype} {ids.shape}, expected int64 {(n,)}")
-        meta = _load_metadata(path, target / _META)
+            damaged(path, f"{IDS_FILE} holds {ids.dtype} {ids.shape}, expected int64 {(n,)}")
         if len(meta) != n:
-            _damaged(path, f"{_META} has {len(meta)} rows, the manifest counts {n}")
+            damaged(path, f"{META_FILE} has {len(meta)} rows, the manifest counts {n}")
         store._codes = np.ascontiguousarray(codes, dtype=np.uint8)
         store._ids = ids.astype(np.int64, copy=False)
         if (store._ids < 0).any() or np.unique(store._ids).shape[0] != n:
-            _damaged(path, f"{_IDS} holds negative or duplicate ids")
+            damaged(path, f"{IDS_FILE} holds negative or duplicate ids")
         store._meta = meta
         store._pos = {i: p for p, i in enumerate(store._ids.tolist())}
         store.next_id = max(man.get("next_id", 0), int(store._ids.max()) + 1 if n else 0)
         return store
-
-
-def is_index(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a folder this module wrote (it has a manifest)."""
-    return (Path(path) / _MANIFEST).is_file()
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Just the manifest of an index folder (cheap: no codes are read), validated."""
-    target = Path(path).absolute()
-    atomic.recover_dir(target, is_index)
-    man_path = target / _MANIFEST
-    if not man_path.is_file():
-        raise UserError(f"no index at {path} (missing {_MANIFEST}); build one first")
-    try:
-        man = json.loads(man_path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"cannot read the index manifest {man_path}: {e.strerror or e}") from None
-    except ValueError as e:  # bad JSON or bad UTF-8
-        _damaged(path, f"{_MANIFEST} is not valid JSON: {e}")
-    if not isinstance(man, dict):
-        _damaged(path, f"{_MANIFEST} is not a JSON object")
-    if man.get("format_version") != FORMAT_VERSION:
-        raise UserError(
-            f"index {path} has format version {man.get('format_version')}, "
-            f"this code reads {FORMAT_VERSION}; rebuild the index"
-        )
-    for key, types in _MANIFEST_TYPES.items():
-        if key not in man:
-            if key in _MANIFEST_REQUIRED:
-                _damaged(path, f"{_MANIFEST} lacks {key!r}")
-            continue
-        val = man[key]
-        if not isinstance(val, types) or isinstance(val, bool):
-            _damaged(path, f"{_MANIFEST} field {key!r} is {type(val).__name__} {val!r:.40}")
-    if man["num_bits"] <= 0 or man["count"] < 0 or man.get("next_id", 0) < 0:
-        _damaged(path, f"{_MANIFEST} has num_bits {man['num_bits']}, count {man['count']}")
-    return man
-
-
-# ------------------------------------------------------------------ helpers
-_MANIFEST_REQUIRED = ("num_bits", "model_id", "count")
-_MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
-    "num_bits": int, "model_id": str, "count": int, "next_id": int, "created": str, "extra": dict,
-}
-
-
-def _damaged(path: str | os.PathLike[str], detail: str) -> NoReturn:
-    raise UserError(f"index {path} is damaged ({detail}); rebuild it with "
-                    "python -m bgan_tf.index build into a new folder")
-
-
-def _load_npy(path: str | os.PathLike[str], file: Path) -> np.ndarray:
-    try:
-        return np.load(file, allow_pickle=False)
-    except FileNotFoundError:
-        _damaged(path, f"{file.name} is missing")
-    except (OSError, ValueError, EOFError) as e:  # truncated, not .npy, object arrays
-        _damaged(path, f"{file.name} is unreadable: {e.__class__.__name__}: {str(e)[:80]}")
-
-
-def _load_metadata(path: str | os.PathLike[str], file: Path) -> list[dict[str, Any]]:
-    meta = []
-    try:
-        with open(file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    row = None
-                if not isinstance(row, dict):
-                    _damaged(path, f"{file.name} line {lineno} is not a JSON object")
-                meta.append(row)
-    except FileNotFoundError:
-        _damaged(path, f"{file.name} is missing")
-    except UnicodeDecodeError:
-        _damaged(path, f"{file.name} is not UTF-8 text")
-    except OSError as e:
-        raise UserError(f"cannot read {file}: {e.strerror or e}") from None
-    return meta
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

@@ -383,6 +383,22 @@ def test_16bit_arrays_from_npz_are_scaled_not_clipped(tmp_path):
     assert (img == 255).mean() < 0.05
 
 
+def test_exif_orientation_is_applied_so_a_phone_photo_decodes_upright():
+    """Issue 27 case 20: EXIF orientation was ignored, so a phone photo was encoded sideways
+    and its upright copy found other neighbours. A JPEG stored rotated with orientation 6
+    ("rotate 90 clockwise to view") decodes to the upright pixels (JPEG tolerance)."""
+    y, x = np.mgrid[0:48, 0:64]
+    upright = np.stack([x * 4, y * 5, np.full_like(x, 128)], -1).astype(np.uint8)  # 48x64, not square
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # what the camera wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    got = decode_image_bytes(buf.getvalue())
+    assert got.shape == upright.shape
+    assert np.abs(got.astype(int) - upright.astype(int)).mean() < 3
+
+
 # ------------------------------------------- issue 27: the second hostile probe
 def _small_index(tmp_path: Path, n: int = 3):
     """A pixel-lsh index of n 16x16 PNGs under tmp_path/imgs (root recorded by the build)."""

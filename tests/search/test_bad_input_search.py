@@ -1,6 +1,7 @@
 """Issue 11, search side: bad input and faults in `python -m bgan_tf.index` and its library.
 
-One test per numbered item of the issue (1, 3, 5, 8, 10, 12, 13, 15). CLI runs are
+One test per numbered item of the issue (1, 3, 5, 8, 10, 12, 13, 15); then issue 27's
+index cases, named test_i27_<case>_... CLI runs are
 subprocesses of the real binary (no TensorFlow import: about half a second each).
 """
 
@@ -385,3 +386,189 @@ def test_15_killed_runs_temps_are_cleaned_and_the_index_follows_the_umask(tmp_pa
     assert manifest["count"] == 3
     # the service shows paths relative to this recorded root, not absolute server paths
     assert manifest["extra"]["image_root"] == str(imgs.absolute())
+
+
+# ------------------------------------------------------------------ issue 27
+def test_i27_13_an_output_symlink_is_followed_and_kept(tmp_path):
+    """Issue 27 case 13: --index given as a symlink to an index replaced the link by a real
+    folder (the target left stale, a dangling temp link behind), and a symlink to an empty
+    folder failed after all the encoding. The link's target is written; the link is kept."""
+    imgs = tmp_path / "imgs"
+    _images(imgs, 3)
+    real, link = tmp_path / "real", tmp_path / "link"
+    indexing.build_index(ENC, imgs, real, progress=False)
+    link.symlink_to(real)
+    _images(imgs / "more", 2)
+    r = _run("build", "--model=pixel-lsh:16", f"--images={imgs}", f"--index={link}", "--noprogress")
+    assert r.returncode == 0, r.stderr.decode()
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert read_manifest(real)["count"] == 5  # the real target holds the update
+    empty, link2 = tmp_path / "empty", tmp_path / "link2"
+    empty.mkdir()
+    link2.symlink_to(empty)
+    r = _run("build", "--model=pixel-lsh:16", f"--images={imgs}", f"--index={link2}", "--noprogress")
+    assert r.returncode == 0, r.stderr.decode()
+    assert link2.is_symlink() and read_manifest(empty)["count"] == 5
+    leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert leftovers == []
+
+
+def test_i27_17_another_models_weights_in_a_model_folder_are_refused(tiny_model_dir, tmp_path):
+    """Issue 27 case 17: weights of another model with the same code length copied into a
+    model folder kept metadata.json's model_id, so an index accepted their wrong codes. The id
+    is now checked against the loaded weights; a mismatch is one UserError at load."""
+    import shutil
+
+    from bgan_tf.inference.keras_model import load_encoder
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    enc = load_encoder(str(copy))  # the folder as written loads
+    other = enc.model.get_weights()
+    other[0] = other[0] + 0.5  # "another model": same architecture and bits, other values
+    enc.model.set_weights(other)
+    enc.model.save_weights(str(copy / "encoder.weights.h5"))
+    with pytest.raises(UserError, match="not the ones this model folder was written with"):
+        load_encoder(str(copy))
+
+
+def test_i27_19_huge_files_are_refused_unread_and_deep_trees_list(tmp_path):
+    """Issue 27 case 19: a 6 GB file named .jpg aborted a build with out-of-memory, `query`
+    read a 3 GB non-image whole before "cannot decode", and a folder 1,100 levels deep was
+    a RecursionError. Files over max_file_bytes are skipped (build) or one line (query)
+    from their size alone; sparse files make the huge ones instantly and cost no disk."""
+    imgs = tmp_path / "imgs"
+    _images(imgs, 2)
+    with open(imgs / "huge.jpg", "wb") as f:
+        f.truncate(6 << 30)
+    report = indexing.build_index(ENC, imgs, tmp_path / "idx", progress=False)
+    assert report.added == 2 and len(report.too_large) == 1 and "bytes, over the limit" in report.too_large[0]
+    other = tmp_path / "q.png"
+    with open(other, "wb") as f:
+        f.truncate(3 << 30)
+    _one_error_line(_run("query", f"--index={tmp_path / 'idx'}", f"--image={other}", "--model=pixel-lsh:16"),
+                    "bytes, over the limit")
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    fd = os.open(deep, os.O_RDONLY)
+    for _ in range(1100):  # made relative to a descriptor: pathlib's mkdir(parents=True) recurses
+        os.mkdir("d", dir_fd=fd)
+        fd, old = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    with os.fdopen(os.open("x.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+        os.close(fd)
+        Image.new("RGB", (4, 4)).save(f, format="PNG")
+    try:
+        listing = data.list_image_files(str(deep))
+        assert [os.path.basename(p) for p, _ in listing.entries] == ["x.png"] and listing.entries[0][1] == "d"
+    finally:  # bottom up: pytest's recursive rmtree of tmp_path would hit the recursion limit
+        os.unlink(os.path.join(deep, *["d"] * 1100, "x.png"))
+        for depth in range(1100, 0, -1):
+            os.rmdir(os.path.join(deep, *["d"] * depth))
+
+
+_CAPPED_BUILD = """
+import resource, sys
+import numpy as np
+from bgan_tf.inference.pixel_lsh import PixelLSHEncoder
+from bgan_tf.search import indexer
+from bgan_tf.search.binary_index import BinaryIndex
+warm = BinaryIndex.create(16, "warm")  # load the search backend (FAISS and its threads) first
+warm.add(np.ones((4, 16), np.float32))
+warm.search_one(np.ones(16, np.float32), 2)
+base = next(int(l.split()[1]) << 10 for l in open("/proc/self/status") if l.startswith("VmSize"))
+cap = base + (400 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+r = indexer.build_index(PixelLSHEncoder(16), sys.argv[1], sys.argv[2], progress=False)
+peak = next(int(l.split()[1]) << 10 for l in open("/proc/self/status") if l.startswith("VmPeak"))
+print("added", r.added, "base_mb", base >> 20, "peak_mb", peak >> 20)
+"""
+
+
+def test_i27_19_a_batch_of_phone_photos_is_encoded_within_a_memory_cap(tmp_path):
+    """Issue 27 case 19: 64 phone photos (4000x3000) at the default --batch_size exhausted
+    memory: the whole batch was held decoded, then stacked again. A build holds at most
+    ENCODE_PIXEL_BUDGET decoded pixels. Twelve such photos (hard links of one PNG) under an
+    address-space cap of 400 MB over the process's size once imports and FAISS are loaded
+    (RLIMIT_AS works here: this process imports no TensorFlow): measured peak 670 MB of
+    address space (base 477) after the fix, MemoryError before (uncapped peak 1.35 GB)."""
+    imgs = tmp_path / "photos"
+    imgs.mkdir()
+    Image.new("RGB", (4000, 3000), (90, 120, 200)).save(imgs / "p0.png")
+    for i in range(1, 12):
+        os.link(imgs / "p0.png", imgs / f"p{i}.png")
+    r = subprocess.run([sys.executable, "-c", _CAPPED_BUILD, str(imgs), str(tmp_path / "idx")], cwd=ROOT,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "added 12 " in r.stdout, r.stderr[-800:]
+
+
+def test_i27_21_control_characters_in_names_cannot_spoof_query_rows(tmp_path):
+    """Issue 27 case 21: a file name holding a newline and ANSI escapes printed a spoofed row
+    in `query`'s table. Control characters print escaped; each result is one line."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _png(imgs / "a\n   1         0  \x1b[31m etc passwd.png")
+    indexing.build_index(ENC, imgs, tmp_path / "idx", progress=False)
+    r = _run("query", f"--index={tmp_path / 'idx'}", f"--image={next(imgs.iterdir())}", "--model=pixel-lsh:16")
+    out = r.stdout.decode()
+    assert r.returncode == 0 and len(out.strip().splitlines()) == 2, out
+    assert "\x1b" not in out and "\\n" in out and "\\x1b" in out
+
+
+def test_i27_21_symlinks_in_an_image_folder_are_counted_and_not_followed_out(tmp_path):
+    """Issue 27 case 21: directory symlinks inside an image folder were skipped without being
+    counted. Links to folders are never followed and links to files outside the folder are
+    not indexed (the index never records a file outside its root); both are counted and the
+    build's summary says so. A link to a file inside the folder is indexed."""
+    imgs, outside = tmp_path / "imgs", tmp_path / "outside"
+    _images(imgs / "a", 2)
+    _images(outside, 1)
+    (imgs / "linked_dir").symlink_to(outside)
+    (imgs / "a" / "escape.png").symlink_to(outside / "0.png")
+    (imgs / "a" / "inside.png").symlink_to(imgs / "a" / "0.png")
+    listing = data.list_image_files(str(imgs))
+    assert sorted(os.path.basename(p) for p, _ in listing.entries) == ["0.png", "1.png", "inside.png"]
+    assert sorted(os.path.basename(p) for p in listing.links) == ["escape.png", "linked_dir"]
+    r = _run("build", "--model=pixel-lsh:16", f"--images={imgs}", f"--index={tmp_path / 'idx'}", "--noprogress")
+    assert r.returncode == 0 and "not followed: 2 symbolic link(s)" in r.stdout.decode(), r.stderr
+
+
+def test_i27_21_a_model_folder_named_like_the_pixel_lsh_spec_is_a_folder(tmp_path, monkeypatch):
+    """Issue 27 case 21: a model folder named `pixel-lsh-x` was parsed as a bad pixel-LSH spec.
+    Only `pixel-lsh` and `pixel-lsh:...` are specs, and an existing folder wins."""
+    import bgan_tf.inference.keras_model as keras_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pixel-lsh-x").mkdir()
+    loaded = []
+    monkeypatch.setattr(keras_model, "load_encoder", lambda p: loaded.append(p) or ENC)
+    assert load_model("pixel-lsh-x") is ENC and loaded == ["pixel-lsh-x"]
+    with pytest.raises(UserError, match="model folder not found: pixel-lsh-y"):
+        load_model("pixel-lsh-y")
+    assert load_model("pixel-lsh:8").num_bits == 8
+
+
+class _ConstantEncoder:
+    """A collapsed model: the same code (or NaN) for every image."""
+
+    num_bits, model_id, metadata = 16, "collapsed", {}
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return np.full((len(images), 16), self.value, np.float32)
+
+
+def test_i27_non_finite_codes_are_refused_and_one_code_for_all_is_loud(tmp_path, capsys):
+    """Issue 27 (build item 3, case 6's index): an index built from a NaN model mapped 200
+    images to one code with rc 0. Non-finite codes are refused with one line and nothing is
+    written; an index whose images all share one code is built with a warning on stderr."""
+    imgs = tmp_path / "imgs"
+    _images(imgs, 10)
+    with pytest.raises(UserError, match="non-finite codes for 10 of"):
+        indexing.build_index(_ConstantEncoder(np.nan), imgs, tmp_path / "nan", progress=False)
+    assert not (tmp_path / "nan").exists()
+    indexing.build_index(_ConstantEncoder(1.0), imgs, tmp_path / "one", progress=False)
+    assert "warning: all 10 images" in capsys.readouterr().err

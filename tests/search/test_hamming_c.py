@@ -85,3 +85,39 @@ def test_paths_agree_across_block_boundaries(bits):
         d, i = kernel.topk(db, pq, 300, path)
         np.testing.assert_array_equal(d, td, err_msg=path)
         np.testing.assert_array_equal(i, ti, err_msg=path)
+
+
+_QUERY_WITH_THE_KERNEL = """
+import numpy as np
+from bgan_tf.search import hamming_c
+k = hamming_c.load_kernel()
+assert k is not None, "no kernel"
+db = np.arange(64, dtype=np.uint8).reshape(16, 4)
+d, i = k.topk(db, db[3:4], 1)
+print("top", int(i[0, 0]), int(d[0, 0]))
+"""
+
+
+def test_a_truncated_cached_kernel_is_rebuilt_not_loaded(tmp_path):
+    """Issue 27 case 9: a truncated cached hamming_*.so was dlopen'ed as it was: Bus error
+    (rc 135) on every query until deleted by hand. It must be detected and rebuilt."""
+    import os
+    import subprocess
+    import sys
+
+    _kernel()  # skips without a compiler
+    env = {**os.environ, "BGAN_TF_CACHE": str(tmp_path), "BGAN_TF_NO_C_KERNEL": "0"}
+
+    def query() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _QUERY_WITH_THE_KERNEL], env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    first = query()
+    assert first.returncode == 0 and "top 3 0" in first.stdout, first.stderr[-500:]
+    (so,) = tmp_path.glob("hamming_*.so")
+    with open(so, "r+b") as f:
+        f.truncate(so.stat().st_size // 2)
+    again = query()
+    assert again.returncode == 0 and "top 3 0" in again.stdout, (again.returncode, again.stderr[-500:])
+    assert "rebuilding" in again.stderr
+    assert query().returncode == 0  # and the rebuilt one is trusted without a rebuild

@@ -133,3 +133,46 @@ def test_interrupted_fallback_swap_is_recovered(tmp_path, monkeypatch):
     assert len(CodeStore.load(tmp_path / "idx")) == 4  # the old index, restored
     s.save(tmp_path / "idx")  # and the fallback path works end to end
     assert len(CodeStore.load(tmp_path / "idx")) == 5
+
+
+def test_load_racing_repeated_saves_gets_one_whole_save(tmp_path):
+    """Issue 27 case 12: `load` while another thread saves read a manifest and arrays of
+    different saves ("damaged index", 8 of 1,062 loads). Each save here has its own row
+    count, so a mixed read fails the count check; every load must get one whole save."""
+    import threading
+    import time
+
+    from bgan_tf.search.binary_index import BinaryIndex
+
+    path = tmp_path / "idx"
+    saves = []
+    for n in (5, 9):
+        s = CodeStore(24, "m")
+        s.add(_codes(n, seed=n), metadata=[{"path": f"{n}-{i}"} for i in range(n)])
+        saves.append(s)
+    saves[0].save(path)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            saves[i % 2].save(path)
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    loads, errors, deadline = 0, [], time.time() + 2.5
+    try:
+        while time.time() < deadline:
+            try:
+                idx = BinaryIndex.load(path)
+            except UserError as e:
+                errors.append(str(e))
+                continue
+            loads += 1
+            n = len(idx)
+            assert n in (5, 9) and {m["path"].split("-")[0] for m in idx.store.metadata_rows()} == {str(n)}
+    finally:
+        stop.set()
+        t.join()
+    assert loads > 20 and errors == [], (loads, errors[:3])
