@@ -3,8 +3,9 @@
 The security rule (docs/search.md, "What the service may read"): ``GET /images/{id}``
 serves a file only when the path recorded for that id resolves (``os.path.realpath``,
 relative paths against the image root, never the server's working folder) to a
-regular file inside the real path of the index's recorded image root
-(``extra["image_root"]``, written by ``python -m bgan_tf.index build``). A symlink
+regular file inside the real path of one of the index's recorded image roots
+(``extra["image_roots"]``: every folder ``python -m bgan_tf.index build`` read into
+it; older indexes record one ``extra["image_root"]``). A symlink
 inside the root whose target stays inside it is served; one that leaves the root,
 absolute or ``..`` paths in ``metadata.jsonl`` that land outside, devices, FIFOs and
 folders are not. An index that records no root serves no file at all.
@@ -35,12 +36,28 @@ _MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"
 _SPEC_PATH = re.compile(r"^([A-Za-z][A-Za-z0-9_+.-]*:)(/(?!/).*)$")  # e.g. folder:/data/imgs
 
 
+def recorded_roots(index: BinaryIndex) -> list[str]:
+    """The image roots the index's builds recorded, first build first.
+
+    ``extra["image_roots"]`` (one per folder a build read) and the older single
+    ``extra["image_root"]``; anything that is not an absolute path is ignored.
+    """
+    extra = index.store.extra
+    listed = extra.get("image_roots")
+    candidates = ([extra.get("image_root")] + (list(listed) if isinstance(listed, list) else []))
+    roots: list[str] = []
+    for r in candidates:
+        if isinstance(r, str) and r and "\0" not in r and os.path.isabs(r):
+            r = os.path.normpath(r)
+            if r not in roots:
+                roots.append(r)
+    return roots
+
+
 def recorded_root(index: BinaryIndex) -> str | None:
-    """The image root the index's builder recorded (``extra["image_root"]``), or None."""
-    recorded = index.store.extra.get("image_root")
-    if isinstance(recorded, str) and recorded and "\0" not in recorded and os.path.isabs(recorded):
-        return os.path.normpath(recorded)
-    return None
+    """The first recorded image root (what paths are shown relative to), or None."""
+    roots = recorded_roots(index)
+    return roots[0] if roots else None
 
 
 def image_root(index: BinaryIndex) -> str | None:
@@ -123,18 +140,23 @@ def open_indexed_file(index: BinaryIndex, item_id: int) -> tuple[int, int]:
     """
     if item_id not in index:
         raise NotServed(f"no item {item_id} in the index")
-    root = recorded_root(index)
-    if root is None:
+    roots = recorded_roots(index)
+    if not roots:
         raise NotServed("this index records no image root, so no image file is served; "
                         "rebuild it with python -m bgan_tf.index build")
     path = index.store.metadata(item_id).get("path")
     unavailable = NotServed(f"image of item {item_id} is not available")
     if not isinstance(path, str) or not path or "\0" in path:
         raise unavailable
-    real_root = os.path.realpath(root)
-    # Relative paths are relative to the root, never to the server's working folder.
-    real = os.path.realpath(os.path.join(real_root, path))
-    if not _inside(real, real_root):
+    # Relative paths are relative to the first root, never to the server's working folder;
+    # an absolute one is served from whichever recorded root holds it.
+    real_root = real = ""
+    for root in roots if os.path.isabs(path) else roots[:1]:
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(os.path.join(real_root, path))
+        if _inside(real, real_root):
+            break
+    else:
         raise unavailable
     parts = os.path.relpath(real, real_root).split(os.sep)
     flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)

@@ -220,8 +220,13 @@ def _build_locked(encoder: Encoder, images_dir: str | os.PathLike[str],
     if model_ref:
         index.store.extra["model"] = model_ref
     index.store.extra.setdefault("model_metadata", _jsonable(getattr(encoder, "metadata", {})))
-    # The service shows paths relative to this root, never the server's absolute paths.
-    index.store.extra.setdefault("image_root", os.path.abspath(images_dir))
+    # The service shows paths relative to the first root and serves files only from
+    # inside the recorded roots (search/files.py): every folder a build read is one.
+    root = os.path.abspath(images_dir)
+    index.store.extra.setdefault("image_root", root)
+    roots = index.store.extra.setdefault("image_roots", [index.store.extra["image_root"]])
+    if root not in roots:
+        roots.append(root)
     done = {m.get("path") for m in index.store.metadata_rows()}
     todo = [(p, lab) for p, lab in files if p not in done]
     bar = _Progress(len(todo), progress)

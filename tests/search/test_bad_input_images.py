@@ -494,7 +494,7 @@ def test_absolute_and_dotdot_paths_in_metadata_are_not_served_or_shown(tmp_path,
     assert hide_paths({"path": "../../../../etc/hostname"}, str(tmp_path / "imgs")) == {"path": "hostname"}
     assert hide_paths({"path": "/etc/passwd"}, str(tmp_path / "imgs")) == {"path": "passwd"}
     # No recorded root: nothing is served, and the message says how to fix it.
-    del index.store.extra["image_root"]
+    del index.store.extra["image_root"], index.store.extra["image_roots"]
     r = TestClient(create_app(index, enc)).get(f"/images/{_id_of(index, '1.png')}")
     assert r.status_code == 404 and "rebuild it" in r.json()["error"]
 
@@ -687,3 +687,21 @@ def test_budgets_keep_room_for_small_uploads_and_time_out(svc):
     with ThreadPoolExecutor(8) as ex:
         assert set(ex.map(lambda _: _post(client, body).status_code, range(16))) == {200}
     assert 0 < client.get("/stats").json()["upload_bytes_in_flight_peak"] <= 8 * 2_001
+
+
+def test_images_added_from_a_second_folder_are_served_and_only_from_the_recorded_roots(tmp_path):
+    """Issue 27 case 1: a second build into the same index from another folder records
+    that folder as a root too (only the first was recorded, so its images were 404),
+    while a file outside every recorded root is still not served."""
+    index, enc = _small_index(tmp_path, n=2)
+    (tmp_path / "more").mkdir()
+    Image.fromarray(np.full((16, 16, 3), 7, np.uint8)).save(tmp_path / "more" / "extra.png")
+    indexing.build_index(enc, tmp_path / "more", tmp_path / "idx", progress=False)
+    index = indexing.open_index(tmp_path / "idx", enc)
+    assert index.store.extra["image_roots"] == [str(tmp_path / "imgs"), str(tmp_path / "more")]
+    client = TestClient(create_app(index, enc))
+    got = client.get(f"/images/{_id_of(index, 'extra.png')}")
+    assert got.status_code == 200 and got.content == (tmp_path / "more" / "extra.png").read_bytes()
+    (tmp_path / "outside.png").write_bytes((tmp_path / "more" / "extra.png").read_bytes())
+    index.store._meta[index.store._pos[_id_of(index, "extra.png")]]["path"] = str(tmp_path / "outside.png")
+    assert client.get(f"/images/{_id_of(index, 'outside.png')}").status_code == 404
