@@ -183,6 +183,7 @@ def test_evaluate_binary_refuses_existing_folder_with_one_line(tiny_model_dir, t
 # ------------------------------------------------------------------ item 10: bounded flags
 @pytest.mark.parametrize("args,message", [
     (["--num_bits", "100000"], "--num_bits=100000"),
+    (["--num_bits", "1"], "--num_bits=1"),  # issue 27 case 16
     (["--steps_per_epoch", "-3"], "--steps_per_epoch=-3"),
     (["--batch_size", "1"], "--batch_size=1"),
     (["--batch_size", "100000"], "--batch_size=100000"),
@@ -233,8 +234,9 @@ def test_eval_flags_are_bounded_at_parse_time(args, message):
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(steps_per_epoch=-3), "--steps_per_epoch must be an integer from 0"),
-    (dict(num_bits=100000), "--num_bits must be an integer from 1 to 1024"),
+    (dict(num_bits=100000), "--num_bits must be an integer from 2 to 1024"),
     (dict(num_bits=16.5), "--num_bits must be an integer"),
+    (dict(num_bits=1), "--num_bits must be an integer from 2"),  # issue 27 case 16
     (dict(batch_size=1), "--batch_size must be an integer from 2"),
     (dict(lr_g=float("inf")), "--lr_g must be a number"),
     (dict(gen_channels=(8,) * 7), "cannot make 32x32 images"),
@@ -264,7 +266,7 @@ def test_neighbourhood_graph_size_is_bounded_by_the_data():
 def test_train_binary_bad_number_is_one_line_and_writes_nothing(tmp_path):
     r = run_binary("bgan_tf.train", "--num_bits", "100000", "--output_dir", str(tmp_path / "run"), timeout=120)
     line = one_error_line(r)
-    assert "--num_bits=100000" in line and "range [1, 1024]" in line
+    assert "--num_bits=100000" in line and "range [2, 1024]" in line
     assert not (tmp_path / "run").exists()
 
 
@@ -395,3 +397,38 @@ def test_eval_json_follows_the_umask(tiny_model_dir, tmp_path, monkeypatch):
     assert json.loads(path.read_text())["num_queries"] == 10
     assert stat.S_IMODE(path.stat().st_mode) == atomic.umask_mode(0o666)
     assert [p for p in os.listdir(run) if ".tmp" in p] == []
+
+
+# ------------------------------------------------------------------ issue 27
+def test_num_bits_1_is_one_line_before_anything_is_written(tmp_path):
+    """Issue 27 case 16: --num_bits 1 trained and wrote the model, then the closing
+    evaluation failed (radius must be in 0..1, got 2); now refused at parse time."""
+    r = run_binary("bgan_tf.train", "--num_bits", "1", "--output_dir", str(tmp_path / "run"), timeout=120)
+    assert "--num_bits=1" in one_error_line(r)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field,value", [("backbone_input_size", 20000), ("num_bits", 10**9),
+                                         ("hash_hidden", [10**9]), ("gen_channels", [10**7, 8, 8])])
+def test_model_config_with_huge_sizes_is_refused_on_load(tiny_model_dir, tmp_path, field, value):
+    """Issue 27 case 8: a model's config.json with backbone_input_size 20000 passed the load
+    checks and segfaulted (rc 139) in build_encoder; every size knob is bounded on load."""
+    from bgan_tf.inference.model_folder import read_model_files
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, field: value}))
+    with pytest.raises(UserError, match=f"config.json.*--{field} must be"):
+        read_model_files(str(model))
+
+
+def test_evaluate_binary_refuses_a_huge_backbone_input_size_with_one_line(tiny_model_dir, tmp_path):
+    """Issue 27 case 8, the command-line form: one error line and exit 2, not rc 139."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "backbone_input_size": 20000}))
+    line = one_error_line(run_binary("bgan_tf.evaluate", "--model", str(model), "--report_dir",
+                                     str(tmp_path / "rep"), timeout=120))
+    assert "backbone_input_size must be an integer from 32 to 512, got 20000" in line
