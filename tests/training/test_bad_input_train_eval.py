@@ -432,3 +432,19 @@ def test_evaluate_binary_refuses_a_huge_backbone_input_size_with_one_line(tiny_m
     line = one_error_line(run_binary("bgan_tf.evaluate", "--model", str(model), "--report_dir",
                                      str(tmp_path / "rep"), timeout=120))
     assert "backbone_input_size must be an integer from 32 to 512, got 20000" in line
+
+
+def test_resume_on_another_dataset_is_refused_naming_both(tiny_model_dir, tmp_path):
+    """Issue 27 case 14: resuming a run with another --dataset continued silently into a
+    different model; now refused before anything changes, naming the old and new value."""
+    from bgan_tf.training.trainer import check_run_dir
+
+    run = copy_run(tiny_model_dir, tmp_path / "run")
+    np.savez(tmp_path / "other.npz", images=np.zeros((20, 8, 8), np.uint8))
+    before = (run / "config.json").read_bytes()
+    with pytest.raises(UserError, match=r"trained on --dataset digits \(now npz:.*other\.npz\).*new --output_dir"):
+        check_run_dir(tiny_config(run, dataset=f"npz:{tmp_path / 'other.npz'}"))
+    with pytest.raises(UserError, match=r"--max_images None \(now 100\)"):
+        check_run_dir(tiny_config(run, max_images=100))
+    assert (run / "config.json").read_bytes() == before
+    check_run_dir(tiny_config(run, epochs=3))  # more epochs on the same data still resume
