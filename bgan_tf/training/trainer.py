@@ -118,6 +118,19 @@ def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input:
     return model
 
 
+def _check_trained(encoder, encode, inputs: np.ndarray) -> None:
+    """Before the model is written: refuse an encoder with non-finite weights (issue 27 case 6),
+    warn loudly when the training images all get one code."""
+    from bgan_tf.training.checkpoints import non_finite_weight
+    from bgan_tf.training.divergence import warn_if_one_code
+
+    bad = non_finite_weight({"encoder": encoder})
+    if bad is not None:
+        raise UserError(f"training diverged: {bad} is not finite; no model was written: lower the learning "
+                        "rates (--lr_e, --lr_g, --lr_d) and rerun")
+    warn_if_one_code(encode, inputs)
+
+
 def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -> TrainResult:
     """Train BGAN as configured; resume if ``output_dir`` holds checkpoints.
 
@@ -160,6 +173,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     from bgan_tf.training.callbacks import (BetaSchedule, EpochCheckpoint, GraphEarlyStopping,
                                             ReconstructionSamples, fit_resumable)
     from bgan_tf.training.distribute import shard_by_data
+    from bgan_tf.training.divergence import DivergenceGuard
     from bgan_tf.training.graph import RECALL_SAMPLE, build_graph
 
     seconds: dict[str, float] = {}
@@ -284,7 +298,9 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         return shard_by_data(ds.skip(first % per_pass))
 
     # The early-stopping state is updated before the checkpoint that saves it.
-    callbacks = [BetaSchedule(model.encoder.beta, config.beta_values, config.beta_every),
+    # The divergence guard first: no callback after it sees a step with a non-finite loss.
+    callbacks = [DivergenceGuard(ckpt, config.init_from),
+                 BetaSchedule(model.encoder.beta, config.beta_values, config.beta_every),
                  *([stopper] if stopper is not None else []), ckpt]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), write_graph=False))
@@ -304,6 +320,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
                      epochs_trained, float(stopper.best.numpy()))
     seconds["train"] = time.time() - t
     if chief:
+        _check_trained(model.encoder, encode, x)
         model_folder.write_model_folder(model_dir, config, model.encoder, data, model.generator, model.discriminator,
                                         commit=commit)
     else:
