@@ -5,11 +5,12 @@
   whose training images all get one code is warned about;
 - case 10: a truncated, 4 KB-damaged or index-less newest checkpoint, or a garbled
   ``checkpoint`` state file, resumes from the newest intact checkpoint with a log line;
-  when none is intact training refuses with one line (never a silent restart);
+  when none is intact training refuses with one line (never a silent restart). The kinds
+  of damage that need no training run are tried on a small Dense net's checkpoints;
 - case 11: a full disk while saving a checkpoint is one line and leaves no ``ckpt-N_temp``.
 
-The damage tests share one tiny run with two checkpoints (ckpt-2 mid-epoch, ckpt-4 at the
-epoch's end; ~10 s once) and rerun it in a private copy (2 steps at most, a few seconds).
+The training-level tests share one tiny run with two checkpoints (ckpt-2 mid-epoch, ckpt-4
+at the epoch's end; ~10 s once) and rerun it in a private copy (2 steps at most).
 """
 
 from __future__ import annotations
@@ -63,15 +64,11 @@ def damage(path: Path, how: str) -> None:
 
 
 # ------------------------------------------------------------------ case 10
-@pytest.mark.parametrize("name,how", [("ckpt-4.data-00000-of-00001", "truncate"),
-                                      ("ckpt-4.data-00000-of-00001", "4kb"),
-                                      ("ckpt-4.index", "delete")])
-def test_damaged_newest_checkpoint_resumes_from_the_older_one(run_copy, caplog, name, how):
-    """Issue 27 case 10: was an IndexError traceback (truncated), "this configuration cannot
-    resume" (4 KB) or a silent restart at epoch 0 (deleted index)."""
+def test_truncated_newest_checkpoint_resumes_from_the_older_one(run_copy, caplog):
+    """Issue 27 case 10: a truncated newest checkpoint was an IndexError traceback."""
     from bgan_tf.training.trainer import train
 
-    damage(run_copy / "checkpoints" / name, how)
+    damage(run_copy / "checkpoints" / "ckpt-4.data-00000-of-00001", "truncate")
     with caplog.at_level(logging.INFO):
         result = train(config(run_copy), verbose=0)
     assert "checkpoint" in caplog.text and "ckpt-4 is damaged" in caplog.text
@@ -80,6 +77,37 @@ def test_damaged_newest_checkpoint_resumes_from_the_older_one(run_copy, caplog, 
     from bgan_tf.training.checkpoints import checkpoint_damage
 
     assert checkpoint_damage(str(run_copy / "checkpoints" / "ckpt-4")) is None  # rewritten whole
+
+
+@pytest.fixture
+def dense_checkpoints(tmp_path):
+    """(net, its EpochCheckpoint's folder): a 256x256 Dense net saved after epochs 1 and 2
+    (ckpt-1, ckpt-2; 256 KB of tensors each), for damage cheaper than a training run."""
+    import keras
+
+    from bgan_tf.training.callbacks import EpochCheckpoint
+
+    net = keras.Sequential([keras.Input((256,)), keras.layers.Dense(256)])
+    ckpt = EpochCheckpoint(str(tmp_path / "checkpoints"), net=net)
+    for epoch in (0, 1):
+        net.layers[0].kernel.assign(np.full((256, 256), epoch + 1, np.float32))
+        ckpt.on_epoch_end(epoch)
+    return net, tmp_path / "checkpoints"
+
+
+@pytest.mark.parametrize("name,how", [("ckpt-2.data-00000-of-00001", "4kb"), ("ckpt-2.index", "delete")])
+def test_damaged_newest_checkpoint_restores_the_older_one(dense_checkpoints, caplog, name, how):
+    """Issue 27 case 10: 4 KB of damage was "this configuration cannot resume" (blaming the
+    config), a deleted ckpt-N.index a silent restart at epoch 0 over the good checkpoint."""
+    from bgan_tf.training.callbacks import EpochCheckpoint
+
+    net, folder = dense_checkpoints
+    damage(folder / name, how)
+    ckpt = EpochCheckpoint(str(folder), net=net)
+    with caplog.at_level(logging.WARNING):
+        assert ckpt.restore() == 1  # ckpt-1: one epoch done
+    assert "ckpt-2 is damaged" in caplog.text and "resuming from" in caplog.text
+    assert float(np.asarray(net.layers[0].kernel)[0, 0]) == 1.0 and ckpt.last_saved.endswith("ckpt-1")
 
 
 def test_garbled_state_file_resumes_from_the_checkpoints_on_disk(run_copy, caplog):
@@ -110,12 +138,16 @@ def test_every_checkpoint_damaged_is_one_line_and_nothing_changes(run_copy):
 
 
 # ------------------------------------------------------------------ case 11
-def test_disk_full_while_saving_a_checkpoint_is_one_line_and_cleans_its_temp(run_copy, monkeypatch):
+def test_disk_full_while_saving_a_checkpoint_is_one_line_and_cleans_its_temp(dense_checkpoints, monkeypatch):
     """Issue 27 case 11: was a 50-line ResourceExhaustedError [Op:SaveV2] traceback that left
     ckpt-N_temp/. The save is made to fail as a full disk does, after writing its temp."""
     import tensorflow as tf
 
-    from bgan_tf.training.trainer import train
+    from bgan_tf.training.callbacks import EpochCheckpoint
+
+    net, folder = dense_checkpoints
+    ckpt = EpochCheckpoint(str(folder), net=net)
+    ckpt.restore()
 
     def full_disk(self, checkpoint_number=None, **kwargs):
         temp = Path(self.directory) / f"ckpt-{checkpoint_number}_temp"
@@ -124,10 +156,32 @@ def test_disk_full_while_saving_a_checkpoint_is_one_line_and_cleans_its_temp(run
         raise tf.errors.ResourceExhaustedError(None, None, "ckpt; No space left on device [Op:SaveV2]")
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk)
-    with pytest.raises(UserError, match=r"no space left on device while writing the checkpoint .*ckpt-6; free "
-                                        r"space there and rerun the same command: it resumes from .*ckpt-4"):
-        train(config(run_copy, epochs=2), verbose=0)
-    assert not list((run_copy / "checkpoints").glob("*_temp*"))
+    with pytest.raises(UserError, match=r"no space left on device while writing the checkpoint .*ckpt-3; free "
+                                        r"space there and rerun the same command: it resumes from .*ckpt-2"):
+        ckpt.on_epoch_end(2)
+    assert not list(folder.glob("*_temp*"))
+    assert sorted(p.name for p in folder.glob("*.index")) == ["ckpt-1.index", "ckpt-2.index"]
+
+
+def test_disk_full_on_a_python_write_is_one_line_too(dense_checkpoints, monkeypatch):
+    """Issue 27 case 11, OSError(ENOSPC) form: one line, the last checkpoint named."""
+    import errno
+
+    import tensorflow as tf
+
+    from bgan_tf.training.callbacks import EpochCheckpoint
+
+    net, folder = dense_checkpoints
+    ckpt = EpochCheckpoint(str(folder), net=net)
+    ckpt.restore()
+
+    def full_disk(self, checkpoint_number=None, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk)
+    with pytest.raises(UserError, match=r"no space left on device while writing the checkpoint .*ckpt-3; .*"
+                                        r"resumes from .*ckpt-2"):
+        ckpt.on_epoch_end(2)
 
 
 # ------------------------------------------------------------------ case 6
