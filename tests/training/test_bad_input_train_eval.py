@@ -9,6 +9,10 @@
 - item 15: the model folder, eval.json and the report follow the umask, and temp folders
   of killed writers are removed by the next write.
 
+Issue 27 (the second hostile probe), at the end: case 8, a model config.json with huge sizes
+is refused on load; case 14, resuming on other data is refused; case 16, --num_bits 1 is
+refused before anything is written. Cases 6, 10 and 11 are in test_bad_input_checkpoints.py.
+
 Most checks are in-process on the session's tiny model (tiny_model_dir, tests/conftest.py); three
 subprocess runs pin the command-line form (one error line, exit 2).
 """
