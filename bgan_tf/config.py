@@ -343,13 +343,16 @@ class BGANConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BGANConfig":
-        """A config.json's config; ValueError for a SIZE_FIELDS knob out of bounds (issue 27
-        case 8: backbone_input_size 20000 crashed build_encoder). The rest is not rechecked."""
+        """A config.json's config; ValueError for an integer SIZE_FIELDS knob out of bounds (issue 27
+        case 8: backbone_input_size 20000 crashed build_encoder); wrong types are the reader's to name."""
         fields = {f.name for f in dataclasses.fields(cls)}  # keys from newer versions are skipped
         config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
         for name in SIZE_FIELDS:
+            value = getattr(config, name)
+            if not all(_is_int(v) for v in (value if isinstance(value, tuple) else (value,))):
+                continue
             try:
-                check_value(name, getattr(config, name))
+                check_value(name, value)
             except UserError as e:
                 raise ValueError(str(e)) from None
         return config
