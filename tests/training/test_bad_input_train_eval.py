@@ -428,13 +428,27 @@ def test_model_config_with_huge_sizes_is_refused_on_load(tiny_model_dir, tmp_pat
 
 
 def test_evaluate_binary_refuses_a_huge_backbone_input_size_with_one_line(tiny_model_dir, tmp_path):
-    """Issue 27 case 8, the command-line form: one error line and exit 2, not rc 139."""
+    """Issue 27 case 8, the command-line form: one error line and exit 2, not rc 139.
+
+    Under a 4 GiB address-space cap (RLIMIT_AS): the refusal needs well under 2 GiB, while a
+    regression that builds the encoder asks for a 20000x20000x3 float32 input (4.8 GB) and
+    fails within seconds (measured: OOM, rc 1, ~15 s) instead of taking the machine's memory."""
+    import resource
+    import sys
+
+    from testlib import ROOT
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     cfg = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**cfg, "backbone_input_size": 20000}))
-    line = one_error_line(run_binary("bgan_tf.evaluate", "--model", str(model), "--report_dir",
-                                     str(tmp_path / "rep"), timeout=120))
+    r = subprocess.run([sys.executable, "-m", "bgan_tf.evaluate", "--model", str(model), "--report_dir",
+                        str(tmp_path / "rep")], cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                       capture_output=True, text=True, timeout=120, preexec_fn=cap)
+    line = one_error_line(r)
     assert "backbone_input_size must be an integer from 32 to 512, got 20000" in line
 
 
