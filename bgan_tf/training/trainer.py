@@ -27,7 +27,8 @@ from bgan_tf.data.sources import ImageData, load_training_data
 from bgan_tf.errors import UserError
 from bgan_tf.inference import model_folder
 # (check_run_dir and is_run_dir are imported from here by the binaries and tests.)
-from bgan_tf.training.run_folder import MODEL_SUBDIR, RUN_WHAT, check_run_dir, clean_stale_temps, is_run_dir  # noqa: F401
+from bgan_tf.training.run_folder import (MODEL_SUBDIR, RUN_WHAT, check_run_dir, clean_stale_temps,  # noqa: F401
+                                        is_run_dir)
 
 # Upper bound on the neighbourhood graph's candidate pairs, N * K2 * (K1 + 1): 1M images at
 # the default K1/K2. build_graph works in row chunks, so what grows with it is the result:

@@ -69,7 +69,7 @@ def test_truncated_newest_checkpoint_resumes_from_the_older_one(run_copy, caplog
     from bgan_tf.training.trainer import train
 
     damage(run_copy / "checkpoints" / "ckpt-4.data-00000-of-00001", "truncate")
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):  # absl may have been set to WARNING by a flag parse
         result = train(config(run_copy), verbose=0)
     assert "checkpoint" in caplog.text and "ckpt-4 is damaged" in caplog.text
     assert "resumed from" in caplog.text and "ckpt-2 (epoch 0, step 2" in caplog.text
@@ -117,7 +117,7 @@ def test_garbled_state_file_resumes_from_the_checkpoints_on_disk(run_copy, caplo
 
     (run_copy / "checkpoints" / "checkpoint").write_text("model_checkpoint_path: \x00\x01 garbage {{{")
     before = (run_copy / "checkpoints" / "ckpt-4.data-00000-of-00001").read_bytes()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):  # absl may have been set to WARNING by a flag parse
         result = train(config(run_copy), verbose=0)
     assert "resumed from" in caplog.text and "ckpt-4 (epoch 1" in caplog.text
     assert result.epochs_run == 0
