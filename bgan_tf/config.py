@@ -26,7 +26,9 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "max_images": (1, 100_000_000),
     "image_size": (32, 64),
     "backbone_input_size": (32, 512),
-    "num_bits": (1, 1024),
+    # >= 2: the closing evaluation scores precision within Hamming radius 2, and one bit
+    # (two codes) hashes nothing; refused before anything is written (issue 27 case 16).
+    "num_bits": (2, 1024),
     "k1": (1, 1000),
     "k2": (1, 1000),
     "beta_every": (1, 100_000),
@@ -97,6 +99,12 @@ GRAPH_CONSTRUCTIONS = ("k1k2", "diffusion")
 DIFFUSION_MAX_ITEMS = 100_000
 INT_LIMITS.update(diffusion_steps=(1, 100))
 FLOAT_LIMITS.update(diffusion_alpha=(0.0, 0.999, False), diffusion_pairs_per_item=(0.0, 10_000.0, True))
+
+
+# Knobs that size what is allocated when networks are built or batches are made: bounded
+# whenever a config is read from a file (BGANConfig.from_dict), not only when training.
+SIZE_FIELDS = ("num_bits", "image_size", "backbone_input_size", "hash_hidden", "gen_channels", "disc_channels",
+               "disc_feature_dim", "noise_dim", "batch_size")
 
 
 def check_graph_construction(construction: str, num_items: int) -> None:
@@ -335,15 +343,19 @@ class BGANConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BGANConfig":
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kw = {}
-        for k, v in d.items():
-            if k not in fields:
-                continue  # tolerate keys from newer versions
-            if isinstance(v, list):
-                v = tuple(v)
-            kw[k] = v
-        return cls(**kw)
+        """A config.json's config; ValueError for an integer SIZE_FIELDS knob out of bounds (issue 27
+        case 8: backbone_input_size 20000 crashed build_encoder); wrong types are the reader's to name."""
+        fields = {f.name for f in dataclasses.fields(cls)}  # keys from newer versions are skipped
+        config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
+        for name in SIZE_FIELDS:
+            value = getattr(config, name)
+            if not all(_is_int(v) for v in (value if isinstance(value, tuple) else (value,))):
+                continue
+            try:
+                check_value(name, value)
+            except UserError as e:
+                raise ValueError(str(e)) from None
+        return config
 
     def replace(self, **changes: Any) -> "BGANConfig":
         return dataclasses.replace(self, **changes)

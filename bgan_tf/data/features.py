@@ -163,6 +163,33 @@ def xnnpack_forward(net, spec: BackboneSpec, probe: np.ndarray, what: str) -> Ca
     return run
 
 
+def check_finite(values: np.ndarray, what: str, chunk: int = 4096) -> None:
+    """UserError when ``values`` (rows; a memory map is read in chunks) hold NaN or inf."""
+    bad = sum(int((~np.isfinite(values[s:s + chunk])).any(axis=tuple(range(1, values.ndim))).sum())
+              for s in range(0, len(values), chunk))
+    if bad:
+        raise UserError(f"{what} are not finite (NaN or inf) for {bad:,} of {len(values):,} images: check "
+                        "--backbone_weights (or cut the backbone at another layer)")
+
+
+def _read_cache(path: str, rows: int, ndim: int, dtype, mmap: bool = False) -> tuple[np.ndarray | None, str | None]:
+    """(array, None) when the cache file at ``path`` reads whole with ``rows`` rows of
+    ``ndim`` dims of ``dtype``, all finite; else (None, what is wrong with it)."""
+    try:
+        values = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # truncated, not an .npy, unreadable
+        return None, f"cannot be read ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})"
+    if values.ndim != ndim or values.dtype != dtype:
+        return None, f"holds {values.dtype} {values.shape}, not {np.dtype(dtype)} of {ndim} dims"
+    if values.shape[0] != rows:
+        return None, f"holds {values.shape[0]} rows for {rows} images"
+    try:
+        check_finite(values, "cached values")
+    except UserError:
+        return None, "holds non-finite values"
+    return values, None
+
+
 def cache_path(spec: BackboneSpec, data_fingerprint: str, cache_dir: str | None = None) -> str:
     """Where the features of this (backbone, data) are cached."""
     return os.path.join(cache_dir or default_cache_dir(), cache_key(spec, data_fingerprint) + ".npy")
@@ -174,11 +201,15 @@ def cached_features(images: np.ndarray, spec: BackboneSpec, data_fingerprint: st
     cache_dir = cache_dir or default_cache_dir()
     path = cache_path(spec, data_fingerprint, cache_dir)
     if os.path.isfile(path):
-        feats = np.load(path)
-        if feats.shape[0] == len(images):
+        feats, why = _read_cache(path, len(images), 2, np.float32)
+        if why is None:
             logging.info("features from cache %s", path)
             return feats
+        # The cache is this tool's own file: a damaged one is rebuilt (a truncated one was a
+        # traceback on every rerun, a NaN one crashed the graph build: issue 27 case 7).
+        logging.warning("feature cache %s %s; computing the features again", path, why)
     feats = compute_features(images, spec, batch_size)
+    check_finite(feats, f"the features of backbone {spec.name}")
     with atomic.writing(path) as f:  # never a half-written cache entry, umask mode
         np.save(f, feats)
     logging.info("features cached at %s", path)
@@ -209,10 +240,11 @@ def cached_bottom(images: np.ndarray, spec: BackboneSpec, layer: str, data_finge
         raise UserError("--trainable_from caches a pretrained bottom: pass --backbone_weights")
     path = bottom_cache_path(spec, layer, data_fingerprint, cache_dir)
     if os.path.isfile(path):  # the key fixes the activation shape: a hit needs no backbone
-        cached = np.load(path, mmap_mode="r")
-        if cached.ndim == 4 and cached.shape[0] == len(images) and cached.dtype == np.float16:
+        cached, why = _read_cache(path, len(images), 4, np.float16, mmap=True)
+        if why is None:
             logging.info("bottom activations from cache %s", path)
             return cached
+        logging.warning("bottom-activation cache %s %s; computing it again", path, why)
     bottom, _ = split_backbone(build_backbone(spec), layer)
     shape = (len(images),) + tuple(int(d) for d in bottom.output.shape[1:])
     size = int(np.prod(shape, dtype=np.int64)) * 2

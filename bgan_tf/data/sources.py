@@ -155,6 +155,11 @@ def load_npz(path: str, size: int | None = None) -> ImageData:
         labels = z["labels"] if "labels" in z else None
     if raw.ndim not in (3, 4) or raw.shape[0] == 0:
         raise UserError(f"{path}: 'images' must be [N,H,W] or [N,H,W,C] with N > 0, got shape {raw.shape}")
+    if raw.dtype.kind in "fc" and not np.isfinite(raw).all():
+        # One NaN made max() NaN, so a [0, 1] set was read as 0..255 (issue 27 case 15).
+        bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+        raise UserError(f"{path}: 'images' holds {bad:,} non-finite values (NaN or inf); replace or drop "
+                        "those images and save again")
     if raw.dtype != np.uint8:
         if raw.dtype.kind == "f" and raw.size and float(raw.max()) <= 1.0:
             raw = raw * 255.0  # floats in [0, 1]

@@ -1,7 +1,9 @@
 """Training BGAN: the model, its losses, the neighbourhood graph and the loop around fit().
 
 - `trainer`: `train(config) -> TrainResult`: features, graph, model, resumable fit, the
-  model folder; guards the run folder (`check_run_dir`).
+  model folder.
+- `run_folder`: what a run folder of ours is and what a rerun may change (`check_run_dir`:
+  same network shapes, same data).
 - `bgan`: `BGAN(keras.Model)`: `compile()` takes one optimizer per network and
   `train_step` updates encoder, generator and discriminator.
 - `losses`: adversarial, content, neighbourhood (released-code and paper forms),
@@ -10,6 +12,10 @@
 - `distribute`: `make_strategy(name)`, chief detection, dataset sharding, sync BN.
 - `callbacks`: beta schedule, reconstruction samples, step-level checkpoints, early
   stopping on a held-out slice of the graph (`GraphEarlyStopping`) and `fit_resumable`.
+- `checkpoints`: restore the newest checkpoint that reads whole and finite (older ones when
+  it is damaged), save only finite weights, a full disk as one line.
+- `divergence`: `DivergenceGuard` (a NaN or inf loss stops training with one line) and the
+  one-code warning at the end of training.
 
 To add a loss: a function in `losses`, a weight in `BGANConfig`, one term in
 `BGAN.train_step`. Imports evaluation (the retrieval metric early stopping monitors),

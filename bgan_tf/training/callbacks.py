@@ -13,6 +13,7 @@ from absl import logging
 
 from bgan_tf import atomic
 from bgan_tf.evaluation.retrieval_metrics import map_with_relevance
+from bgan_tf.training.checkpoints import restore_newest_intact, save_checkpoint
 
 
 def beta_for_epoch(values: tuple[float, ...], every: int, epoch: int) -> float:
@@ -51,8 +52,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
     Atomicity: tf.train.CheckpointManager writes the new checkpoint's files
     (``ckpt-N.index``, ``ckpt-N.data-*``) first and only then rewrites its
     small ``checkpoint`` state file (write to a temp file + rename). Restore
-    reads only the checkpoint the state file names, so files of a save killed
-    half way are never read, and the previous checkpoint stays loadable.
+    reads the newest checkpoint that reads whole and finite, falling back to
+    older ones (`bgan_tf.training.checkpoints`); a save is refused while a
+    network holds non-finite weights, so the last finite checkpoint stays.
     """
 
     def __init__(self, directory: str, max_to_keep: int = 2, write: bool = True, save_every_steps: int = 0,
@@ -60,11 +62,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self.networks = {name: obj for name, obj in trackables.items() if isinstance(obj, keras.Model)}
         # Every network's variables also by list: layers a subclassed model keeps in
         # a Python list (the BN layers of G and D) are not reached through the model
         # object, and without this their moving statistics would not be saved.
-        weights = {f"{name}_weights": list(obj.weights) for name, obj in trackables.items()
-                   if isinstance(obj, keras.Model)}
+        weights = {f"{name}_weights": list(obj.weights) for name, obj in self.networks.items()}
         self.checkpoint = tf.train.Checkpoint(epoch=self.epoch, step_in_epoch=self.step_in_epoch, **trackables,
                                               **weights)
         self.write = write
@@ -73,18 +75,24 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.save_every_steps = int(save_every_steps or 0)
         self.steps_per_epoch: int | None = None
         self.restored_step = 0
+        self.last_saved: str | None = None  # the newest checkpoint restored or written (all finite)
         self._epoch = 0
         self._offset = 0  # steps of the current epoch done before this fit() call
 
+    @property
+    def offset(self) -> int:
+        """Steps of the current epoch done before this fit() call (a resume mid-epoch)."""
+        return self._offset
+
     def restore(self, directory: str | None = None) -> int:
-        """Restore the newest checkpoint of ``directory`` (default: this one's).
+        """Restore the newest intact checkpoint of ``directory`` (default: this one's).
 
         A non-chief worker writes to a temp folder but resumes from the
         chief's checkpoints, so every worker restarts at the same step."""
-        latest = tf.train.latest_checkpoint(directory) if directory else self.manager.latest_checkpoint
+        latest = restore_newest_intact(self.checkpoint, directory or self.directory)
         if latest is None:
             return 0
-        self.checkpoint.restore(latest).expect_partial()
+        self.last_saved = latest
         self.restored_step = int(self.step_in_epoch.numpy())
         logging.info("resumed from %s (epoch %d, step %d of it)", latest, int(self.epoch.numpy()),
                      self.restored_step)
@@ -95,7 +103,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.step_in_epoch.assign(step)
         if self.write:
             number = epoch * self.steps_per_epoch + step if self.steps_per_epoch else epoch
-            self.manager.save(checkpoint_number=number)
+            self.last_saved = save_checkpoint(self.manager, number, self.networks, self.last_saved)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch

@@ -4,24 +4,18 @@ Rerunning the same command with the same ``output_dir`` resumes from the last
 epoch checkpoint; a finished run is not retrained (its saved model is
 returned). Only the chief writes files under a multi-worker strategy.
 
-The run folder (``output_dir``) is ours when it holds the ``config.json`` training
-writes before its first checkpoint (or, for runs of older versions, a TF checkpoint
-state file under ``checkpoints/``); any other non-empty folder is refused untouched
-(`check_run_dir`). Resuming needs the same network shapes (`ARCHITECTURE_FIELDS`);
-other settings, e.g. more ``--epochs``, may change. The ``model`` folder inside it is
-written whole by `bgan_tf.inference.model_folder.write_model_folder`.
+What the run folder (``output_dir``) may hold and which settings a rerun may change is
+`bgan_tf.training.run_folder`'s. The ``model`` folder inside it is written whole by
+`bgan_tf.inference.model_folder.write_model_folder`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
 import time
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from absl import logging
@@ -29,88 +23,18 @@ from absl import logging
 from bgan_tf import atomic
 from bgan_tf.config import BGANConfig, check_graph_construction
 from bgan_tf.data.pipeline import images_for_gan, training_dataset
-from bgan_tf.data.sources import ImageData, dataset_paths, load_training_data
+from bgan_tf.data.sources import ImageData, load_training_data
 from bgan_tf.errors import UserError
 from bgan_tf.inference import model_folder
+# (check_run_dir and is_run_dir are imported from here by the binaries and tests.)
+from bgan_tf.training.run_folder import (MODEL_SUBDIR, RUN_WHAT, check_run_dir, clean_stale_temps,  # noqa: F401
+                                        is_run_dir)
 
-MODEL_SUBDIR = "model"
-RUN_WHAT = "training run folder"
-# Knobs that shape the networks or the optimizer state: a checkpoint written with other
-# values cannot be restored (or would restore into different networks).
-ARCHITECTURE_FIELDS = ("num_bits", "image_size", "backbone", "backbone_input_size", "freeze_backbone",
-                       "trainable_from", "top_bn",
-                       "hash_hidden", "hash_norm", "use_gan", "gen_channels", "disc_channels",
-                       "disc_feature_dim", "noise_dim", "mixed_precision", "disc_spectral_norm")
-# Knobs whose being set (not their value) adds optimizer state: --lr_backbone adds the
-# backbone's own optimizer, so a run resumes with another non-zero rate but not with none.
-OPTIMIZER_SET_FIELDS = ("lr_backbone",)
 # Upper bound on the neighbourhood graph's candidate pairs, N * K2 * (K1 + 1): 1M images at
 # the default K1/K2. build_graph works in row chunks, so what grows with it is the result:
 # P, its transpose and the keys, at most ~26 bytes a pair when every P(i) is full and
 # disjoint from its transpose; benchmarks/results/graph_scale.md measures real graphs.
 MAX_GRAPH_PAIRS = 640_000_000
-
-
-def _stored_config(run_dir: Path) -> dict[str, Any] | None:
-    """The run's config.json if it is one of ours (a BGANConfig dump), else None."""
-    d = model_folder.read_json_or_none(run_dir / "config.json")
-    return d if isinstance(d, dict) and {"num_bits", "backbone", "gen_channels", "output_dir"} <= d.keys() else None
-
-
-def is_run_dir(path: str | os.PathLike[str]) -> bool:
-    """A run folder of ours: its config.json, or (runs killed before this version wrote
-    config.json first) the checkpoint state file tf.train.CheckpointManager keeps."""
-    p = Path(path)
-    return _stored_config(p) is not None or (p / "checkpoints" / "checkpoint").is_file() or \
-        model_folder.is_model_dir(p / MODEL_SUBDIR)
-
-
-def _same(a: Any, b: Any) -> bool:
-    # config.json holds lists where BGANConfig holds tuples.
-    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
-
-
-def check_run_dir(config: BGANConfig) -> Path:
-    """Refuse, before any slow work and with nothing touched, an output_dir training
-    cannot use: a file, an unwritable path, a non-empty folder that is not a run folder
-    of ours, one that overlaps the dataset, or a run trained with other network shapes."""
-    out = atomic.claim_output(config.output_dir, RUN_WHAT, is_run_dir)
-    atomic.check_disjoint(out, *dataset_paths(config.dataset), what="--output_dir")
-    atomic.claim_output(out / MODEL_SUBDIR, model_folder.MODEL_WHAT, model_folder.is_model_dir)
-    stored = _stored_config(out)
-    if stored is not None:
-        diffs = [name for name in ARCHITECTURE_FIELDS
-                 if name in stored and not _same(stored[name], getattr(config, name))]
-        diffs += [name for name in OPTIMIZER_SET_FIELDS
-                  if bool(stored.get(name)) != bool(getattr(config, name))]
-        if diffs:
-            def show(v: Any) -> str:
-                return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-
-            # (A run of a version before an OPTIMIZER_SET_FIELDS knob existed stored none: unset.)
-            was = ", ".join(f"--{n} {show(stored.get(n, 0))} (now {show(getattr(config, n))})" for n in diffs)
-            raise UserError(f"{config.output_dir} holds a run trained with {was}; its checkpoints cannot "
-                            "resume with other network or optimizer settings: choose a new --output_dir, or rerun "
-                            "with the run's settings (nothing was changed)")
-    return out
-
-
-def _clean_stale_temps(out_dir: str) -> None:
-    """Remove the model-folder temps killed runs left, even when this run then finds itself
-    finished and writes no model: staged_dir's ``.model.tmp-*`` (under the model's lock, so
-    no live writer owns them) and older versions' ``.model_tmp_*`` and ``model.old``."""
-    model_dir = os.path.join(out_dir, MODEL_SUBDIR)
-    if not os.path.isdir(out_dir):
-        return
-    with atomic.output_lock(model_dir, model_folder.MODEL_WHAT):
-        atomic.recover_dir(model_dir, model_folder.is_model_dir)
-        atomic.clean_stale(model_dir)
-    for p in Path(out_dir).glob(".model_tmp_*"):
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-    old = Path(out_dir) / (MODEL_SUBDIR + ".old")
-    if old.is_dir() and not old.is_symlink() and model_folder.is_model_dir(old):
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_data_fits(config: BGANConfig, num_images: int) -> None:
@@ -195,6 +119,19 @@ def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input:
     return model
 
 
+def _check_trained(encoder, encode, inputs: np.ndarray) -> None:
+    """Before the model is written: refuse an encoder with non-finite weights (issue 27 case 6),
+    warn loudly when the training images all get one code."""
+    from bgan_tf.training.checkpoints import non_finite_weight
+    from bgan_tf.training.divergence import warn_if_one_code
+
+    bad = non_finite_weight({"encoder": encoder})
+    if bad is not None:
+        raise UserError(f"training diverged: {bad} is not finite; no model was written: lower the learning "
+                        "rates (--lr_e, --lr_g, --lr_d) and rerun")
+    warn_if_one_code(encode, inputs)
+
+
 def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -> TrainResult:
     """Train BGAN as configured; resume if ``output_dir`` holds checkpoints.
 
@@ -223,7 +160,7 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
     check_run_dir(config)  # before the lock file is made beside it
     with atomic.output_lock(config.output_dir, RUN_WHAT):
         check_run_dir(config)
-        _clean_stale_temps(config.output_dir)
+        clean_stale_temps(config.output_dir)
         return _train(config, data, verbose, strategy, True, t0)
 
 
@@ -237,6 +174,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     from bgan_tf.training.callbacks import (BetaSchedule, EpochCheckpoint, GraphEarlyStopping,
                                             ReconstructionSamples, fit_resumable)
     from bgan_tf.training.distribute import shard_by_data
+    from bgan_tf.training.divergence import DivergenceGuard
     from bgan_tf.training.graph import RECALL_SAMPLE, build_graph
 
     seconds: dict[str, float] = {}
@@ -361,7 +299,9 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         return shard_by_data(ds.skip(first % per_pass))
 
     # The early-stopping state is updated before the checkpoint that saves it.
-    callbacks = [BetaSchedule(model.encoder.beta, config.beta_values, config.beta_every),
+    # The divergence guard first: no callback after it sees a step with a non-finite loss.
+    callbacks = [DivergenceGuard(ckpt, config.init_from),
+                 BetaSchedule(model.encoder.beta, config.beta_values, config.beta_every),
                  *([stopper] if stopper is not None else []), ckpt]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), write_graph=False))
@@ -381,6 +321,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
                      epochs_trained, float(stopper.best.numpy()))
     seconds["train"] = time.time() - t
     if chief:
+        _check_trained(model.encoder, encode, x)
         model_folder.write_model_folder(model_dir, config, model.encoder, data, model.generator, model.discriminator,
                                         commit=commit)
     else:

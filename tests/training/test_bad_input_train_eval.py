@@ -9,6 +9,10 @@
 - item 15: the model folder, eval.json and the report follow the umask, and temp folders
   of killed writers are removed by the next write.
 
+Issue 27 (the second hostile probe), at the end: case 8, a model config.json with huge sizes
+is refused on load; case 14, resuming on other data is refused; case 16, --num_bits 1 is
+refused before anything is written. Cases 6, 10 and 11 are in test_bad_input_checkpoints.py.
+
 Most checks are in-process on the session's tiny model (tiny_model_dir, tests/conftest.py); three
 subprocess runs pin the command-line form (one error line, exit 2).
 """
@@ -183,6 +187,7 @@ def test_evaluate_binary_refuses_existing_folder_with_one_line(tiny_model_dir, t
 # ------------------------------------------------------------------ item 10: bounded flags
 @pytest.mark.parametrize("args,message", [
     (["--num_bits", "100000"], "--num_bits=100000"),
+    (["--num_bits", "1"], "--num_bits=1"),  # issue 27 case 16
     (["--steps_per_epoch", "-3"], "--steps_per_epoch=-3"),
     (["--batch_size", "1"], "--batch_size=1"),
     (["--batch_size", "100000"], "--batch_size=100000"),
@@ -233,8 +238,9 @@ def test_eval_flags_are_bounded_at_parse_time(args, message):
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(steps_per_epoch=-3), "--steps_per_epoch must be an integer from 0"),
-    (dict(num_bits=100000), "--num_bits must be an integer from 1 to 1024"),
+    (dict(num_bits=100000), "--num_bits must be an integer from 2 to 1024"),
     (dict(num_bits=16.5), "--num_bits must be an integer"),
+    (dict(num_bits=1), "--num_bits must be an integer from 2"),  # issue 27 case 16
     (dict(batch_size=1), "--batch_size must be an integer from 2"),
     (dict(lr_g=float("inf")), "--lr_g must be a number"),
     (dict(gen_channels=(8,) * 7), "cannot make 32x32 images"),
@@ -264,7 +270,7 @@ def test_neighbourhood_graph_size_is_bounded_by_the_data():
 def test_train_binary_bad_number_is_one_line_and_writes_nothing(tmp_path):
     r = run_binary("bgan_tf.train", "--num_bits", "100000", "--output_dir", str(tmp_path / "run"), timeout=120)
     line = one_error_line(r)
-    assert "--num_bits=100000" in line and "range [1, 1024]" in line
+    assert "--num_bits=100000" in line and "range [2, 1024]" in line
     assert not (tmp_path / "run").exists()
 
 
@@ -395,3 +401,68 @@ def test_eval_json_follows_the_umask(tiny_model_dir, tmp_path, monkeypatch):
     assert json.loads(path.read_text())["num_queries"] == 10
     assert stat.S_IMODE(path.stat().st_mode) == atomic.umask_mode(0o666)
     assert [p for p in os.listdir(run) if ".tmp" in p] == []
+
+
+# ------------------------------------------------------------------ issue 27
+def test_num_bits_1_is_one_line_before_anything_is_written(tmp_path):
+    """Issue 27 case 16: --num_bits 1 trained and wrote the model, then the closing
+    evaluation failed (radius must be in 0..1, got 2); now refused at parse time."""
+    r = run_binary("bgan_tf.train", "--num_bits", "1", "--output_dir", str(tmp_path / "run"), timeout=120)
+    assert "--num_bits=1" in one_error_line(r)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field,value", [("backbone_input_size", 20000), ("num_bits", 10**9),
+                                         ("hash_hidden", [10**9]), ("gen_channels", [10**7, 8, 8])])
+def test_model_config_with_huge_sizes_is_refused_on_load(tiny_model_dir, tmp_path, field, value):
+    """Issue 27 case 8: a model's config.json with backbone_input_size 20000 passed the load
+    checks and segfaulted (rc 139) in build_encoder; every size knob is bounded on load."""
+    from bgan_tf.inference.model_folder import read_model_files
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, field: value}))
+    with pytest.raises(UserError, match=f"config.json.*--{field} must be"):
+        read_model_files(str(model))
+
+
+def test_evaluate_binary_refuses_a_huge_backbone_input_size_with_one_line(tiny_model_dir, tmp_path):
+    """Issue 27 case 8, the command-line form: one error line and exit 2, not rc 139.
+
+    Under a 4 GiB address-space cap (RLIMIT_AS): the refusal needs well under 2 GiB, while a
+    regression that builds the encoder asks for a 20000x20000x3 float32 input (4.8 GB) and
+    fails within seconds (measured: OOM, rc 1, ~15 s) instead of taking the machine's memory."""
+    import resource
+    import sys
+
+    from testlib import ROOT
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "backbone_input_size": 20000}))
+    r = subprocess.run([sys.executable, "-m", "bgan_tf.evaluate", "--model", str(model), "--report_dir",
+                        str(tmp_path / "rep")], cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                       capture_output=True, text=True, timeout=120, preexec_fn=cap)
+    line = one_error_line(r)
+    assert "backbone_input_size must be an integer from 32 to 512, got 20000" in line
+
+
+def test_resume_on_another_dataset_is_refused_naming_both(tiny_model_dir, tmp_path):
+    """Issue 27 case 14: resuming a run with another --dataset continued silently into a
+    different model; now refused before anything changes, naming the old and new value."""
+    from bgan_tf.training.trainer import check_run_dir
+
+    run = copy_run(tiny_model_dir, tmp_path / "run")
+    np.savez(tmp_path / "other.npz", images=np.zeros((20, 8, 8), np.uint8))
+    before = (run / "config.json").read_bytes()
+    with pytest.raises(UserError, match=r"trained on --dataset digits \(now npz:.*other\.npz\).*new --output_dir"):
+        check_run_dir(tiny_config(run, dataset=f"npz:{tmp_path / 'other.npz'}"))
+    with pytest.raises(UserError, match=r"--max_images None \(now 100\)"):
+        check_run_dir(tiny_config(run, max_images=100))
+    assert (run / "config.json").read_bytes() == before
+    check_run_dir(tiny_config(run, epochs=3))  # more epochs on the same data still resume
