@@ -130,9 +130,10 @@ def load_folder(root: str, size: int | None = None, max_images: int | None = Non
 
 def _log_skips(root: str, skipped: dict[str, int], listing: ImageListing) -> None:
     """One warning with every kind of skipped file, so none passes unnoticed."""
-    parts = []
-    if skipped["unsupported"]:
-        parts.append(listing.describe_skips())
+    # describe_skips covers what the lister passed over: unsupported extensions,
+    # symbolic links it did not follow, folders it could not list.
+    listed = listing.describe_skips()
+    parts = [listed] if listed else []
     if skipped["unreadable"]:
         parts.append(f"{skipped['unreadable']} unreadable file(s)")
     if skipped["too_large"]:

@@ -84,3 +84,22 @@ def test_non_finite_features_are_refused_before_the_graph_code(tmp_path):
                        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "refused: the neighbourhood graph's features of 1 of 60 training images are not finite" in r.stdout
+
+
+def test_a_training_folder_reports_the_symbolic_links_it_did_not_follow(tmp_path, caplog):
+    """Issue 27 case 21: a folder symlink inside a training folder was skipped without a
+    word (the skip warning spoke only of unsupported extensions)."""
+    from PIL import Image
+
+    from bgan_tf.data.sources import load_folder
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "elsewhere" / "x.png")
+    (tmp_path / "imgs" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with caplog.at_level("WARNING"):
+        data = load_folder(str(tmp_path / "imgs"))
+    assert len(data.images) == 2
+    assert "1 symbolic link(s)" in caplog.text and "not followed" in caplog.text
