@@ -27,13 +27,12 @@ import numpy as np
 
 from bgan_tf import atomic
 from bgan_tf.errors import UserError
-from bgan_tf.inference.tflite import resize_bilinear
+from bgan_tf.inference.tflite import TFLITE_METADATA_NAME, resize_bilinear
 from bgan_tf.serving.saved_model import export_metadata, loaded_encoder, pack_bits_tf
 
 TFLITE_VARIANTS = ("float", "dynamic_int8", "int8")
 TFLITE_WHAT = "TFLite export"
-TFLITE_METADATA_NAME = "bgan_tflite.json"
-TFLITE_FORMAT = "bgan_tf.tflite/1"
+TFLITE_FORMAT = "bgan_tf.tflite/1"  # TFLITE_METADATA_NAME is the runtime's (bgan_tf.inference.tflite)
 _TFLITE_FILE_RE = re.compile(r"^encoder_(float|dynamic_int8|int8)\.tflite$")
 # The per-file temps the exporter wrote into the folder before it staged whole sets.
 _LEGACY_TFLITE_TMP_RE = re.compile(r"^\.encoder_(float|dynamic_int8|int8)\.tflite\.tmp-[a-z0-9_]{8}$")

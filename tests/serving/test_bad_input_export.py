@@ -414,3 +414,119 @@ def test_helpshort_lists_the_export_flags():
     assert "Traceback" not in proc.stderr
     for flag in ("--export_base", "--out", "--variants", "--check_count", "--version"):
         assert flag in proc.stdout, flag
+
+
+# --------------------------------------------------------------------------
+# issue 27 case 18: a damaged .tflite file
+# --------------------------------------------------------------------------
+
+# Loads each fuzzed file and encodes two images, one line per file: "ok", "user <msg>", or
+# "other <type> <msg>". Run in a subprocess: a corruption that crashes the TFLite C++
+# runtime must fail this test, not kill pytest. No TensorFlow is imported (ai-edge-litert
+# only), so a whole sweep takes seconds.
+_FUZZ_RUNNER = """
+import sys
+import numpy as np
+from bgan_tf.errors import UserError
+from bgan_tf.inference.tflite import TFLiteEncoder
+for path in sys.argv[1:]:
+    try:
+        codes = TFLiteEncoder(path).encode(np.zeros((2, 40, 30, 3), np.uint8))
+        assert codes.shape == (2, 16) and set(np.unique(codes)) <= {-1.0, 1.0}, codes
+        print("ok", flush=True)
+    except UserError as e:
+        print("user", str(e).replace(chr(10), "|"), flush=True)
+    except BaseException as e:
+        print("other", type(e).__name__, str(e).splitlines()[:1], flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def float_tflite(loaded, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tfl_fuzz") / "tfl"
+    return Path(tflite_lib.convert_tflite(loaded, out, ["float"])["float"])
+
+
+def _fuzz_outcomes(paths: list[Path]) -> list[str]:
+    proc = subprocess.run([sys.executable, "-c", _FUZZ_RUNNER, *map(str, paths)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, f"the TFLite runtime crashed (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(paths), proc.stdout
+    return lines
+
+
+def _flipped(data: bytes, count: int = 150, seed: int = 1) -> list[bytes]:
+    """``count`` copies of ``data`` with one seeded byte set: alternately in the flatbuffer's
+    first 3 KB and its last 6 KB (tables, tensor indices), where the weights are not."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        b = bytearray(data)
+        off = int(rng.integers(0, 3000)) if i % 2 else len(b) - 1 - int(rng.integers(0, 6000))
+        b[off] = int(rng.integers(0, 256))
+        out.append(bytes(b))
+    return out
+
+
+def test_fuzzed_tflite_is_a_user_error_or_a_correct_run(float_tflite, tmp_path):
+    """Issue 27 case 18: a byte-fuzzed .tflite gave a ``RuntimeError: Invalid tensor index``
+    traceback. Files copied out of their export folder (no recorded checksum) go through
+    the identifier check and the runtime, whose every error must become a UserError.
+
+    The seeded offsets hit the flatbuffer's tables (its first and last kilobytes, where
+    the runtime read out-of-range tensor indices before the fix) and the weights; seed 1's
+    sweep gave 5 RuntimeErrors in 150 files before the fix.
+    """
+    data = float_tflite.read_bytes()
+    paths = []
+    for i, fuzzed in enumerate(_flipped(data)):
+        paths.append(tmp_path / f"flip{i}.tflite")
+        paths[-1].write_bytes(fuzzed)
+    for i, cut in enumerate((0, 7, 100, len(data) // 2, len(data) - 1)):
+        paths.append(tmp_path / f"cut{i}.tflite")
+        paths[-1].write_bytes(data[:cut])
+    outcomes = _fuzz_outcomes(paths)
+    others = [f"{p.name}: {o}" for p, o in zip(paths, outcomes) if not o.startswith(("ok", "user"))]
+    assert not others, others
+    users = [o for o in outcomes if o.startswith("user")]
+    assert all("export it again" in o and str(tmp_path) in o for o in users), users
+    assert sum(o.startswith("user") for o in outcomes[-5:]) == 5  # every truncation is refused
+    assert "is not a TFLite model (no TFL3 identifier" in outcomes[-5]
+
+
+def test_tflite_checksum_refuses_flipped_weights(float_tflite, tmp_path):
+    """Issue 27 case 18: inside its export folder a file is checked against the sha256
+    ``bgan_tflite.json`` recorded, so a flipped weight byte, which the runtime would run
+    and answer with silently wrong codes, is refused before the interpreter parses it."""
+    folder = tmp_path / "tfl"
+    shutil.copytree(float_tflite.parent, folder)
+    path = folder / float_tflite.name
+    assert TFLiteEncoder(str(path)).num_bits == 16
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    outcome, = _fuzz_outcomes([path])
+    assert outcome == (f"user {path} is damaged: its sha256 differs from the one recorded in bgan_tflite.json "
+                       "when it was exported; export it again (python -m export.tflite)")
+
+
+def test_index_binary_prints_one_line_for_a_damaged_tflite(float_tflite, tmp_path):
+    """Issue 27 case 18: the binaries that take a .tflite (index build/query, serve) print one
+    ``error:`` line for a damaged file, not a traceback. Flip 28 of the sweep above is one
+    that gave ``RuntimeError: Invalid tensor index`` before the fix."""
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(_flipped(float_tflite.read_bytes(), count=29)[28])
+    images = tmp_path / "imgs"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    proc = _cli("bgan_tf.index", "build", f"--model={bad}", f"--images={images}", f"--index={tmp_path / 'idx'}")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith(f"error: {bad} is not an encoder exported by python -m export.tflite or is "
+                                "damaged (the TFLite runtime says: Invalid tensor index "), errors[0]
+    assert errors[0].endswith("export it again (python -m export.tflite)")
