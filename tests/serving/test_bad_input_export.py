@@ -530,3 +530,122 @@ def test_index_binary_prints_one_line_for_a_damaged_tflite(float_tflite, tmp_pat
     assert errors[0].startswith(f"error: {bad} is not an encoder exported by python -m export.tflite or is "
                                 "damaged (the TFLite runtime says: Invalid tensor index "), errors[0]
     assert errors[0].endswith("export it again (python -m export.tflite)")
+
+
+# --------------------------------------------------------------------------
+# issue 27 case 5: encode_bytes's pixel limit
+# --------------------------------------------------------------------------
+
+# The export the child process loads refuses more than this many pixels; 30x30 fits,
+# 40x40 does not.
+_TEST_MAX_PIXELS = 1000
+# Address-space cap of the child (RLIMIT_AS; RLIMIT_DATA would do too): measured, TF
+# start-up + loading the tiny SavedModel + one small request peak at 1.85 GB of virtual
+# memory, while decoding the 20000x20000 bomb needs 1.2 GB more for its uint8 pixels (and
+# the code before the fix 4.8 GB more for a float32 copy). Under the cap the regression
+# fails with OOM in seconds instead of taking 6 GB of the machine.
+_ENCODE_BYTES_AS_CAP = 2560 << 20
+_ENCODE_BYTES_RUNNER = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
+import tensorflow as tf
+sig = tf.saved_model.load(sys.argv[2]).signatures["encode_bytes"]
+for path in sys.argv[3:]:
+    start = time.monotonic()
+    try:
+        out = sig(image_bytes=tf.constant([open(path, "rb").read()]))
+        print(path, "ok", out["hex"].numpy()[0].decode(), flush=True)
+    except tf.errors.InvalidArgumentError as e:
+        msg = [line for line in str(e).splitlines() if "assertion failed" in line or "Invalid" in line]
+        print(path, "refused", round(time.monotonic() - start, 3), msg[:1], flush=True)
+    except Exception as e:
+        print(path, "other", type(e).__name__, str(e).splitlines()[:1], flush=True)
+"""
+
+
+def _with_header_size(data: bytes, fmt: str, width: int, height: int) -> bytes:
+    """A small real file of ``fmt`` whose header is rewritten to claim width x height."""
+    import struct
+    import zlib
+
+    b = bytearray(data)
+    if fmt == "PNG":  # IHDR, big-endian uint32, and its CRC
+        b[16:24] = struct.pack(">II", width, height)
+        b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])) & 0xFFFFFFFF)
+    elif fmt == "GIF":  # the logical screen, little-endian uint16
+        b[6:10] = struct.pack("<HH", width, height)
+    elif fmt == "BMP":  # BITMAPINFOHEADER, little-endian int32
+        b[18:26] = struct.pack("<ii", width, height)
+    elif fmt == "JPEG":  # the SOF0 frame header: FF C0, length, precision, height, width
+        sof = b.index(b"\xff\xc0")
+        b[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(b)
+
+
+def test_encode_bytes_refuses_images_over_its_pixel_limit_before_decoding(loaded, tmp_path):
+    """Issue 27 case 5: the SavedModel's encode_bytes decoded any image with no pixel limit
+    (a 20000x20000 PNG of 5 MB took 1.2 GB + a 4.8 GB float32 copy and died with OOM after
+    13 s). Now each file's header is read first and an image over the export's max_pixels
+    is an InvalidArgument naming the limit, in milliseconds, for PNG, JPEG, GIF and BMP; an
+    image within the limit still encodes. Runs under an address-space cap."""
+    import io
+
+    from PIL import Image
+    from testlib import png_header_only, zero_png_idat
+
+    base = tmp_path / "base"
+    path = sm_lib.export_saved_model(loaded, base, max_pixels=_TEST_MAX_PIXELS)
+    assert sm_lib.read_export_metadata(path)["signatures"]["encode_bytes"]["max_pixels"] == _TEST_MAX_PIXELS
+
+    rng = np.random.default_rng(0)
+    files = {"bomb.png": png_header_only(20000, 20000, zero_png_idat(20000, 20000))}
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        for side in (30, 40):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, format=fmt)
+            files[f"{side}.{fmt.lower()}"] = buf.getvalue()
+        files[f"claims_huge.{fmt.lower()}"] = _with_header_size(files[f"30.{fmt.lower()}"], fmt, 20000, 20000)
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    proc = subprocess.run([sys.executable, "-c", _ENCODE_BYTES_RUNNER, str(_ENCODE_BYTES_AS_CAP), path,
+                           *(str(tmp_path / n) for n in files)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcomes = {os.path.basename(line.split()[0]): line.split(None, 1)[1] for line in proc.stdout.splitlines()}
+    assert set(outcomes) == set(files), proc.stdout
+    for name, outcome in outcomes.items():
+        if name.startswith("30."):
+            assert outcome.startswith("ok "), (name, outcome)
+            continue
+        assert outcome.startswith("refused "), (name, outcome)
+        seconds = float(outcome.split()[1])
+        assert seconds < 2.0, (name, outcome)  # from the header: nothing was decoded
+        side = 40 if name.startswith("40.") else 20000
+        assert (f"is] [{side}] [x] [{side}] [pixels, over the limit of] [{_TEST_MAX_PIXELS}] "
+                "[pixels set at export (--max_pixels); downscale it before sending]") in outcome, (name, outcome)
+
+
+def test_max_pixels_flag_default_bounds_and_library_check(tmp_path):
+    """Issue 27 case 5: the limit is an export flag, bounded at parse time, by default the
+    search service's budget (a TF Serving deployment is a server many clients share)."""
+    from bgan_tf.search.limits import DEFAULT_MAX_PIXELS as SERVICE_MAX_PIXELS
+    from flags.export_flags import export_max_pixels
+
+    define_export_flags()
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["export.all", "--model=m", "--export_base=b"])
+        assert export_max_pixels() == SERVICE_MAX_PIXELS
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["export.all", "--model=m", "--export_base=b", "--max_pixels=1234"])
+        assert export_max_pixels() == 1234
+    finally:
+        flags.FLAGS.unparse_flags()
+    for arg in ("--max_pixels=0", f"--max_pixels={2**31}"):
+        with pytest.raises(flags.Error):
+            _run_in_process(export_all, "--model=m", f"--export_base={tmp_path / 'b'}", arg)
+    for bad in (0, 2**31, True, 1.5):
+        with pytest.raises(UserError, match="--max_pixels must be an integer from 1 to 2,147,483,647"):
+            sm_lib.check_max_pixels(bad)
+    assert os.listdir(tmp_path) == []
