@@ -5,8 +5,8 @@
 ``pack_bits_tf`` is shared with the TFLite graph (``bgan_tf.serving.tflite``).
 
 ``encode_bytes`` takes bytes from anyone who can reach a TF Serving deployment, so it
-reads each file's width and height from its header (``header_height_width``) and
-refuses an image over ``max_pixels`` with InvalidArgument before one pixel is decoded,
+reads each file's pixel count from its header (``claimed_pixels``; for a GIF, every
+frame's) and refuses an image over ``max_pixels`` with InvalidArgument before one pixel is decoded,
 as the Python path does (``bgan_tf.data.images``): a 1 MB PNG can claim 20000x20000
 pixels (1.2 GB decoded). Each accepted image is decoded and resized to the input size
 one at a time (``tf.map_fn`` with ``parallel_iterations=1``) and resized from uint8, so
@@ -22,8 +22,8 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 _GIFS = (b"GIF87a", b"GIF89a")
 _BMP = b"BM"
 _MAGIC = (_JPEG, _PNG, *_GIFS, _BMP)
-# The header bytes read below end before byte 26; shorter files are padded with zeros
-# (a truncated header then claims 0 pixels and the decoder names the damage).
+# The PNG and BMP header bytes read end before byte 26; shorter files are padded with
+# zeros (a truncated header then claims 0 pixels and the decoder names the damage).
 _HEADER_PAD = 32
 
 
@@ -89,35 +89,88 @@ def _int32_le(padded, offset: int):
     return tf.where(value >= 2 ** 31, value - 2 ** 32, value)
 
 
-def header_height_width(data):
-    """int64 [2] (height, width) a JPEG/PNG/GIF/BMP file's header claims; nothing decoded.
+def _gif_frame_pixels(data, stop_above: int):
+    """int64: the pixels of every frame of a GIF together (sum of width x height), read
+    from its block structure without decoding.
+
+    TensorFlow's GIF decoder (giflib's DGifSlurp) holds every frame's raster (one byte a
+    pixel) and returns the largest frame's size, not the logical screen's: a 1 KB GIF can
+    claim a 1x1 screen and a 60000x60000 frame, or a thousand full-size frames. So the
+    walk visits each block: the header and global colour table, then extensions
+    (0x21, skipped by their sub-blocks) and image descriptors (0x2C: width x height
+    added, local colour table and LZW data skipped) up to the trailer or the first byte
+    that is neither (the decoder then refuses the file itself). One loop step per
+    sub-block (at most 255 bytes each); it stops once the count passes ``stop_above``.
+    """
+    import tensorflow as tf
+
+    b = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int64)
+    n = tf.size(b, out_type=tf.int64)
+
+    def at(i):  # byte i, or 0 past the end (a truncated file then ends the walk)
+        i = tf.cast(i, tf.int64)
+        return tf.where(i < n, tf.gather(b, tf.minimum(i, tf.maximum(n - 1, 0))), tf.constant(0, tf.int64))
+
+    def u16(i):
+        return at(i) + 256 * at(i + 1)
+
+    def table(flags_byte):  # size of the colour table a flags byte announces
+        return tf.where(flags_byte >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags_byte % 8),
+                        tf.constant(0, tf.int64))
+
+    # state: position, pixels so far, in_sub_blocks (0: at a block introducer), done
+    def cond(pos, total, sub, done):
+        return tf.logical_and(tf.logical_not(done), tf.logical_and(pos < n, total <= stop_above))
+
+    def body(pos, total, sub, done):
+        byte = at(pos)
+        in_sub = tf.equal(sub, 1)
+        is_ext = tf.logical_and(tf.logical_not(in_sub), tf.equal(byte, 0x21))
+        is_img = tf.logical_and(tf.logical_not(in_sub), tf.equal(byte, 0x2C))
+        area = u16(pos + 5) * u16(pos + 7)
+        img_next = pos + 10 + table(at(pos + 9)) + 1  # descriptor, local table, LZW code size
+        sub_next = tf.where(tf.equal(byte, 0), pos + 1, pos + byte + 1)
+        new_pos = tf.where(in_sub, sub_next, tf.where(is_ext, pos + 2, tf.where(is_img, img_next, pos)))
+        new_total = total + tf.where(is_img, area, tf.constant(0, tf.int64))
+        new_sub = tf.where(in_sub, tf.where(tf.equal(byte, 0), 0, 1), tf.where(is_ext | is_img, 1, 0))
+        new_done = tf.logical_and(tf.logical_not(in_sub), tf.logical_not(is_ext | is_img))
+        return new_pos, new_total, tf.cast(new_sub, tf.int32), new_done
+
+    start = 13 + table(at(10))
+    _, total, _, _ = tf.while_loop(cond, body, (start, tf.constant(0, tf.int64), tf.constant(0, tf.int32),
+                                                tf.constant(False)))
+    return total
+
+
+def claimed_pixels(data, stop_above: int):
+    """int64: how many pixels a JPEG/PNG/GIF/BMP file's header says the decoder will
+    produce; nothing is decoded.
 
     JPEG: ``tf.image.extract_jpeg_shape`` (the SOF marker); PNG: IHDR's big-endian width
-    and height (bytes 16..24); GIF: the logical screen (little-endian, bytes 6..10), which
-    is what the decoder allocates per frame; BMP: the info header's little-endian int32
-    width and height (bytes 18..26; a negative height means top-down rows). Anything else
-    gives (0, 0): the caller's format check refuses it first.
+    and height (bytes 16..24); BMP: the info header's little-endian int32 width and
+    height (bytes 18..26; a negative height means top-down rows); GIF: every frame's
+    pixels together (``_gif_frame_pixels``, which stops counting past ``stop_above``).
+    Anything else gives 0: the caller's format check refuses it first.
     """
     import tensorflow as tf
 
     padded = tf.strings.join([data, tf.constant(b"\0" * _HEADER_PAD)])
 
     def jpeg():
-        return tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)
+        hw = tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)
+        return hw[0] * hw[1]
 
     def png():
-        return tf.stack([_uint(padded, 20, 4, False), _uint(padded, 16, 4, False)])
-
-    def gif():
-        return tf.stack([_uint(padded, 8, 2, True), _uint(padded, 6, 2, True)])
+        return _uint(padded, 16, 4, False) * _uint(padded, 20, 4, False)
 
     def bmp():
-        return tf.abs(tf.stack([_int32_le(padded, 22), _int32_le(padded, 18)]))
+        return tf.abs(_int32_le(padded, 18)) * tf.abs(_int32_le(padded, 22))
 
     return tf.case([(_starts_with(data, _JPEG), jpeg), (_starts_with(data, _PNG), png),
-                    (tf.logical_or(_starts_with(data, _GIFS[0]), _starts_with(data, _GIFS[1])), gif),
+                    (tf.logical_or(_starts_with(data, _GIFS[0]), _starts_with(data, _GIFS[1])),
+                     lambda: _gif_frame_pixels(data, stop_above)),
                     (_starts_with(data, _BMP), bmp)],
-                   default=lambda: tf.zeros((2,), tf.int64))
+                   default=lambda: tf.constant(0, tf.int64))
 
 
 def serving_fns(encoder, num_bits: int, input_size: int, max_pixels: int):
@@ -160,12 +213,12 @@ def serving_fns(encoder, num_bits: int, input_size: int, max_pixels: int):
                         tf.io.decode_raw(tf.strings.substr(data, 0, 8), tf.uint8),
                         "- send the encoded file bytes (base64 as {\"b64\": ...} in REST requests)"],
                 summarize=8)]):
-            hw = header_height_width(data)
+            pixels = claimed_pixels(data, max_pixels)
         # Checked before decoding: the header's claim is what the decoder would allocate.
         with tf.control_dependencies([tf.debugging.Assert(
-                hw[0] * hw[1] <= max_pixels,
-                ["image_bytes item", index, "is", hw[1], "x", hw[0], "pixels, over the limit of",
-                 max_pixels, "pixels set at export (--max_pixels); downscale it before sending"])]):
+                pixels <= max_pixels,
+                ["image_bytes item", index, "claims", pixels, "pixels (width x height, every frame of a GIF), "
+                 "over the limit of", max_pixels, "set at export (--max_pixels); downscale it before sending"])]):
             image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
         image = tf.ensure_shape(image, (None, None, 3))
         decoded_hw = tf.shape(image)[:2]

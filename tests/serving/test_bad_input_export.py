@@ -572,8 +572,15 @@ def _with_header_size(data: bytes, fmt: str, width: int, height: int) -> bytes:
     if fmt == "PNG":  # IHDR, big-endian uint32, and its CRC
         b[16:24] = struct.pack(">II", width, height)
         b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])) & 0xFFFFFFFF)
-    elif fmt == "GIF":  # the logical screen, little-endian uint16
-        b[6:10] = struct.pack("<HH", width, height)
+    elif fmt == "GIF":  # the first frame's image descriptor (TF decodes the frame size, not the screen)
+        pos = 13 + (3 << ((b[10] & 7) + 1) if b[10] & 0x80 else 0)
+        while b[pos] == 0x21:  # extensions before the frame: skip their sub-blocks
+            pos += 2
+            while b[pos]:
+                pos += b[pos] + 1
+            pos += 1
+        assert b[pos] == 0x2C
+        b[pos + 5:pos + 9] = struct.pack("<HH", width, height)
     elif fmt == "BMP":  # BITMAPINFOHEADER, little-endian int32
         b[18:26] = struct.pack("<ii", width, height)
     elif fmt == "JPEG":  # the SOF0 frame header: FF C0, length, precision, height, width
@@ -586,8 +593,9 @@ def test_encode_bytes_refuses_images_over_its_pixel_limit_before_decoding(loaded
     """Issue 27 case 5: the SavedModel's encode_bytes decoded any image with no pixel limit
     (a 20000x20000 PNG of 5 MB took 1.2 GB + a 4.8 GB float32 copy and died with OOM after
     13 s). Now each file's header is read first and an image over the export's max_pixels
-    is an InvalidArgument naming the limit, in milliseconds, for PNG, JPEG, GIF and BMP; an
-    image within the limit still encodes. Runs under an address-space cap."""
+    is an InvalidArgument naming the limit, in milliseconds, for PNG, JPEG, GIF (every frame
+    counted, whatever its screen claims) and BMP; an image within the limit still encodes.
+    Runs under an address-space cap."""
     import io
 
     from PIL import Image
@@ -605,6 +613,13 @@ def test_encode_bytes_refuses_images_over_its_pixel_limit_before_decoding(loaded
             Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, format=fmt)
             files[f"{side}.{fmt.lower()}"] = buf.getvalue()
         files[f"claims_huge.{fmt.lower()}"] = _with_header_size(files[f"30.{fmt.lower()}"], fmt, 20000, 20000)
+    # GIF: TensorFlow holds every frame and returns the largest, whatever the logical screen
+    # says. Two 30x30 frames are 1800 pixels; a 40x40 frame on a 1x1 screen is 1600.
+    frames = [Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)) for _ in range(2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    files["two_frames.gif"] = buf.getvalue()
+    files["small_screen.gif"] = files["40.gif"][:6] + b"\x01\x00\x01\x00" + files["40.gif"][10:]
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     proc = subprocess.run([sys.executable, "-c", _ENCODE_BYTES_RUNNER, str(_ENCODE_BYTES_AS_CAP), path,
@@ -621,9 +636,10 @@ def test_encode_bytes_refuses_images_over_its_pixel_limit_before_decoding(loaded
         assert outcome.startswith("refused "), (name, outcome)
         seconds = float(outcome.split()[1])
         assert seconds < 2.0, (name, outcome)  # from the header: nothing was decoded
-        side = 40 if name.startswith("40.") else 20000
-        assert (f"is] [{side}] [x] [{side}] [pixels, over the limit of] [{_TEST_MAX_PIXELS}] "
-                "[pixels set at export (--max_pixels); downscale it before sending]") in outcome, (name, outcome)
+        pixels = {"40": 1600, "two_frames": 1800, "small_screen": 1600}.get(name.split(".")[0], 20000 * 20000)
+        assert (f"claims] [{pixels}] [pixels (width x height, every frame of a GIF), over the limit of] "
+                f"[{_TEST_MAX_PIXELS}] [set at export (--max_pixels); downscale it before sending]") in outcome, \
+            (name, outcome)
 
 
 def test_max_pixels_flag_default_bounds_and_library_check(tmp_path):
