@@ -15,10 +15,16 @@ writes it), the sha256 it recorded, which also catches flipped weight bytes that
 otherwise run and give silently wrong codes. The verified bytes are what the interpreter
 runs (``model_content``), so the file cannot change between the check and the load. Any
 error of the runtime while loading, allocating or running becomes a UserError too.
+
+The runtime's C++ side announces "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+on stderr, whatever TF_CPP_MIN_LOG_LEVEL says; that line is dropped (``_runtime_notices``)
+when TF_CPP_MIN_LOG_LEVEL hides INFO lines (1 or more, which every binary sets), so a
+binary's stderr holds only what it means to say.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,12 +32,23 @@ import os
 import numpy as np
 
 from bgan_tf.errors import UserError
+from bgan_tf.runtime import stderr_without
 
 # The marker and checksum file of a TFLite export folder (written by bgan_tf.serving.tflite).
 TFLITE_METADATA_NAME = "bgan_tflite.json"
 # Bytes 4..8 of every TFLite flatbuffer (the schema's file_identifier).
 TFLITE_IDENTIFIER = b"TFL3"
 _REEXPORT = "export it again (python -m export.tflite)"
+# INFO lines the TFLite runtime writes to stderr when it builds an interpreter.
+TFLITE_RUNTIME_NOTICES = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+def _runtime_notices():
+    """Drop the runtime's INFO notices from stderr when TF_CPP_MIN_LOG_LEVEL hides INFO
+    (TensorFlow's levels: 0 or unset shows INFO, 1 hides it, 2 warnings, 3 errors)."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip() in ("", "0"):
+        return contextlib.nullcontext()
+    return stderr_without(TFLITE_RUNTIME_NOTICES)
 
 
 def recorded_sha256(path: str) -> str | None:
@@ -135,8 +152,9 @@ class TFLiteEncoder:
         data, digest = read_verified_tflite(path)
         try:
             # The verified bytes, not the path: the file may change after the check.
-            self.interpreter = Interpreter(model_content=data, num_threads=num_threads)
-            self.runner = self.interpreter.get_signature_runner("serving_default")
+            with _runtime_notices():
+                self.interpreter = Interpreter(model_content=data, num_threads=num_threads)
+                self.runner = self.interpreter.get_signature_runner("serving_default")
             inputs = self.runner.get_input_details()
             outputs = self.runner.get_output_details()
         except (ValueError, KeyError, RuntimeError, IndexError, TypeError) as e:
@@ -167,7 +185,8 @@ class TFLiteEncoder:
         # One image through the model now: a damaged graph that fails only when its
         # tensors are allocated or its nodes prepared is refused at load, not at the
         # first query.
-        self.run(np.zeros((1, self.input_size, self.input_size, 3), np.uint8))
+        with _runtime_notices():  # the delegate may announce itself on the first run
+            self.run(np.zeros((1, self.input_size, self.input_size, 3), np.uint8))
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         x = np.asarray(images)

@@ -224,7 +224,9 @@ def check_export_base(export_base: str | os.PathLike[str], version: int | None =
                             "give the export a folder of its own (a new or empty one; nothing was changed)")
     base = atomic.claim_output(base, EXPORT_BASE_WHAT, is_export_base)
     atomic.check_disjoint(base, *inputs, what=EXPORT_BASE_WHAT)
-    if version is not None and os.path.lexists(base / str(version)):
+    if version is None:
+        next_version(base)  # refuses a base whose next version would pass int64, before any work
+    elif os.path.lexists(base / str(version)):
         raise UserError(f"version {version} already exists at {base / str(version)}; omit --version to "
                         f"write version {next_version(base)}, or remove the old one")
     return base

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -665,3 +666,99 @@ def test_max_pixels_flag_default_bounds_and_library_check(tmp_path):
         with pytest.raises(UserError, match="--max_pixels must be an integer from 1 to 2,147,483,647"):
             sm_lib.check_max_pixels(bad)
     assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------
+# issue 27 case 11 (export part): disk full
+# --------------------------------------------------------------------------
+
+def _disk_full_errors():
+    import errno
+
+    import tensorflow as tf
+
+    # What TF's SaveV2 raises on a full disk, and what Python's writes raise.
+    return {"SaveV2": tf.errors.ResourceExhaustedError(None, None, "tmp/variables.data-00000-of-00001.tempstate; "
+                                                                   "No space left on device [Op:SaveV2]"),
+            "ENOSPC": OSError(errno.ENOSPC, "No space left on device", "bgan_metadata.json")}
+
+
+@pytest.mark.parametrize("kind", ["SaveV2", "ENOSPC"])
+def test_disk_full_during_saved_model_export_is_one_line_and_leaves_nothing(loaded, tmp_path, monkeypatch, kind):
+    """Issue 27 case 11: a full disk while export.all wrote the SavedModel ended in a 50-line
+    ``ResourceExhaustedError [Op:SaveV2]`` traceback. Now it is one UserError line, and the
+    half-written version folder is removed (no version, no temp, the new base removed)."""
+    error = _disk_full_errors()[kind]
+
+    class HalfWritten:
+        def write_out(self, folder: str, verbose: bool = False) -> None:
+            Path(folder, "saved_model.pb").write_bytes(b"half")
+            raise error
+
+    monkeypatch.setattr(sm_lib, "build_archive", lambda *a, **k: HalfWritten())
+    base = tmp_path / "base"
+    with pytest.raises(UserError) as info:
+        sm_lib.export_saved_model(loaded, base)
+    assert str(info.value).startswith(f"no space left on device while writing {base}")
+    assert str(info.value).endswith("free space or choose another --export_base (no version was written)")
+    assert "\n" not in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == [".base.lock"]  # no base, no version, no temp
+
+
+def test_disk_full_in_export_binary_and_tflite_leaves_the_old_set(tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 27 case 11: the same for the TFLite set (the previous set stays whole) and
+    through the export.all binary."""
+    from bgan_tf import atomic
+
+    real = atomic.write_bytes
+
+    def full_disk(path, data, *a, **k):
+        real(path, data[:10], *a, **k)
+        raise _disk_full_errors()["ENOSPC"]
+
+    out = tmp_path / "tfl"
+    _old_set(out)
+    before = _snapshot(out)
+    monkeypatch.setattr(atomic, "write_bytes", full_disk)
+    with pytest.raises(UserError, match=f"^no space left on device while writing {out}; free space or choose "
+                                        r"another --out \(the folder was left as it was\)$"):
+        _run_in_process(export_tflite, f"--model={tiny_model_dir}", f"--out={out}", "--variants=float",
+                        "--nocheck")
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tfl.lock", "tfl"]
+
+
+# --------------------------------------------------------------------------
+# issue 27 case 21 (export items): version overflow, start-up noise on stderr
+# --------------------------------------------------------------------------
+
+def test_automatic_version_never_passes_int64(loaded, tmp_path):
+    """Issue 27 case 21: after version 2^63-1 the automatic next version was 2^63, which
+    overflows TF Serving's int64 version. Now the base is refused before any work, with
+    one line; an explicit free --version still works."""
+    base = tmp_path / "base"
+    (base / str(sm_lib.MAX_VERSION)).mkdir(parents=True)
+    msg = (f"already holds version {sm_lib.MAX_VERSION}, the largest TF Serving accepts ({sm_lib.MAX_VERSION}); "
+           "pass a free --version below it or export to a new base")
+    with pytest.raises(UserError, match=re.escape(msg)):
+        sm_lib.check_export_base(base)
+    with pytest.raises(UserError, match=re.escape(msg)):
+        sm_lib.export_saved_model(loaded, base, check=lambda p: None)
+    assert os.listdir(base) == [str(sm_lib.MAX_VERSION)]
+    with pytest.raises(UserError, match=re.escape(msg)):
+        _run_in_process(export_saved_model, "--model=/no/such/model", f"--export_base={base}")
+
+
+def test_successful_export_all_writes_nothing_on_stderr(tiny_model_dir, tmp_path):
+    """Issue 27 case 21: a successful export printed TensorFlow/TFLite start-up notices on
+    stderr (the TFLite runtime's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    TF's cpu_feature_guard and tf.lite deprecation lines), whatever TF_CPP_MIN_LOG_LEVEL
+    said. With the binaries' default level (3) stderr is now empty. The same run pins case
+    5's flag end to end: --max_pixels reaches the SavedModel's metadata."""
+    base, out = tmp_path / "base", tmp_path / "tfl"
+    proc = _cli("export.all", f"--model={tiny_model_dir}", f"--export_base={base}", f"--out={out}",
+                "--variants=float", "--check_count=16", "--max_pixels=1234")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "SavedModel version written" in proc.stdout
+    assert sm_lib.read_export_metadata(str(base / "1"))["signatures"]["encode_bytes"]["max_pixels"] == 1234
