@@ -17,9 +17,11 @@ runs (``model_content``), so the file cannot change between the check and the lo
 error of the runtime while loading, allocating or running becomes a UserError too.
 
 The runtime's C++ side announces "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-on stderr, whatever TF_CPP_MIN_LOG_LEVEL says; that line is dropped (``_runtime_notices``)
-when TF_CPP_MIN_LOG_LEVEL hides INFO lines (1 or more, which every binary sets), so a
-binary's stderr holds only what it means to say.
+on stderr whatever TF_CPP_MIN_LOG_LEVEL says, and the converter's int8 calibrator prints
+"fully_quantize: ..." and warns that tf.lite.Interpreter (which it runs itself) is
+deprecated; ``quiet_tflite_notices`` drops these when TF_CPP_MIN_LOG_LEVEL hides INFO
+lines (1 or more, which every binary sets), so a binary's stderr holds only what it means
+to say.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -39,16 +43,27 @@ TFLITE_METADATA_NAME = "bgan_tflite.json"
 # Bytes 4..8 of every TFLite flatbuffer (the schema's file_identifier).
 TFLITE_IDENTIFIER = b"TFL3"
 _REEXPORT = "export it again (python -m export.tflite)"
-# INFO lines the TFLite runtime writes to stderr when it builds an interpreter.
-TFLITE_RUNTIME_NOTICES = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+# Lines TFLite writes to stderr whatever TF_CPP_MIN_LOG_LEVEL says: the runtime when it
+# builds an interpreter, the converter's calibrator when it quantises (full int8).
+TFLITE_NOTICES = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+                  "fully_quantize: 0, inference_type: ")
+# The converter's calibrator runs tf.lite.Interpreter itself and so warns that it is
+# deprecated: nothing the user can act on.
+_DEPRECATION_WARNING = r"(?s)\s*Warning: tf\.lite\.Interpreter is deprecated"
 
 
-def _runtime_notices():
-    """Drop the runtime's INFO notices from stderr when TF_CPP_MIN_LOG_LEVEL hides INFO
-    (TensorFlow's levels: 0 or unset shows INFO, 1 hides it, 2 warnings, 3 errors)."""
+@contextlib.contextmanager
+def quiet_tflite_notices() -> Iterator[None]:
+    """Drop ``TFLITE_NOTICES`` from stderr and the tf.lite.Interpreter deprecation warning
+    while TFLite builds, runs or converts, when TF_CPP_MIN_LOG_LEVEL hides INFO lines
+    (TensorFlow's levels: 0 or unset shows INFO, 1 hides it, 2 warnings, 3 errors; every
+    binary sets 3). With INFO shown, everything is passed on."""
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip() in ("", "0"):
-        return contextlib.nullcontext()
-    return stderr_without(TFLITE_RUNTIME_NOTICES)
+        yield
+        return
+    with warnings.catch_warnings(), stderr_without(TFLITE_NOTICES):
+        warnings.filterwarnings("ignore", message=_DEPRECATION_WARNING, category=UserWarning)
+        yield
 
 
 def recorded_sha256(path: str) -> str | None:
@@ -152,7 +167,7 @@ class TFLiteEncoder:
         data, digest = read_verified_tflite(path)
         try:
             # The verified bytes, not the path: the file may change after the check.
-            with _runtime_notices():
+            with quiet_tflite_notices():
                 self.interpreter = Interpreter(model_content=data, num_threads=num_threads)
                 self.runner = self.interpreter.get_signature_runner("serving_default")
             inputs = self.runner.get_input_details()
@@ -185,7 +200,7 @@ class TFLiteEncoder:
         # One image through the model now: a damaged graph that fails only when its
         # tensors are allocated or its nodes prepared is refused at load, not at the
         # first query.
-        with _runtime_notices():  # the delegate may announce itself on the first run
+        with quiet_tflite_notices():  # the delegate may announce itself on the first run
             self.run(np.zeros((1, self.input_size, self.input_size, 3), np.uint8))
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -42,6 +42,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -62,9 +63,9 @@ EXPORT_BASE_WHAT = "TF Serving export base"
 _STAGE_NAME = "bgan_export"
 # What this exporter named its temp folders before it used atomic (tempfile.mkdtemp).
 _LEGACY_TMP_RE = re.compile(r"^\.tmp-\d+-[a-z0-9_]{8}$")
-# encode_bytes's pixel limit: at least one pixel, and the product of TF's int32 height
-# and width fits in int64 far below this (Pillow's own ceiling for the Python path is
-# 178,956,970; TensorFlow's decoders have none, which is why the export needs one).
+# Bounds of encode_bytes's pixel limit. TensorFlow's decoders have no ceiling of their own
+# (Pillow's, for the Python path, is 178,956,970), so the export needs one; past 2^31-1
+# pixels (6 GB as RGB) no single upload is worth decoding on a shared server.
 MAX_PIXELS_LIMIT = (1, 2**31 - 1)
 
 
@@ -94,9 +95,8 @@ def no_space_is_user_error(target: str | os.PathLike[str], advice: str) -> Itera
             raise
         raise UserError(f"no space left on device while writing {target}; {advice}") from None
     except Exception as e:  # noqa: BLE001 - only TF's out-of-resource error is turned into a line
-        import tensorflow as tf
-
-        if not isinstance(e, tf.errors.ResourceExhaustedError):
+        tf = sys.modules.get("tensorflow")  # not imported: the error cannot be TensorFlow's
+        if tf is None or not isinstance(e, tf.errors.ResourceExhaustedError):
             raise
         raise UserError(f"no space left on device while writing {target} ({e.__class__.__name__}); "
                         f"{advice}") from None

@@ -27,7 +27,7 @@ import numpy as np
 
 from bgan_tf import atomic
 from bgan_tf.errors import UserError
-from bgan_tf.inference.tflite import TFLITE_METADATA_NAME, resize_bilinear
+from bgan_tf.inference.tflite import TFLITE_METADATA_NAME, quiet_tflite_notices, resize_bilinear
 from bgan_tf.serving.saved_model import export_metadata, loaded_encoder, no_space_is_user_error
 from bgan_tf.serving.signatures import pack_bits_tf
 
@@ -265,7 +265,8 @@ def convert_tflite(model, out_dir: str | os.PathLike[str], variants: Iterable[st
                 with no_space_is_user_error(work, "free space in the temp folder or point TMPDIR elsewhere "
                                                   f"(nothing was written to {out})"):
                     sm_dirs[fold] = tflite_saved_model(loaded, os.path.join(work, f"sm_{int(fold)}"), fold)
-            data = tflite_converter(sm_dirs[fold], variant, representative).convert()
+            with quiet_tflite_notices():  # the int8 calibrator's notices (see inference.tflite)
+                data = tflite_converter(sm_dirs[fold], variant, representative).convert()
             name = f"encoder_{variant}.tflite"
             with no_space_is_user_error(out, "free space or choose another --out (the folder was left as it was)"):
                 atomic.write_bytes(staged / name, data)

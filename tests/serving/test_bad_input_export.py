@@ -751,14 +751,35 @@ def test_automatic_version_never_passes_int64(loaded, tmp_path):
 
 def test_successful_export_all_writes_nothing_on_stderr(tiny_model_dir, tmp_path):
     """Issue 27 case 21: a successful export printed TensorFlow/TFLite start-up notices on
-    stderr (the TFLite runtime's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
-    TF's cpu_feature_guard and tf.lite deprecation lines), whatever TF_CPP_MIN_LOG_LEVEL
-    said. With the binaries' default level (3) stderr is now empty. The same run pins case
-    5's flag end to end: --max_pixels reaches the SavedModel's metadata."""
+    stderr whatever TF_CPP_MIN_LOG_LEVEL said: the TFLite runtime's "INFO: Created TensorFlow
+    Lite XNNPACK delegate for CPU.", and with int8 the calibrator's "fully_quantize: ..." and
+    its tf.lite.Interpreter deprecation warning (TF's cpu_feature_guard lines are INFO, and
+    hidden by the level). With the binaries' default level (3) stderr is now empty. The same
+    run pins case 5's flag end to end: --max_pixels reaches the SavedModel's metadata."""
     base, out = tmp_path / "base", tmp_path / "tfl"
     proc = _cli("export.all", f"--model={tiny_model_dir}", f"--export_base={base}", f"--out={out}",
-                "--variants=float", "--check_count=16", "--max_pixels=1234")
+                "--variants=float,int8", "--representative_count=8", "--check_count=16", "--max_pixels=1234")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert "SavedModel version written" in proc.stdout
     assert sm_lib.read_export_metadata(str(base / "1"))["signatures"]["encode_bytes"]["max_pixels"] == 1234
+
+
+@pytest.mark.parametrize("level, shown", [("0", True), ("", True), ("1", False), ("3", False)])
+def test_tflite_notices_follow_tf_cpp_min_log_level(monkeypatch, capfd, level, shown):
+    """Issue 27 case 21: the notices are dropped only when TF_CPP_MIN_LOG_LEVEL hides INFO
+    lines, so a user who asks for them (0, or unset) still gets them; other lines pass."""
+    import warnings
+
+    from bgan_tf.inference.tflite import TFLITE_NOTICES, quiet_tflite_notices
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_tflite_notices():
+            os.write(2, (TFLITE_NOTICES[0] + "\nkeep me\n").encode())
+            warnings.warn("    Warning: tf.lite.Interpreter is deprecated and is scheduled for deletion", UserWarning)
+    err = capfd.readouterr().err
+    assert "keep me" in err
+    assert (TFLITE_NOTICES[0] in err) == shown
+    assert len(caught) == (1 if shown else 0)
