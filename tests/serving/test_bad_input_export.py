@@ -783,3 +783,32 @@ def test_tflite_notices_follow_tf_cpp_min_log_level(monkeypatch, capfd, level, s
     assert "keep me" in err
     assert (TFLITE_NOTICES[0] in err) == shown
     assert len(caught) == (1 if shown else 0)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 512 KB tmpfs (the tiny model's SavedModel is 3.2 MB, its float .tflite 1.5 MB), or
+    a skip where mounting is not allowed (not root, no CAP_SYS_ADMIN in a container)."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_real_full_disk_is_one_line_for_both_exports(tiny_model_dir, tiny_tmpfs):
+    """Issue 27 case 11 on a really full file system: TF's SaveV2 and the TFLite write fail
+    with ENOSPC; each binary ends with one UserError line and leaves only its lock file."""
+    with pytest.raises(UserError, match=f"^no space left on device while writing {tiny_tmpfs / 'base'} "
+                                        r"\(ResourceExhaustedError\); free space or choose another --export_base"):
+        _run_in_process(export_saved_model, f"--model={tiny_model_dir}", f"--export_base={tiny_tmpfs / 'base'}",
+                        "--nocheck")
+    with pytest.raises(UserError, match=f"^no space left on device while writing {tiny_tmpfs / 'tfl'}; free "
+                                        "space or choose another --out"):
+        _run_in_process(export_tflite, f"--model={tiny_model_dir}", f"--out={tiny_tmpfs / 'tfl'}",
+                        "--variants=float", "--nocheck")
+    assert sorted(os.listdir(tiny_tmpfs)) == [".base.lock", ".tfl.lock"]
