@@ -202,7 +202,13 @@ def serving_fns(encoder, num_bits: int, input_size: int, max_pixels: int):
         with tf.control_dependencies([tf.debugging.Assert(
                 tf.logical_or(tf.equal(shape[0], 0), tf.logical_and(shape[1] > 0, shape[2] > 0)),
                 ["images must have height and width >= 1; got shape", shape])]):
-            x = tf.cast(images, tf.float32)
+            # Resized from uint8 (the values Preprocess's float resize gives), so the graph
+            # holds the request and the batch at the input size, not a float32 copy of
+            # the request four times its size. An empty batch may have any H and W.
+            x = tf.cond(tf.logical_or(tf.equal(shape[0], 0),
+                                      tf.logical_and(tf.equal(shape[1], input_size), tf.equal(shape[2], input_size))),
+                        lambda: tf.cast(images, tf.float32),
+                        lambda: tf.image.resize(images, (input_size, input_size), method="bilinear"))
         return outputs(encode(x))
 
     def decode_one(args):
