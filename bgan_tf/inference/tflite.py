@@ -100,8 +100,8 @@ def read_verified_tflite(path: str) -> tuple[bytes, str]:
     except OSError as e:
         raise UserError(f"cannot read the TFLite model {path}: {e.strerror}") from None
     if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
-        raise UserError(f"{path} is not a TFLite model (no {TFLITE_IDENTIFIER.decode()} identifier; "
-                        f"truncated or another kind of file); {_REEXPORT}")
+        raise UserError(f"{path} is not an encoder exported by python -m export.tflite (no TFLite "
+                        f"{TFLITE_IDENTIFIER.decode()} identifier: truncated or another kind of file); {_REEXPORT}")
     digest = hashlib.sha256(data).hexdigest()
     want = recorded_sha256(path)
     if want is not None and digest != want:

@@ -493,7 +493,7 @@ def test_fuzzed_tflite_is_a_user_error_or_a_correct_run(float_tflite, tmp_path):
     users = [o for o in outcomes if o.startswith("user")]
     assert all("export it again" in o and str(tmp_path) in o for o in users), users
     assert sum(o.startswith("user") for o in outcomes[-5:]) == 5  # every truncation is refused
-    assert "is not a TFLite model (no TFL3 identifier" in outcomes[-5]
+    assert "is not an encoder exported by python -m export.tflite (no TFLite TFL3 identifier" in outcomes[-5]
 
 
 def test_tflite_checksum_refuses_flipped_weights(float_tflite, tmp_path):
