@@ -43,6 +43,9 @@ TFLITE_METADATA_NAME = "bgan_tflite.json"
 # Bytes 4..8 of every TFLite flatbuffer (the schema's file_identifier).
 TFLITE_IDENTIFIER = b"TFL3"
 _REEXPORT = "export it again (python -m export.tflite)"
+# A flatbuffer addresses its tables with 32-bit offsets: a larger file is not a model this
+# project wrote, and is refused before it is read into memory.
+MAX_TFLITE_BYTES = 2**31 - 1
 # Lines TFLite writes to stderr whatever TF_CPP_MIN_LOG_LEVEL says: the runtime when it
 # builds an interpreter, the converter's calibrator when it quantises (full int8).
 TFLITE_NOTICES = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
@@ -89,12 +92,17 @@ def recorded_sha256(path: str) -> str | None:
 def read_verified_tflite(path: str) -> tuple[bytes, str]:
     """The bytes of a .tflite file and their sha256, checked before any runtime parses them.
 
-    UserError (naming the file, saying to re-export) when it is missing, unreadable, not a
-    TFLite flatbuffer, or differs from the sha256 its export recorded beside it.
+    UserError (naming the file, saying to re-export) when it is missing, unreadable, larger
+    than a flatbuffer can be (checked before reading), not a TFLite flatbuffer, or differs
+    from the sha256 its export recorded beside it.
     """
     if not os.path.isfile(path):
         raise UserError(f"TFLite model not found: {path}")
     try:
+        size = os.path.getsize(path)
+        if size > MAX_TFLITE_BYTES:
+            raise UserError(f"{path} is not an encoder exported by python -m export.tflite ({size:,} bytes, "
+                            f"more than a TFLite flatbuffer can address); {_REEXPORT}")
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:

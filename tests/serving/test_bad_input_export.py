@@ -424,9 +424,13 @@ def test_helpshort_lists_the_export_flags():
 # Loads each fuzzed file and encodes two images, one line per file: "ok", "user <msg>", or
 # "other <type> <msg>". Run in a subprocess: a corruption that crashes the TFLite C++
 # runtime must fail this test, not kill pytest. No TensorFlow is imported (ai-edge-litert
-# only), so a whole sweep takes seconds.
+# only), so a whole sweep takes seconds. Under an address-space cap (RLIMIT_AS, fine here
+# because the process does not import TensorFlow): loading and running the tiny model
+# peaks at 173 MB of virtual memory, so 1 GB leaves room while a file read whole or a
+# runtime that allocates what a damaged header claims fails fast with MemoryError.
 _FUZZ_RUNNER = """
-import sys
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 import numpy as np
 from bgan_tf.errors import UserError
 from bgan_tf.inference.tflite import TFLiteEncoder
@@ -812,3 +816,16 @@ def test_real_full_disk_is_one_line_for_both_exports(tiny_model_dir, tiny_tmpfs)
         _run_in_process(export_tflite, f"--model={tiny_model_dir}", f"--out={tiny_tmpfs / 'tfl'}",
                         "--variants=float", "--nocheck")
     assert sorted(os.listdir(tiny_tmpfs)) == [".base.lock", ".tfl.lock"]
+
+
+def test_huge_tflite_is_refused_before_it_is_read(tmp_path):
+    """Issue 27 case 18 (with case 19's "reads it all"): a 2 GB+ file named .tflite (sparse
+    here, no disk used) was read whole into memory before anything looked at it; now its
+    size is checked first. Under the runner's 1 GB address-space cap the read failed with
+    MemoryError before the fix."""
+    big = tmp_path / "huge.tflite"
+    with open(big, "wb") as f:
+        f.truncate(2**31 + 4096)
+    outcome, = _fuzz_outcomes([big])
+    assert outcome == (f"user {big} is not an encoder exported by python -m export.tflite (2,147,487,744 bytes, "
+                       "more than a TFLite flatbuffer can address); export it again (python -m export.tflite)")
