@@ -15,6 +15,7 @@ import numpy as np
 from absl import flags
 
 from bgan_tf.errors import UserError
+from flags.export_flags import export_max_pixels
 
 FLAGS = flags.FLAGS
 
@@ -88,7 +89,7 @@ def run_saved_model(loaded, images: np.ndarray | None, then: Callable[[], object
     from bgan_tf.serving import checks, saved_model
 
     with saved_model.staged_saved_model(loaded, require("export_base"), FLAGS.version,
-                                        inputs=_image_inputs()) as staged:
+                                        inputs=_image_inputs(), max_pixels=export_max_pixels()) as staged:
         if images is not None:
             result = checks.check_saved_model(staged.path, loaded, images)
             print(result.summary())

@@ -36,7 +36,7 @@ def _define_batch_size(fv: flags.FlagValues) -> None:
 
 
 def _define_max_pixels(fv: flags.FlagValues) -> None:
-    # Lazily: only index and serve take it, and search_flags imports this module.
+    # Lazily: only index, serve and the export binaries take it, and search_flags imports this module.
     from bgan_tf.data.images import DEFAULT_MAX_PIXELS
     from bgan_tf.search.limits import DEFAULT_MAX_PIXELS as SERVICE_MAX_PIXELS
 
@@ -44,7 +44,8 @@ def _define_max_pixels(fv: flags.FlagValues) -> None:
         "max_pixels", None,
         "Largest image (width x height) decoded, read from its header first: index build skips (and counts) "
         f"larger files and query refuses a larger image (default {DEFAULT_MAX_PIXELS:,}); serve answers a "
-        f"larger upload with HTTP 413 (default {SERVICE_MAX_PIXELS:,}: many clients share the server).",
+        f"larger upload with HTTP 413 (default {SERVICE_MAX_PIXELS:,}: many clients share the server); the "
+        f"export binaries make the SavedModel's encode_bytes refuse a larger image (default {SERVICE_MAX_PIXELS:,}).",
         lower_bound=1, flag_values=fv)
 
 

@@ -15,7 +15,9 @@ else is refused before anything is written (``check_export_base``). Signatures:
 - ``encode_bytes``: ``image_bytes`` string [N] of encoded JPEG/PNG/GIF/BMP
   files (what REST clients send as ``{"b64": ...}``) -> the same outputs.
   Each image is decoded and resized to the backbone input size on its own
-  (``tf.map_fn``), so one request may mix image sizes.
+  (``tf.map_fn``), so one request may mix image sizes. An image whose header
+  claims more than ``max_pixels`` (an export setting, recorded in the metadata)
+  is refused before it is decoded; the graphs are in ``bgan_tf.serving.signatures``.
 
 Bad input gives an error from the signature, never a crash: the input specs
 reject a wrong dtype or rank; an empty batch returns empty outputs; an image
@@ -24,6 +26,8 @@ message naming the problem. Model metadata (code length, backbone,
 preprocessing, training data, commit, model id) is written to
 ``<version>/assets.extra/bgan_metadata.json`` (TF Serving's folder for extra
 files) and to ``<version>/bgan_metadata.json`` beside ``saved_model.pb``.
+A full disk while writing is a one-line UserError (``no_space_is_user_error``)
+and leaves no version.
 
 TFLite conversion is in ``bgan_tf.serving.tflite``, the checks of both exports
 in ``bgan_tf.serving.checks``, the TFLite runtime in ``bgan_tf.inference.tflite``.
@@ -33,15 +37,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from bgan_tf import atomic
+from bgan_tf.data.images import DEFAULT_MAX_PIXELS
 from bgan_tf.errors import UserError
+from bgan_tf.serving.signatures import serving_fns
 
 METADATA_NAME = "bgan_metadata.json"
 SIGNATURES = ("serving_default", "encode_bytes")
@@ -55,108 +63,52 @@ EXPORT_BASE_WHAT = "TF Serving export base"
 _STAGE_NAME = "bgan_export"
 # What this exporter named its temp folders before it used atomic (tempfile.mkdtemp).
 _LEGACY_TMP_RE = re.compile(r"^\.tmp-\d+-[a-z0-9_]{8}$")
-# First bytes of the formats tf.io.decode_image reads.
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+# Bounds of encode_bytes's pixel limit. TensorFlow's decoders have no ceiling of their own
+# (Pillow's, for the Python path, is 178,956,970), so the export needs one; past 2^31-1
+# pixels (6 GB as RGB) no single upload is worth decoding on a shared server.
+MAX_PIXELS_LIMIT = (1, 2**31 - 1)
 
 
-# --------------------------------------------------------------------------
-# graph pieces
-# --------------------------------------------------------------------------
-
-def pack_bits_tf(codes, num_bits: int):
-    """[N, L] signs -> [N, ceil(L/8)] uint8, numpy.packbits (big-endian) order."""
-    import tensorflow as tf
-
-    nbytes = (num_bits + 7) // 8
-    bits = tf.cast(codes >= 0, tf.int32)
-    pad = nbytes * 8 - num_bits
-    if pad:
-        bits = tf.pad(bits, [[0, 0], [0, pad]])  # packbits pads with zeros at the end
-    bits = tf.reshape(bits, [-1, nbytes, 8])
-    weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
-    return tf.cast(tf.reduce_sum(bits * weights, axis=-1), tf.uint8)
+def check_max_pixels(max_pixels: int | None) -> int:
+    """encode_bytes's pixel limit: None -> data.images.DEFAULT_MAX_PIXELS (the library's
+    default; the export binaries pass --max_pixels), else bounded by MAX_PIXELS_LIMIT."""
+    if max_pixels is None:
+        return DEFAULT_MAX_PIXELS
+    lo, hi = MAX_PIXELS_LIMIT
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or not lo <= max_pixels <= hi:
+        raise UserError(f"--max_pixels must be an integer from {lo:,} to {hi:,}, got {max_pixels!r}")
+    return max_pixels
 
 
-def hex_tf(packed):
-    """[N, B] uint8 -> [N] hex strings (two lowercase digits per byte)."""
-    import tensorflow as tf
+@contextlib.contextmanager
+def no_space_is_user_error(target: str | os.PathLike[str], advice: str) -> Iterator[None]:
+    """Turn a full disk (or quota) while writing ``target`` into one UserError line.
 
-    table = tf.constant([f"{i:02x}" for i in range(256)])
-    return tf.strings.reduce_join(tf.gather(table, tf.cast(packed, tf.int32)), axis=-1)
-
-
-def _resize_like_preprocess(image, size: int):
-    """float32 [H,W,3] -> [size,size,3], the same resize as ``Preprocess``."""
-    import tensorflow as tf
-
-    shape = tf.shape(image)
-    return tf.cond(
-        tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size)),
-        lambda: image,
-        lambda: tf.image.resize(image, (size, size), method="bilinear"),
-    )
-
-
-def _serving_fns(encoder, num_bits: int, input_size: int):
-    """The two signature functions (plain Python; ExportArchive traces them)."""
-    import tensorflow as tf
-
-    def encode(x):
-        # An empty batch skips the network: oneDNN's fused batch-norm kernels (TensorFlow's
-        # default on x86) fail on a zero-size batch ("Incompatible shapes: [64] vs.
-        # [0,32,32,3]"), and there is nothing to encode anyway.
-        return tf.cond(tf.shape(x)[0] > 0,
-                       lambda: tf.cast(encoder(x, training=False), tf.float32),
-                       lambda: tf.zeros((0, num_bits), tf.float32))
-
-    def outputs(codes):
-        codes = tf.ensure_shape(tf.cast(codes, tf.float32), (None, num_bits))
-        packed = pack_bits_tf(codes, num_bits)
-        return {"codes": codes, "packed": packed, "hex": hex_tf(packed)}
-
-    def serve_images(images):
-        # The signature's input spec fixes the dtype; a runtime check (not
-        # constant-folded, unlike tf.rank) gives rank/channel errors a clear message.
-        images = tf.ensure_shape(images, (None, None, None, 3), name="images_must_be_NxHxWx3")
-        shape = tf.shape(images)
-        with tf.control_dependencies([tf.debugging.Assert(
-                tf.logical_or(tf.equal(shape[0], 0), tf.logical_and(shape[1] > 0, shape[2] > 0)),
-                ["images must have height and width >= 1; got shape", shape])]):
-            x = tf.cast(images, tf.float32)
-        return outputs(encode(x))
-
-    def decode_one(args):
-        data, index = args
-        known = tf.reduce_any(tf.stack([tf.equal(tf.strings.substr(data, 0, len(m)), m) for m in _MAGIC]))
-        with tf.control_dependencies([tf.debugging.Assert(
-                known, ["image_bytes item", index, "is not a JPEG, PNG, GIF or BMP file; its first bytes are",
-                        tf.io.decode_raw(tf.strings.substr(data, 0, 8), tf.uint8),
-                        "- send the encoded file bytes (base64 as {\"b64\": ...} in REST requests)"],
-                summarize=8)]):
-            image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-        image = tf.ensure_shape(image, (None, None, 3))
-        hw = tf.shape(image)[:2]
-        with tf.control_dependencies([tf.debugging.Assert(
-                tf.reduce_all(hw > 0), ["image_bytes item", index, "decodes to an image with no pixels:", hw])]):
-            image = tf.cast(image, tf.float32)
-        return _resize_like_preprocess(image, input_size)
-
-    def serve_bytes(image_bytes):
-        image_bytes = tf.ensure_shape(image_bytes, (None,), name="image_bytes_must_be_a_vector")
-        n = tf.shape(image_bytes)[0]
-        images = tf.map_fn(decode_one, (image_bytes, tf.range(n)),
-                           fn_output_signature=tf.TensorSpec((input_size, input_size, 3), tf.float32))
-        return outputs(encode(images))
-
-    return serve_images, serve_bytes
+    TensorFlow's savers raise ResourceExhaustedError ("[Op:SaveV2]", a 50-line traceback)
+    and Python's writes OSError(ENOSPC / EDQUOT); ``advice`` says what to do (the flag
+    that chooses another place). The caller's staging removes what was half written.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"no space left on device while writing {target}; {advice}") from None
+    except Exception as e:  # noqa: BLE001 - only TF's out-of-resource error is turned into a line
+        tf = sys.modules.get("tensorflow")  # not imported: the error cannot be TensorFlow's
+        if tf is None or not isinstance(e, tf.errors.ResourceExhaustedError):
+            raise
+        raise UserError(f"no space left on device while writing {target} ({e.__class__.__name__}); "
+                        f"{advice}") from None
 
 
 # --------------------------------------------------------------------------
 # SavedModel export
 # --------------------------------------------------------------------------
 
-def export_metadata(loaded) -> dict:
-    """What the exported model carries about itself (from the model folder)."""
+def export_metadata(loaded, max_pixels: int | None = None) -> dict:
+    """What the exported model carries about itself (from the model folder), and
+    encode_bytes's pixel limit."""
     meta = loaded.metadata
     cfg = loaded.config
     return {
@@ -174,7 +126,8 @@ def export_metadata(loaded) -> dict:
                                 "outputs": {"codes": "float32 [N,L] +-1", "packed": "uint8 [N,ceil(L/8)] packbits",
                                             "hex": "string [N]"}},
             "encode_bytes": {"inputs": {"image_bytes": "string [N], encoded JPEG/PNG/GIF/BMP"},
-                             "outputs": "same as serving_default"},
+                             "outputs": "same as serving_default",
+                             "max_pixels": check_max_pixels(max_pixels)},
         },
     }
 
@@ -186,7 +139,12 @@ def list_versions(base: str | os.PathLike[str]) -> list[int]:
 
 
 def next_version(base: str | os.PathLike[str]) -> int:
+    """One more than the largest version in ``base`` (1 for none); UserError when that
+    would pass TF Serving's int64 versions."""
     versions = list_versions(base)
+    if versions and versions[-1] >= MAX_VERSION:
+        raise UserError(f"{base} already holds version {versions[-1]}, the largest TF Serving accepts "
+                        f"({MAX_VERSION}); pass a free --version below it or export to a new base")
     return versions[-1] + 1 if versions else 1
 
 
@@ -199,14 +157,15 @@ def loaded_encoder(model):
     return model
 
 
-def build_archive(loaded):
-    """A keras.export.ExportArchive with the two serving signatures."""
+def build_archive(loaded, max_pixels: int | None = None):
+    """A keras.export.ExportArchive with the two serving signatures (``max_pixels``:
+    encode_bytes's limit, see ``check_max_pixels``)."""
     import keras
     import tensorflow as tf
 
     enc = loaded.model
     size = int(loaded.config.backbone_input_size)
-    serve_images, serve_bytes = _serving_fns(enc, loaded.num_bits, size)
+    serve_images, serve_bytes = serving_fns(enc, loaded.num_bits, size, check_max_pixels(max_pixels))
     archive = keras.export.ExportArchive()
     archive.track(enc)
     archive.add_endpoint("serving_default", serve_images,
@@ -265,7 +224,9 @@ def check_export_base(export_base: str | os.PathLike[str], version: int | None =
                             "give the export a folder of its own (a new or empty one; nothing was changed)")
     base = atomic.claim_output(base, EXPORT_BASE_WHAT, is_export_base)
     atomic.check_disjoint(base, *inputs, what=EXPORT_BASE_WHAT)
-    if version is not None and os.path.lexists(base / str(version)):
+    if version is None:
+        next_version(base)  # refuses a base whose next version would pass int64, before any work
+    elif os.path.lexists(base / str(version)):
         raise UserError(f"version {version} already exists at {base / str(version)}; omit --version to "
                         f"write version {next_version(base)}, or remove the old one")
     return base
@@ -297,7 +258,8 @@ class StagedVersion:
 
 @contextlib.contextmanager
 def staged_saved_model(model, export_base: str | os.PathLike[str], version: int | None = None,
-                       inputs: Sequence[str | os.PathLike[str] | None] = ()) -> Iterator[StagedVersion]:
+                       inputs: Sequence[str | os.PathLike[str] | None] = (),
+                       max_pixels: int | None = None) -> Iterator[StagedVersion]:
     """Write the SavedModel into a hidden temp folder of the base and yield it.
 
     Run the checks on ``staged.path`` inside the ``with`` block: when the block ends
@@ -305,8 +267,10 @@ def staged_saved_model(model, export_base: str | os.PathLike[str], version: int 
     Ctrl-C) the temp folder is removed and no version appears. The base is checked
     (``check_export_base``) before anything is written and locked throughout, so a
     concurrent export of the same base gets a clear error instead of racing for the
-    version number.
+    version number. ``max_pixels``: encode_bytes's limit (``check_max_pixels``). A full
+    disk is one UserError line and leaves no version.
     """
+    max_pixels = check_max_pixels(max_pixels)
     loaded = loaded_encoder(model)
     inputs = [getattr(loaded, "model_dir", None), *inputs]
     base = check_export_base(export_base, version, inputs)
@@ -319,8 +283,10 @@ def staged_saved_model(model, export_base: str | os.PathLike[str], version: int 
         final = base / str(version)
         tmp = atomic.make_temp_dir(base / _STAGE_NAME)
         try:
-            build_archive(loaded).write_out(str(tmp), verbose=False)
-            _write_metadata(str(tmp), export_metadata(loaded))
+            with no_space_is_user_error(base, "free space or choose another --export_base (no version was "
+                                              "written)"):
+                build_archive(loaded, max_pixels).write_out(str(tmp), verbose=False)
+                _write_metadata(str(tmp), export_metadata(loaded, max_pixels))
             atomic.open_up(tmp)  # a model server often runs as another user
             yield StagedVersion(version, str(tmp), str(final))
             try:
@@ -343,15 +309,17 @@ def staged_saved_model(model, export_base: str | os.PathLike[str], version: int 
 
 def export_saved_model(model, export_base: str | os.PathLike[str], version: int | None = None,
                        check: Callable[[str], None] | None = None,
-                       inputs: Sequence[str | os.PathLike[str] | None] = ()) -> str:
+                       inputs: Sequence[str | os.PathLike[str] | None] = (),
+                       max_pixels: int | None = None) -> str:
     """Write ``<export_base>/<version>/`` atomically; return its path.
 
     ``model``: a model folder or a LoadedEncoder. ``version`` defaults to one
     more than the largest existing integer version (1 for a new base).
     ``check(path)``: run on the staged SavedModel before it becomes a version;
-    an exception from it leaves no version.
+    an exception from it leaves no version. ``max_pixels``: encode_bytes's limit
+    (``check_max_pixels``).
     """
-    with staged_saved_model(model, export_base, version, inputs) as staged:
+    with staged_saved_model(model, export_base, version, inputs, max_pixels) as staged:
         if check is not None:
             check(staged.path)
     return staged.final

@@ -27,13 +27,13 @@ import numpy as np
 
 from bgan_tf import atomic
 from bgan_tf.errors import UserError
-from bgan_tf.inference.tflite import resize_bilinear
-from bgan_tf.serving.saved_model import export_metadata, loaded_encoder, pack_bits_tf
+from bgan_tf.inference.tflite import TFLITE_METADATA_NAME, quiet_tflite_notices, resize_bilinear
+from bgan_tf.serving.saved_model import export_metadata, loaded_encoder, no_space_is_user_error
+from bgan_tf.serving.signatures import pack_bits_tf
 
 TFLITE_VARIANTS = ("float", "dynamic_int8", "int8")
 TFLITE_WHAT = "TFLite export"
-TFLITE_METADATA_NAME = "bgan_tflite.json"
-TFLITE_FORMAT = "bgan_tf.tflite/1"
+TFLITE_FORMAT = "bgan_tf.tflite/1"  # TFLITE_METADATA_NAME is the runtime's (bgan_tf.inference.tflite)
 _TFLITE_FILE_RE = re.compile(r"^encoder_(float|dynamic_int8|int8)\.tflite$")
 # The per-file temps the exporter wrote into the folder before it staged whole sets.
 _LEGACY_TFLITE_TMP_RE = re.compile(r"^\.encoder_(float|dynamic_int8|int8)\.tflite\.tmp-[a-z0-9_]{8}$")
@@ -245,8 +245,8 @@ def convert_tflite(model, out_dir: str | os.PathLike[str], variants: Iterable[st
     The folder is built in a hidden temp folder beside it, with ``bgan_tflite.json``,
     then swapped in whole (``atomic.staged_dir``): a killed run leaves the previous
     set or the new one, never a mix. ``check(paths)`` runs on the staged files; an
-    exception from it leaves the folder as it was. ``representative``: uint8 images
-    [n,S,S,3] for full int8 calibration.
+    exception from it leaves the folder as it was, and so does a full disk (one
+    UserError line). ``representative``: uint8 images [n,S,S,3] for full int8 calibration.
     """
     loaded = loaded_encoder(model)
     variants = check_variants(variants)
@@ -261,14 +261,20 @@ def convert_tflite(model, out_dir: str | os.PathLike[str], variants: Iterable[st
         for variant in variants:
             fold = folds_normalisation(variant)
             if fold not in sm_dirs:
-                sm_dirs[fold] = tflite_saved_model(loaded, os.path.join(work, f"sm_{int(fold)}"), fold)
-            data = tflite_converter(sm_dirs[fold], variant, representative).convert()
+                # The graph to convert goes to the temp folder (TMPDIR), not to --out.
+                with no_space_is_user_error(work, "free space in the temp folder or point TMPDIR elsewhere "
+                                                  f"(nothing was written to {out})"):
+                    sm_dirs[fold] = tflite_saved_model(loaded, os.path.join(work, f"sm_{int(fold)}"), fold)
+            with quiet_tflite_notices():  # the int8 calibrator's notices (see inference.tflite)
+                data = tflite_converter(sm_dirs[fold], variant, representative).convert()
             name = f"encoder_{variant}.tflite"
-            atomic.write_bytes(staged / name, data)
+            with no_space_is_user_error(out, "free space or choose another --out (the folder was left as it was)"):
+                atomic.write_bytes(staged / name, data)
             digest = hashlib.sha256(data).hexdigest()
             files[variant] = {"file": name, "bytes": len(data), "sha256": digest,
                               "model_id": f"tflite:{digest[:16]}"}  # what TFLiteEncoder.model_id reports
-        atomic.write_json(staged / TFLITE_METADATA_NAME, tflite_metadata(loaded, files))
+        with no_space_is_user_error(out, "free space or choose another --out (the folder was left as it was)"):
+            atomic.write_json(staged / TFLITE_METADATA_NAME, tflite_metadata(loaded, files))
         if check is not None:
             check({v: str(staged / f["file"]) for v, f in files.items()})
     return {v: str(out / f["file"]) for v, f in files.items()}

@@ -37,23 +37,13 @@ from bgan_tf.data.sources import load_folder
 from bgan_tf.errors import UserError
 from bgan_tf.search.limits import LIMITS
 from bgan_tf.search.service import create_app, hide_paths
+from testlib import png_chunk as _chunk
+from testlib import png_header_only as _png_header_only
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------- image makers
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims width x height RGB pixels but carries almost no data:
-    the cheap stand-in for a decompression bomb (Pillow reads the header only on open)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
-        + _chunk(b"IEND", b"")
-
-
 def _png16(arr: np.ndarray) -> bytes:
     """uint16 HxW, HxWx2 (grey+alpha), HxWx3 or HxWx4 -> a 16-bit PNG (Pillow cannot write
     16-bit colour PNGs itself)."""
