@@ -35,7 +35,7 @@ references: psnr_other_code_db, G fed another query's code (each query gets the
 next one's), and psnr_mean_image_db, the training images' mean image for every
 query. A G whose PSNR is not above both has learned nothing from the code. The same
 three in the backbone's feature space: feature_cos = mean cosine between the frozen
-ImageNet backbone's features of G(code) and of the query (what --w_perceptual trains),
+ImageNet backbone's features of G(code) and of the query,
 feature_cos_other_code and feature_cos_mean_image its references. And
 d_acc_last = D's accuracy in the last training epoch on real images
 (d_acc_real) and the fraction of reconstructions G(code) (d_acc_recon) and of
@@ -285,8 +285,6 @@ def main() -> int:
             if not res.epochs_run:
                 seconds.pop(f"{stage}_train")
             row["epochs"] = cfg.epochs
-            if res.best_epoch is not None:  # early stopping: where it stopped, which epoch it kept
-                row.update(epochs_trained=res.epochs_trained, best_epoch=res.best_epoch)
             if res.graph_label_agreement is not None:  # of the graph it trained on (--graph_construction)
                 row["graph_label_agreement"] = round(res.graph_label_agreement, 4)
                 row["graph_pairs_per_item"] = round(res.graph_pairs_per_item, 1)

@@ -14,6 +14,8 @@ import math
 import numbers
 from typing import Any
 
+from absl import logging
+
 from bgan_tf.errors import UserError
 
 
@@ -33,7 +35,6 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "k2": (1, 1000),
     "beta_every": (1, 100_000),
     "disc_feature_dim": (1, 4096),
-    "noise_dim": (0, 1024),
     "batch_size": (2, 4096),  # >= 2: the neighbourhood loss compares pairs
     "epochs": (1, 100_000),
     "seed": (0, 2**31 - 1),
@@ -41,7 +42,6 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "sample_every": (1, 100_000),
     "steps_per_epoch": (0, 10_000_000),  # 0 (or None): one pass over the data
     "save_every_steps": (0, 10_000_000),
-    "early_stopping_patience": (0, 1000),
 }
 # name -> (fewest, most entries, smallest, largest value)
 LIST_INT_LIMITS: dict[str, tuple[int, int, int, int]] = {
@@ -57,21 +57,12 @@ FLOAT_LIMITS: dict[str, tuple[float, float, bool]] = {
     "w_feature": (0.0, 1e6, True),
     "w_adv": (0.0, 1e6, True),
     "w_consistency": (0.0, 1e6, True),
-    "w_perceptual": (0.0, 1e6, True),
     "lr_e": (0.0, 10.0, False),
-    "lr_backbone": (0.0, 10.0, True),
     "lr_g": (0.0, 10.0, False),
     "lr_d": (0.0, 10.0, False),
     "adam_beta_1": (0.0, 0.999999, True),
     "adam_epsilon": (0.0, 1e3, False),
-    "early_stopping_holdout": (0.0, 0.5, False),
 }
-# --- discriminator balance (issue 14): bounds of the remedies' knobs ----------------
-INT_LIMITS.update(g_steps=(1, 5), instance_noise_steps=(0, 10_000_000), content_warmup_epochs=(0, 100_000))
-FLOAT_LIMITS.update(d_label_smoothing=(0.0, 0.5, True), instance_noise=(0.0, 1.0, True),
-                    content_to_encoder=(0.0, 1.0, True))
-GAN_LOSSES = ("bce", "hinge")
-# ----------------------------------------------------------------------------------
 BETA_LIMITS = (1, 100, 1e4)  # fewest, most values; largest slope (each > 0)
 # Pixels of one training batch at the backbone's input size (an unfrozen backbone sees them
 # all every step): 64 x 1024^2, or 4096 x 128^2.
@@ -98,13 +89,24 @@ EXACT_KNN_MAX_ITEMS = 50_000
 GRAPH_CONSTRUCTIONS = ("k1k2", "diffusion")
 DIFFUSION_MAX_ITEMS = 100_000
 INT_LIMITS.update(diffusion_steps=(1, 100))
-FLOAT_LIMITS.update(diffusion_alpha=(0.0, 0.999, False), diffusion_pairs_per_item=(0.0, 10_000.0, True))
+FLOAT_LIMITS.update(diffusion_alpha=(0.0, 0.999, False))
+
+
+# Knobs of earlier versions whose own measurements recorded no gain (issue 28; docs/METHOD.md):
+# removed from the product. A config.json that still holds them loads (they are skipped); the
+# results measured with them name the commit that had them (benchmarks/results, measured_with_commit).
+# name -> the value under which it changed nothing (its old default).
+REMOVED_FIELDS: dict[str, Any] = {
+    "gan_loss": "bce", "d_label_smoothing": 0.0, "instance_noise": 0.0, "instance_noise_steps": 0, "g_steps": 1,
+    "content_warmup_epochs": 0, "content_to_encoder": 1.0, "w_perceptual": 0.0, "graph_model": "",
+    "diffusion_pairs_per_item": 0.0, "init_from": "", "lr_backbone": 0.0, "early_stopping_patience": 0,
+    "early_stopping_holdout": 0.05, "adv_to_encoder": False, "noise_dim": 0}
 
 
 # Knobs that size what is allocated when networks are built or batches are made: bounded
 # whenever a config is read from a file (BGANConfig.from_dict), not only when training.
 SIZE_FIELDS = ("num_bits", "image_size", "backbone_input_size", "hash_hidden", "gen_channels", "disc_channels",
-               "disc_feature_dim", "noise_dim", "batch_size")
+               "disc_feature_dim", "batch_size")
 
 
 def check_graph_construction(construction: str, num_items: int) -> None:
@@ -187,20 +189,8 @@ class BGANConfig:
     k2: int = 30
     knn: str = "auto"  # auto | exact | approximate (KNN_METHODS)
     graph_construction: str = "k1k2"  # GRAPH_CONSTRUCTIONS
-    # A trained model folder whose backbone (fine-tuned layers included) gives the graph's
-    # features: a second round on the graph the first one learned. Empty: this run's features.
-    graph_model: str = ""
     diffusion_alpha: float = 0.99  # diffusion: weight of longer walks (graph_quality.md measured 0.9, 0.99)
     diffusion_steps: int = 20  # diffusion: terms T of the truncated series
-    # diffusion: positive pairs per image (the figure the training log prints, the image itself
-    # included); 0: as many as the K1/K2 graph of the same features. A second round
-    # (--graph_model) on sharper features gets a sparser K1/K2 graph: this keeps the first
-    # round's density instead.
-    diffusion_pairs_per_item: float = 0.0
-    # A trained model folder whose encoder (fine-tuned top, hash head and its batch norm) this
-    # run starts from instead of the pretrained backbone and a fresh head: a second round that
-    # continues the first one's training. G and D start fresh. A resumed run's checkpoint wins.
-    init_from: str = ""
     # --- sign activation ---------------------------------------------------
     sign_mode: str = "tanh"  # tanh | app | ste
     ste_surrogate: str = "tanh"
@@ -211,7 +201,6 @@ class BGANConfig:
     gen_channels: tuple[int, ...] = (256, 256, 128)  # 4x4->...; last sets the pre-RGB width
     disc_channels: tuple[int, ...] = (32, 128, 256, 256)
     disc_feature_dim: int = 1024  # phi(x), used by the content loss
-    noise_dim: int = 0  # 0: prior fakes are G(random sign codes); >0 unused
     sync_batch_norm: bool = False
     # --- losses --------------------------------------------------------------
     nbr_form: str = "released"  # NBR_FORMS: released mean((ZZ^T - S)^2); paper ((1/L) z.z - s)^2 off-diagonal
@@ -220,43 +209,16 @@ class BGANConfig:
     w_pixel: float = 0.0
     w_feature: float = 1.0
     w_adv: float = 1.0
-    # Content term on a frozen copy of the pretrained backbone: 1 - cos(f(x), f(G(code))) of its
-    # pooled features (a perceptual loss). D's phi, the released content term, saturates with D;
-    # the pretrained features are the ones the graph compares, so a G scored on them is asked
-    # to rebuild what the codes should keep. Costs one backbone pass over 2x the batch a step.
-    w_perceptual: float = 0.0
     fake_source: str = "prior"  # codes | prior | both
-    adv_to_encoder: bool = False  # let the adversarial gradient reach the encoder (through G(code))
-    # --- discriminator balance (issue 14; docs/METHOD.md): defaults train as before -----
-    gan_loss: str = "bce"  # bce: non-saturating cross-entropy | hinge: max(0, 1 -+ D) for D, -D for G
     disc_spectral_norm: bool = False  # SpectralNormalization on D's convs and dense layers, D's batch norm off
-    d_label_smoothing: float = 0.0  # one-sided: D's target on real images is 1 - this (bce only)
-    instance_noise: float = 0.0  # std of Gaussian noise added to every image D sees, annealed linearly to 0
-    instance_noise_steps: int = 0  # steps over which that std falls to 0 (0: the whole run)
-    g_steps: int = 1  # generator updates per training step (encoder and D update once)
-    # Epochs at the start in which the content terms train G only: the encoder learns from the
-    # neighbourhood and quantization terms while G learns to decode its codes, and gets the
-    # content gradient only from then on (a G that ignores the code passes back none worth having).
-    content_warmup_epochs: int = 0
-    # Share of the content terms' gradient that reaches the encoder (G always gets all of it):
-    # a G weighted to decode the code (a large w_perceptual) while the encoder hears it at a
-    # small weight. 1: the paper (one content term for both); 0: G decodes codes it cannot move.
-    content_to_encoder: float = 1.0
     # --- optimisation ------------------------------------------------------
     batch_size: int = 40
     epochs: int = 30
     lr_e: float = 1e-3
-    lr_backbone: float = 0.0  # the backbone's trained weights (its top with trainable_from); 0: lr_e
     lr_g: float = 1e-3
     lr_d: float = 1e-3
     adam_beta_1: float = 0.9
     adam_epsilon: float = 1.0  # the released code's value
-    # Early stopping (0: off): after every epoch, the codes of images held out of training
-    # (this fraction of them, a seeded draw) rank training images against the graph's
-    # positives; training stops after this many epochs without a gain in that mAP and keeps
-    # the best epoch's networks (bgan_tf.training.callbacks.GraphEarlyStopping).
-    early_stopping_patience: int = 0
-    early_stopping_holdout: float = 0.05
     mixed_precision: bool = False
     # --- run -----------------------------------------------------------------
     output_dir: str = "runs/digits"
@@ -284,41 +246,13 @@ class BGANConfig:
         need(self.knn in KNN_METHODS, f"--knn must be {', '.join(KNN_METHODS[:-1])} or {KNN_METHODS[-1]}, "
              f"got {self.knn!r}")
         check_graph_construction(self.graph_construction, 0)
-        need(not self.diffusion_pairs_per_item or self.graph_construction == "diffusion",
-             f"--diffusion_pairs_per_item {self.diffusion_pairs_per_item:g} sets the density of the diffusion "
-             "graph: add --graph_construction diffusion or drop it")
         need(self.strategy in ("one_device", "mirrored", "multi_worker_mirrored"),
              f"--strategy must be one_device, mirrored or multi_worker_mirrored, got {self.strategy!r}")
-        need(self.gan_loss in GAN_LOSSES, f"--gan_loss must be {' or '.join(GAN_LOSSES)}, got {self.gan_loss!r}")
-        need(self.use_gan or not self.content_warmup_epochs,
-             f"--content_warmup_epochs {self.content_warmup_epochs} delays the generator's content gradient to "
-             "the encoder, but --nouse_gan trains no generator: drop it or train with the GAN")
-        need(not self.w_perceptual or self.use_gan,
-             f"--w_perceptual {self.w_perceptual:g} scores the generator's reconstructions, but --nouse_gan trains "
-             "no generator: drop it or train with the GAN")
-        need(not self.w_perceptual or bool(self.backbone_weights),
-             "--w_perceptual compares features of a pretrained backbone: pass --backbone_weights "
-             "(imagenet or a .weights.h5 file)")
-        if self.w_perceptual:
-            # The frozen copy sees every batch twice (real images and G's) at the backbone's input size.
-            pixels = 2 * self.batch_size * self.backbone_input_size ** 2
-            need(pixels <= MAX_BATCH_PIXELS,
-                 f"--w_perceptual runs the backbone on 2 x --batch_size {self.batch_size} images at "
-                 f"--backbone_input_size {self.backbone_input_size}, {pixels:,} pixels per step "
-                 f"(limit {MAX_BATCH_PIXELS:,}); lower one of them")
-        need(self.gan_loss == "bce" or not self.d_label_smoothing,
-             "--d_label_smoothing applies to --gan_loss bce (a hinge loss has no target); set it to 0")
         ups = len(self.gen_channels) - 1  # each later width doubles the resolution from 4x4-ish up
         need(self.image_size % 2 ** ups == 0 and self.image_size // 2 ** ups >= 1,
              f"--gen_channels: {len(self.gen_channels)} widths cannot make {self.image_size}x{self.image_size} "
              f"images (each width after the first doubles the size); give at most "
              f"{self.image_size.bit_length()} widths")
-        need(isinstance(self.graph_model, str) and len(self.graph_model) <= 4096,
-             f"--graph_model must be a model folder's path, got {self.graph_model!r}")
-        need(isinstance(self.init_from, str) and len(self.init_from) <= 4096,
-             f"--init_from must be a model folder's path, got {self.init_from!r}")
-        need(not self.graph_model or self.graph_features == "backbone",
-             "--graph_model gives the graph backbone features: it needs --graph_features backbone")
         need(self.top_bn in ("frozen", "train"), f"--top_bn must be frozen or train, got {self.top_bn!r}")
         if self.trainable_from:
             need(isinstance(self.trainable_from, str) and len(self.trainable_from) <= 200,
@@ -327,9 +261,6 @@ class BGANConfig:
                  "frozen bottom: it needs --freeze_backbone (not --nofreeze_backbone)")
             need(bool(self.backbone_weights), "--trainable_from fine-tunes a pretrained backbone: pass "
                  "--backbone_weights (imagenet or a .weights.h5 file)")
-        need(not self.lr_backbone or self.trainable_from or not self.freeze_backbone,
-             f"--lr_backbone {self.lr_backbone:g} sets the rate of the backbone's trained weights, but the "
-             "backbone is frozen: add --trainable_from LAYER (or --nofreeze_backbone), or drop --lr_backbone")
         if not self.freeze_backbone:
             # The encoder sees every training batch at the backbone's input size.
             pixels = self.batch_size * self.backbone_input_size ** 2
@@ -346,6 +277,9 @@ class BGANConfig:
         """A config.json's config; ValueError for an integer SIZE_FIELDS knob out of bounds (issue 27
         case 8: backbone_input_size 20000 crashed build_encoder); wrong types are the reader's to name."""
         fields = {f.name for f in dataclasses.fields(cls)}  # keys from newer versions are skipped
+        removed = sorted(set(d) & REMOVED_FIELDS.keys())
+        if removed:  # a folder written before issue 28: those knobs no longer change anything
+            logging.debug("config: ignoring knobs removed in issue 28: %s", ", ".join(removed))
         config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
         for name in SIZE_FIELDS:
             value = getattr(config, name)

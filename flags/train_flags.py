@@ -57,15 +57,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "graph_construction": ("enum", "Positives of the graph: k1k2 (the BGAN definition) or diffusion (as many per "
                            "image, ranked by manifold ranking over the K1 kNN graph: more of them share a class; "
                            f"quadratic cost, at most {DIFFUSION_MAX_ITEMS:,} images)."),
-    "graph_model": ("string", "A trained model folder whose backbone (fine-tuned layers included) gives the graph's "
-                    "features: a second round on what the first one learned. Empty: this run's backbone."),
-    "init_from": ("string", "A trained model folder whose encoder (fine-tuned top and hash head) this run starts "
-                  "from, with the same encoder settings: a second round that continues the first. Empty: the "
-                  "pretrained backbone and a fresh head."),
     "diffusion_alpha": ("float", "Diffusion: weight of longer walks, in (0, 0.999]."),
     "diffusion_steps": ("integer", "Diffusion: terms of the truncated series."),
-    "diffusion_pairs_per_item": ("float", "Diffusion: positive pairs per image, itself included (the figure the "
-                                 "training log prints); 0: as many as the K1/K2 graph of the same features."),
     "sign_mode": ("string", "Sign relaxation during training: tanh, app (clip) or ste (straight-through)."),
     "ste_surrogate": ("string", "Surrogate whose gradient the straight-through estimator uses: tanh or app."),
     "beta_values": ("list_float", "Sign slopes of the continuation schedule, e.g. 1,2.5,5,7.5,10."),
@@ -81,25 +74,11 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "w_quant": ("float", "Weight of the quantization loss mean((z - sgn z)^2)."),
     "w_pixel": ("float", "Weight of the pixel MSE content loss."),
     "w_feature": ("float", "Weight of the discriminator-feature content loss."),
-    "w_perceptual": ("float", "Weight of 1 - cos(f(x), f(G(code))) on a frozen copy of the pretrained backbone's "
-                     "pooled features (a perceptual content loss; needs --backbone_weights)."),
     "w_adv": ("float", "Weight of the adversarial loss on the encoder and generator."),
     "fake_source": ("string", "What the discriminator sees as fake: codes (G of the image's code), prior (G of noise) or both."),
-    "adv_to_encoder": ("bool", "Let the adversarial loss on G(code) update the encoder too (off: it trains G only)."),
-    "gan_loss": ("string", "Adversarial loss: bce (non-saturating cross-entropy) or hinge."),
     "disc_spectral_norm": ("bool", "Spectral normalisation on the discriminator's layers (its batch norm off)."),
-    "d_label_smoothing": ("float", "One-sided label smoothing: the discriminator's target on real images is 1 minus this (bce only)."),
-    "instance_noise": ("float", "Std of Gaussian noise added to every image the discriminator sees; falls linearly to 0."),
-    "instance_noise_steps": ("integer", "Steps over which the instance noise falls to 0 (0: the whole run)."),
-    "g_steps": ("integer", "Generator updates per training step (encoder and discriminator update once)."),
-    "content_to_encoder": ("float", "Share of the content losses' gradient that reaches the encoder, in [0, 1] (the "
-                           "generator always gets all of it): 1 is the paper's one content term for both."),
-    "content_warmup_epochs": ("integer", "Epochs at the start in which the content losses train the generator only; "
-                              "the encoder gets their gradient from then on (0: from the first step)."),
     "epochs": ("integer", "Epochs to train; rerunning with more epochs continues the run."),
     "lr_e": ("float", "Adam learning rate of the encoder."),
-    "lr_backbone": ("float", "Adam learning rate of the backbone's trained weights (its top with --trainable_from, "
-                    "all of it with --nofreeze_backbone); 0: --lr_e. The hash head keeps --lr_e."),
     "lr_g": ("float", "Adam learning rate of the generator."),
     "lr_d": ("float", "Adam learning rate of the discriminator."),
     "adam_beta_1": ("float", "Adam beta_1 for all three networks."),
@@ -110,10 +89,6 @@ _TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "num_cpu_devices": ("integer", "Split the CPU into this many logical devices (to run mirrored without GPUs)."),
     "sample_every": ("integer", "Epochs between reconstruction sample grids."),
     "steps_per_epoch": ("integer", "Steps per epoch (0 or unset: one pass over the data)."),
-    "early_stopping_patience": ("integer", "Stop after this many epochs without a gain in the held-out graph mAP "
-                                "(codes of held-out training images ranking the others, relevant = a graph pair) "
-                                "and keep the best epoch's weights (0: off; trains --epochs)."),
-    "early_stopping_holdout": ("float", "Fraction of the training images held out of training for early stopping."),
     "save_every_steps": ("integer", "Also checkpoint every N steps inside an epoch, so a killed run resumes mid-epoch (0: epoch ends only)."),
 }
 

@@ -145,3 +145,15 @@ def test_named_configs_and_their_variants():
     assert get_config("digits") == get_config("digits:")
     with pytest.raises(UserError, match="the variants of digits are: none"):
         get_config("digits:finetune")
+
+
+def test_knobs_removed_in_issue_28_are_no_train_flags():
+    """Issue 28 item 3: the research knobs that measured no gain are out of train's flags."""
+    from absl import flags
+
+    from bgan_tf.config import REMOVED_FIELDS
+    from flags.train_flags import define_train_flags
+
+    fv = flags.FlagValues()
+    define_train_flags(fv)
+    assert not set(REMOVED_FIELDS) & set(fv), sorted(set(REMOVED_FIELDS) & set(fv))

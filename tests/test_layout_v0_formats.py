@@ -49,3 +49,42 @@ def test_index_from_the_flat_layout_loads_and_answers():
     assert len(hits) == 3 and hits[0].distance == 0
     assert index.store.code(hits[0].id).tolist() == first.tolist()
     assert {m["label"] for m in index.store.metadata_rows()} == {"a", "b"}
+
+
+def test_config_with_knobs_removed_in_issue_28_still_loads(caplog):
+    """Issue 28 removed 16 research knobs from BGANConfig; the layout_v0 model's config.json
+    still holds two of them (adv_to_encoder, noise_dim): it loads, and the debug log says
+    what was skipped."""
+    import logging
+
+    from bgan_tf.config import REMOVED_FIELDS, BGANConfig
+
+    stored = json.loads((DATA / "model" / "config.json").read_text())
+    assert {"adv_to_encoder", "noise_dim"} <= stored.keys() <= {*REMOVED_FIELDS, *BGANConfig.__dataclass_fields__}
+    with caplog.at_level(logging.DEBUG):
+        config = BGANConfig.from_dict(stored)
+    assert config.num_bits == 16 and not hasattr(config, "noise_dim")
+    assert "adv_to_encoder, noise_dim" in caplog.text
+
+
+def test_run_folder_trained_with_a_removed_knob_is_refused_with_one_line(tmp_path):
+    """Issue 28: a run folder written before the change resumes when its removed knobs sat at
+    their old defaults (they changed nothing), and is refused with one line when one was set
+    (resuming without it would silently continue into another model)."""
+    import dataclasses
+
+    import pytest
+
+    from bgan_tf.config import BGANConfig
+    from bgan_tf.errors import UserError
+    from bgan_tf.training.run_folder import check_run_dir
+
+    config = BGANConfig(output_dir=str(tmp_path / "run"))
+    os.makedirs(config.output_dir)
+    old = {**dataclasses.asdict(config), "noise_dim": 0, "lr_backbone": 0.0, "early_stopping_holdout": 0.05}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(old))
+    check_run_dir(config)  # the old defaults: resumes
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**old, "lr_backbone": 1e-4, "g_steps": 2}))
+    with pytest.raises(UserError, match=r"holds a run trained with --g_steps 2, --lr_backbone 0.0001, which this "
+                                        r"version no longer has \(issue 28\)"):
+        check_run_dir(config)

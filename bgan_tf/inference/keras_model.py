@@ -3,8 +3,6 @@
 `load_encoder` / `load_generator` rebuild the networks from the config.json that
 `bgan_tf.inference.model_folder.read_model_files` reads and validates, then load their
 weights; `LoadedEncoder` encodes uint8 images (or cached backbone features) to signs.
-`check_warm_start` / `warm_start_encoder` start a training run's encoder from a trained
-one (``--init_from``).
 """
 
 from __future__ import annotations
@@ -56,8 +54,8 @@ class LoadedEncoder:
 
     def backbone_features(self, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
         """float32 [N, D] pooled features of this encoder's backbone as it was trained
-        (fine-tuned layers included): what a second round builds its graph from
-        (``--graph_model``). On XNNPACK from XNNPACK_MIN_IMAGES images, as the features."""
+        (fine-tuned layers included): what benchmarks/graph_rounds.py builds a second round's
+        graph from. On XNNPACK from XNNPACK_MIN_IMAGES images, as the features."""
         from bgan_tf.data.features import image_forward
 
         net = self.model
@@ -143,34 +141,6 @@ def load_encoder(model_dir: str) -> LoadedEncoder:
                   f"backbone {config.backbone}, {config.num_bits} bits")
     check_weights_id(model_dir, metadata, enc.weights)  # the id an index trusts is the weights'
     return LoadedEncoder(enc, config, metadata, model_dir)
-
-
-# The settings an encoder's weights file is shaped by: a warm start (--init_from) needs
-# the same values. (Freezing, the cut and the rates change what trains, not the weights.)
-ENCODER_WEIGHT_FIELDS = ("num_bits", "backbone", "backbone_input_size", "hash_hidden", "hash_norm")
-
-
-def check_warm_start(model_dir: str, config: BGANConfig) -> None:
-    """UserError, before any work, when ``model_dir`` is not a model folder or its encoder
-    was built with other `ENCODER_WEIGHT_FIELDS` than ``config``."""
-    stored, _ = read_model_files(model_dir)
-
-    def show(v) -> str:
-        return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-
-    diffs = [f"--{n} {show(getattr(stored, n))} (this run: {show(getattr(config, n))})"
-             for n in ENCODER_WEIGHT_FIELDS if show(getattr(stored, n)) != show(getattr(config, n))]
-    if diffs:
-        raise UserError(f"--init_from {model_dir} holds an encoder trained with {', '.join(diffs)}: its weights "
-                        "cannot start this run's encoder; use those settings or start from another model")
-
-
-def warm_start_encoder(encoder, model_dir: str) -> None:
-    """Load the trained encoder of ``model_dir`` (checked by `check_warm_start`) into the
-    built ``encoder``: backbone, hash head, their batch-norm statistics and the sign's slope
-    (the beta schedule sets the slope again at every epoch)."""
-    config, _ = read_model_files(model_dir)
-    _load_weights(encoder, model_dir, "encoder.weights.h5", f"backbone {config.backbone}, {config.num_bits} bits")
 
 
 def load_generator(model_dir: str):

@@ -48,13 +48,3 @@ def build_discriminator(config: BGANConfig):
 
     return Discriminator(config.disc_channels, config.disc_feature_dim, config.sync_batch_norm,
                          spectral_norm=config.disc_spectral_norm)
-
-
-def build_perceptual_net(config: BGANConfig):
-    """A frozen copy of the config's pretrained backbone, [0,255] images -> pooled features,
-    always in inference mode: what the perceptual content term (w_perceptual) compares."""
-    from bgan_tf.modeling.backbones import build_feature_extractor
-
-    net = build_feature_extractor(backbone_spec(config))
-    net.trainable = False
-    return net

@@ -10,14 +10,16 @@
   quantization.
 - `graph`: kNN -> K1/K2 expansion -> sparse positive pairs and the in-graph S_B lookup.
 - `distribute`: `make_strategy(name)`, chief detection, dataset sharding, sync BN.
-- `callbacks`: beta schedule, reconstruction samples, step-level checkpoints, early
-  stopping on a held-out slice of the graph (`GraphEarlyStopping`) and `fit_resumable`.
+- `callbacks`: beta schedule, reconstruction samples, step-level checkpoints and
+  `fit_resumable`.
 - `checkpoints`: restore the newest checkpoint that reads whole and finite (older ones when
   it is damaged), save only finite weights, a full disk as one line.
 - `divergence`: `DivergenceGuard` (a NaN or inf loss stops training with one line) and the
   one-code warning at the end of training.
 
 To add a loss: a function in `losses`, a weight in `BGANConfig`, one term in
-`BGAN.train_step`. Imports evaluation (the retrieval metric early stopping monitors),
-inference, data, modeling and the shared modules only.
+`BGAN.train_step`. Imports evaluation, inference, data, modeling and the shared modules
+only. Knobs whose measurements recorded no gain were removed in issue 28
+(`bgan_tf.config.REMOVED_FIELDS`); the commit that had them is named in the results they
+measured (``measured_with_commit``).
 """

@@ -1,6 +1,5 @@
 """Callbacks that drive a BGAN run: beta continuation, checkpoints with
-resume, early stopping on a held-out slice of the graph, and reconstruction
-samples (PNG files and TensorBoard images)."""
+resume, and reconstruction samples (PNG files and TensorBoard images)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import tensorflow as tf
 from absl import logging
 
 from bgan_tf import atomic
-from bgan_tf.evaluation.retrieval_metrics import map_with_relevance
 from bgan_tf.training.checkpoints import restore_newest_intact, save_checkpoint
 
 
@@ -120,81 +118,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self._save(epoch + 1, 0)
 
 
-class GraphEarlyStopping(keras.callbacks.Callback):
-    """Scores the codes of images held out of training against the neighbourhood graph
-    after every epoch, keeps the best epoch's networks and stops after ``patience``
-    epochs without improvement.
-
-    The score (logged as ``val_graph_map``) is the tie-aware mAP@all of the held-out
-    images' codes ranking a sample of the training images, relevant = a positive pair
-    of the graph: what the encoder is trained to reproduce, on images it never trained
-    on, so it falls when the codes stop carrying over to new images. (It cannot see the
-    graph's own mistakes: on CIFAR-10 it kept rising while mAP@all fell, docs/METHOD.md.)
-
-    ``state`` (best score, its epoch, epochs since) goes into the epoch checkpoint, so a
-    resumed run stops where an uninterrupted one would; the best networks are saved
-    under ``best_dir`` (by the chief: ``write``). Put it before `EpochCheckpoint` in the
-    callback list: that saves the state this updates.
-    """
-
-    def __init__(self, encode_fn, query_inputs, db_inputs, relevant: np.ndarray, patience: int, best_dir: str,
-                 networks: dict, write: bool = True, min_delta: float = 1e-4, batch: int = 256):
-        super().__init__()
-        self.encode_fn = encode_fn
-        self.query_inputs, self.db_inputs = query_inputs, db_inputs
-        self.relevant = np.asarray(relevant, bool)
-        self.patience = int(patience)
-        self.min_delta = float(min_delta)
-        self.batch = int(batch)
-        self.write = write
-        self.best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
-        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
-        self.waited = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_without_gain")
-        self.state = tf.train.Checkpoint(best=self.best, best_epoch=self.best_epoch, waited=self.waited)
-        # Every variable by list, as in EpochCheckpoint (batch-norm statistics included).
-        self.best_checkpoint = tf.train.Checkpoint(**{f"{n}_weights": list(m.weights) for n, m in networks.items()})
-        self.best_dir = best_dir
-        self.manager = tf.train.CheckpointManager(self.best_checkpoint, best_dir, max_to_keep=1)
-
-    @property
-    def stopped(self) -> bool:
-        """The run already ended here: ``patience`` epochs without a gain."""
-        return int(self.waited.numpy()) >= self.patience
-
-    def _codes(self, inputs) -> np.ndarray:
-        return np.concatenate([np.asarray(self.encode_fn(tf.constant(np.asarray(inputs[s:s + self.batch]))))
-                               for s in range(0, len(inputs), self.batch)])
-
-    def score(self) -> float:
-        return map_with_relevance(self._codes(self.query_inputs), self._codes(self.db_inputs), self.relevant)
-
-    def on_epoch_end(self, epoch, logs=None):
-        score = self.score()
-        if logs is not None:
-            logs["val_graph_map"] = score
-        if score > float(self.best.numpy()) + self.min_delta:
-            self.best.assign(score)
-            self.best_epoch.assign(epoch + 1)
-            self.waited.assign(0)
-            if self.write:
-                self.manager.save(checkpoint_number=epoch + 1)
-        else:
-            self.waited.assign_add(1)
-            if self.stopped:
-                logging.info("early stopping after epoch %d: held-out graph mAP %.4f, best %.4f at epoch %d",
-                             epoch + 1, score, float(self.best.numpy()), int(self.best_epoch.numpy()))
-                self.model.stop_training = True
-
-    def restore_best(self) -> int:
-        """Load the best epoch's networks and return that epoch; 0 (nothing changed) before
-        any epoch scored."""
-        latest = tf.train.latest_checkpoint(self.best_dir)
-        if latest is None or not int(self.best_epoch.numpy()):
-            return 0
-        self.best_checkpoint.restore(latest).expect_partial()
-        return int(self.best_epoch.numpy())
-
-
 def fit_resumable(model, make_dataset, checkpoint: EpochCheckpoint, first_epoch: int, epochs: int,
                   steps_per_epoch: int, callbacks, verbose: int = 1) -> dict[str, list[float]]:
     """``model.fit`` from (first_epoch, checkpoint.restored_step) to ``epochs``.
@@ -203,8 +126,7 @@ def fit_resumable(model, make_dataset, checkpoint: EpochCheckpoint, first_epoch:
     per-epoch order, so any start point is reproducible). A resume inside an
     epoch runs that epoch's remaining steps in a first fit() call on the
     dataset with the done steps skipped, then the remaining epochs.
-    Returns the merged history (one value per epoch). A callback that sets
-    ``model.stop_training`` (early stopping) ends the run after that epoch.
+    Returns the merged history (one value per epoch).
     """
     checkpoint.steps_per_epoch = steps_per_epoch
     step = checkpoint.restored_step
@@ -223,7 +145,7 @@ def fit_resumable(model, make_dataset, checkpoint: EpochCheckpoint, first_epoch:
         run(make_dataset(first_epoch, first_epoch + 1).skip(step), first_epoch, first_epoch + 1,
             steps_per_epoch - step)
         first_epoch += 1
-    if first_epoch < epochs and not model.stop_training:  # (early stopping may end the run there)
+    if first_epoch < epochs:
         checkpoint._offset = 0
         run(make_dataset(first_epoch, epochs), first_epoch, epochs, steps_per_epoch)
     return history

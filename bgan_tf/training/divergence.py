@@ -29,10 +29,9 @@ class DivergenceGuard(keras.callbacks.Callback):
     ``checkpoint`` is the run's `EpochCheckpoint`: its ``last_saved`` (the newest finite
     checkpoint, which a rerun resumes from) and in-epoch offset go into the message."""
 
-    def __init__(self, checkpoint, init_from: str = ""):
+    def __init__(self, checkpoint):
         super().__init__()
         self.checkpoint = checkpoint
-        self.init_from = init_from
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -52,10 +51,9 @@ class DivergenceGuard(keras.callbacks.Callback):
         if bad is None:
             return
         where = f"epoch {self._epoch + 1}" + (f" step {step}" if step is not None else "")
-        hint = f", or check the weights of --init_from {self.init_from}" if self.init_from else ""
         last = self.checkpoint.last_saved or "(none was written yet)"
         raise UserError(f"training diverged at {where} ({bad[0]} is {bad[1]}); the last finite checkpoint is "
-                        f"kept at {last}; lower the learning rates (--lr_e, --lr_g, --lr_d){hint} and rerun; "
+                        f"kept at {last}; lower the learning rates (--lr_e, --lr_g, --lr_d) and rerun; "
                         "no model was written")
 
 
@@ -70,6 +68,6 @@ def warn_if_one_code(encode: Callable, inputs: np.ndarray, batch: int = 256) -> 
     distinct = len(np.unique(codes, axis=0))
     if distinct == 1 and len(sample) > 1:
         logging.warning("THE TRAINED MODEL MAPS ALL %d SAMPLED TRAINING IMAGES TO ONE CODE: it cannot rank "
-                        "anything. Lower the learning rates or --w_quant, or check the data and --init_from",
+                        "anything. Lower the learning rates or --w_quant, or check the data",
                         len(sample))
     return distinct

@@ -85,43 +85,14 @@ def feature_loss(phi_real: tf.Tensor, phi_recon: tf.Tensor, image_elems: int, gl
     return per_example_share(d, global_batch)
 
 
-def perceptual_loss(f_real: tf.Tensor, f_recon: tf.Tensor, global_batch) -> tf.Tensor:
-    """1 - cos(f(x), f(G(z))) per image, on a frozen network's features: scale-free, so its
-    weight means the same for any backbone's feature norms."""
-    a = tf.math.l2_normalize(tf.stop_gradient(tf.cast(f_real, tf.float32)), axis=1)
-    b = tf.math.l2_normalize(tf.cast(f_recon, tf.float32), axis=1)
-    return per_example_share(1.0 - tf.reduce_sum(a * b, axis=1), global_batch)
-
-
-def generator_adv_loss(fake_logits: tf.Tensor, global_batch, form: str = "bce") -> tf.Tensor:
-    """The generator's (and encoder's) adversarial loss.
-
-    - ``bce``: non-saturating -log D(G(.)).
-    - ``hinge``: -D(G(.)) (the logit itself; Lim & Ye 2017, SN-GAN).
-    """
-    if form == "hinge":
-        return per_example_share(-fake_logits, global_batch)
-    if form != "bce":
-        raise ValueError(f"unknown GAN loss {form!r}")
+def generator_adv_loss(fake_logits: tf.Tensor, global_batch) -> tf.Tensor:
+    """The generator's adversarial loss: non-saturating -log D(G(.))."""
     return per_example_share(_bce_logits(fake_logits, 1.0), global_batch)
 
 
-def discriminator_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor, global_batch, form: str = "bce",
-                       real_target: float = 1.0) -> tf.Tensor:
-    """D's loss on one real and one fake batch.
-
-    - ``bce``: -t log D(x) - (1 - t) log(1 - D(x)) - log(1 - D(G(.))) with t =
-      ``real_target`` (1 - one-sided label smoothing: fakes keep target 0, so D is
-      not taught to call G's samples partly real).
-    - ``hinge``: max(0, 1 - D(x)) + max(0, 1 + D(G(.))): a D already right by a
-      margin gets no gradient, so it stops sharpening against a losing G.
-    """
-    if form == "hinge":
-        return per_example_share(tf.nn.relu(1.0 - real_logits), global_batch) + per_example_share(
-            tf.nn.relu(1.0 + fake_logits), global_batch)
-    if form != "bce":
-        raise ValueError(f"unknown GAN loss {form!r}")
-    return per_example_share(_bce_logits(real_logits, real_target), global_batch) + per_example_share(
+def discriminator_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor, global_batch) -> tf.Tensor:
+    """D's loss on one real and one fake batch: -log D(x) - log(1 - D(G(.)))."""
+    return per_example_share(_bce_logits(real_logits, 1.0), global_batch) + per_example_share(
         _bce_logits(fake_logits, 0.0), global_batch
     )
 

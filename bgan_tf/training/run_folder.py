@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bgan_tf import atomic
-from bgan_tf.config import BGANConfig
+from bgan_tf.config import REMOVED_FIELDS, BGANConfig
 from bgan_tf.data.sources import dataset_paths
 from bgan_tf.errors import UserError
 from bgan_tf.inference import model_folder
@@ -28,10 +28,7 @@ RUN_WHAT = "training run folder"
 ARCHITECTURE_FIELDS = ("num_bits", "image_size", "backbone", "backbone_input_size", "freeze_backbone",
                        "trainable_from", "top_bn",
                        "hash_hidden", "hash_norm", "use_gan", "gen_channels", "disc_channels",
-                       "disc_feature_dim", "noise_dim", "mixed_precision", "disc_spectral_norm")
-# Knobs whose being set (not their value) adds optimizer state: --lr_backbone adds the
-# backbone's own optimizer, so a run resumes with another non-zero rate but not with none.
-OPTIMIZER_SET_FIELDS = ("lr_backbone",)
+                       "disc_feature_dim", "mixed_precision", "disc_spectral_norm")
 # Knobs that choose the training images: checkpoints of one set resumed on another would
 # silently continue into a different model (issue 27 case 14).
 DATA_FIELDS = ("dataset", "tfds_split", "max_images")
@@ -68,18 +65,27 @@ def check_run_dir(config: BGANConfig) -> Path:
         _check_same_data(config, stored)
         diffs = [name for name in ARCHITECTURE_FIELDS
                  if name in stored and not _same(stored[name], getattr(config, name))]
-        diffs += [name for name in OPTIMIZER_SET_FIELDS
-                  if bool(stored.get(name)) != bool(getattr(config, name))]
+        _check_no_removed_knobs(config, stored)
         if diffs:
             def show(v: Any) -> str:
                 return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
-            # (A run of a version before an OPTIMIZER_SET_FIELDS knob existed stored none: unset.)
             was = ", ".join(f"--{n} {show(stored.get(n, 0))} (now {show(getattr(config, n))})" for n in diffs)
             raise UserError(f"{config.output_dir} holds a run trained with {was}; its checkpoints cannot "
                             "resume with other network or optimizer settings: choose a new --output_dir, or rerun "
                             "with the run's settings (nothing was changed)")
     return out
+
+
+def _check_no_removed_knobs(config: BGANConfig, stored: dict[str, Any]) -> None:
+    """Refuse a run folder trained with a knob issue 28 removed, set to a value that changed
+    training: resuming it without that knob would silently continue into another model."""
+    used = [f"--{name} {stored[name]}" for name, off in REMOVED_FIELDS.items()
+            if name in stored and not _same(stored[name], off)]
+    if used:
+        raise UserError(f"{config.output_dir} holds a run trained with {', '.join(used)}, which this version no "
+                        "longer has (issue 28): choose a new --output_dir, or resume it with the version that "
+                        "trained it")
 
 
 def _check_same_data(config: BGANConfig, stored: dict[str, Any]) -> None:

@@ -48,33 +48,6 @@ def check_data_fits(config: BGANConfig, num_images: int) -> None:
                         f"{config.k2} may hold {pairs:,} candidate pairs (limit {MAX_GRAPH_PAIRS:,}); "
                         "lower --k1/--k2 or --max_images")
     check_graph_construction(config.graph_construction, num_images)
-    if config.early_stopping_patience:
-        held = early_stopping_holdout_size(config, num_images)
-        if held < 1 or num_images - held < config.batch_size:
-            raise UserError(f"--early_stopping_holdout {config.early_stopping_holdout:g} of {num_images} training "
-                            f"images holds out {held}, leaving {num_images - held} to train on with --batch_size "
-                            f"{config.batch_size}: use more images or another fraction, or --early_stopping_patience 0")
-
-
-# Early stopping scores at most this many held-out images against at most this many
-# training images, so one epoch's check costs ~6,000 encoder passes whatever N is.
-EARLY_STOPPING_QUERIES = 1000
-EARLY_STOPPING_DATABASE = 5000
-
-
-def early_stopping_holdout_size(config: BGANConfig, num_images: int) -> int:
-    return int(round(config.early_stopping_holdout * num_images))
-
-
-def early_stopping_split(config: BGANConfig, num_images: int) -> tuple[np.ndarray, np.ndarray]:
-    """(held-out rows, training rows), a draw seeded by the run's seed; all rows train
-    when early stopping is off."""
-    rows = np.arange(num_images, dtype=np.int64)
-    if not config.early_stopping_patience:
-        return rows[:0], rows
-    held = np.sort(np.random.default_rng([config.seed, 1]).choice(
-        num_images, early_stopping_holdout_size(config, num_images), replace=False))
-    return held, np.setdiff1d(rows, held)
 
 
 @dataclasses.dataclass
@@ -85,8 +58,7 @@ class TrainResult:
     seconds: dict[str, float]
     graph_label_agreement: float | None = None
     graph_pairs_per_item: float | None = None  # positive pairs (i, j), both orders, per training image
-    best_epoch: int | None = None  # early stopping: the epoch whose networks were kept
-    epochs_trained: int | None = None  # epochs completed in all (early stopping may end before --epochs)
+    epochs_trained: int | None = None  # epochs completed in all
 
 
 def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input: bool, image_example: np.ndarray,
@@ -113,8 +85,7 @@ def build_bgan(config: BGANConfig, graph, x_example: np.ndarray, features_input:
         # float16 gradients underflow without dynamic loss scaling.
         return keras.optimizers.LossScaleOptimizer(opt) if config.mixed_precision else opt
 
-    model.compile(e_optimizer=adam(config.lr_e), g_optimizer=adam(config.lr_g), d_optimizer=adam(config.lr_d),
-                  backbone_optimizer=adam(config.lr_backbone) if config.lr_backbone else None)
+    model.compile(e_optimizer=adam(config.lr_e), g_optimizer=adam(config.lr_g), d_optimizer=adam(config.lr_d))
     model.build_optimizers()
     return model
 
@@ -138,12 +109,6 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
     The chief holds `atomic.output_lock` on the run folder throughout, so a second
     training into the same folder is refused instead of interleaving checkpoints."""
     config.validate()
-    if config.graph_model:  # a missing or broken folder is one line now, before any output or features
-        model_folder.read_model_files(config.graph_model)
-    if config.init_from:
-        from bgan_tf.inference.keras_model import check_warm_start
-
-        check_warm_start(config.init_from, config)
     import keras
     import tensorflow as tf
 
@@ -164,31 +129,23 @@ def train(config: BGANConfig, data: ImageData | None = None, verbose: int = 1) -
         return _train(config, data, verbose, strategy, True, t0)
 
 
-def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, chief: bool,
-           t0: float) -> TrainResult:
-    import keras
-    import tensorflow as tf
+@dataclasses.dataclass
+class _Inputs:
+    """What the encoder trains on: the data, G's images, the encoder's inputs (images or
+    cached features / bottom activations) and the mirrors' cached inputs (or None)."""
+    data: ImageData
+    gan_images: np.ndarray
+    x: np.ndarray
+    features_input: bool
+    mirrored: np.ndarray | None
+    backbone_feats: np.ndarray | None
 
-    from bgan_tf.data.features import cached_bottom, cached_features, graph_features
+
+def _inputs(config: BGANConfig, data: ImageData) -> _Inputs:
+    """The cached backbone features (frozen backbone) or bottom activations (--trainable_from)."""
+    from bgan_tf.data.features import cached_bottom, cached_features
     from bgan_tf.modeling.factory import backbone_spec
-    from bgan_tf.training.callbacks import (BetaSchedule, EpochCheckpoint, GraphEarlyStopping,
-                                            ReconstructionSamples, fit_resumable)
-    from bgan_tf.training.distribute import shard_by_data
-    from bgan_tf.training.divergence import DivergenceGuard
-    from bgan_tf.training.graph import RECALL_SAMPLE, build_graph
 
-    seconds: dict[str, float] = {}
-    commit = model_folder.git_commit()  # the code this run imported, for the model's metadata
-    out_dir = config.output_dir if chief else tempfile.mkdtemp(prefix="bgan_worker_")
-    model_dir = os.path.join(out_dir, MODEL_SUBDIR)
-
-    if data is None:
-        data = load_training_data(config)
-    seconds["load_data"] = time.time() - t0
-    logging.info("training data: %d images %s", len(data), data.images.shape[1:])
-    check_data_fits(config, len(data))
-
-    t = time.time()
     spec = backbone_spec(config)
     backbone_feats = bottom = None
     if config.trainable_from:  # the top trains on the frozen bottom's cached activations
@@ -201,23 +158,22 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         key = data.fingerprint() + "|mirror"
         mirrored = cached_bottom(mirror, spec, config.trainable_from, key, config.feature_cache_dir) \
             if bottom is not None else cached_features(mirror, spec, key, config.feature_cache_dir)
-    seconds["features"] = time.time() - t
+    cached = bottom if bottom is not None else backbone_feats
+    x = cached if cached is not None else data.images.astype(np.float32)
+    return _Inputs(data, images_for_gan(data.images, config.image_size), x, cached is not None, mirrored,
+                   backbone_feats)
 
-    t = time.time()
-    # A second round (--graph_model) builds the graph from a trained backbone; the baselines
-    # and evaluation keep this run's pretrained features.
-    if config.graph_model:
-        from bgan_tf.inference.keras_model import load_encoder
 
-        feats = load_encoder(config.graph_model).backbone_features(data.images)
-        logging.info("graph features of %d images from the backbone of %s", len(data), config.graph_model)
-    else:
-        feats = graph_features(config, data, backbone_feats)
+def _graph(config: BGANConfig, inputs: _Inputs):
+    """The neighbourhood graph and the share of its pairs that share a label (or None)."""
+    from bgan_tf.data.features import graph_features
+    from bgan_tf.training.graph import RECALL_SAMPLE, build_graph
+
+    data = inputs.data
+    feats = graph_features(config, data, inputs.backbone_feats)
     graph = build_graph(feats, config.k1, config.k2, config.knn, config.seed,
                         construction=config.graph_construction, diffusion_alpha=config.diffusion_alpha,
-                        diffusion_steps=config.diffusion_steps,
-                        diffusion_pairs_per_item=config.diffusion_pairs_per_item)
-    seconds["graph"] = time.time() - t
+                        diffusion_steps=config.diffusion_steps)
     if graph.knn_recall is not None:
         logging.info("neighbourhood graph: approximate kNN (--knn %s), recall@%d %.3f against exact search "
                      "on %d sampled images", config.knn, min(config.k1, len(data) - 1), graph.knn_recall,
@@ -226,45 +182,22 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     logging.info("neighbourhood graph: %d positive pairs (%.1f per item)%s", graph.num_positive_pairs,
                  graph.num_positive_pairs / len(data),
                  "" if agreement is None else f", {100 * agreement:.1f}% of pairs share a label")
+    return graph, agreement
 
-    gan_images = images_for_gan(data.images, config.image_size)
-    cached = bottom if bottom is not None else backbone_feats
-    features_input = cached is not None
-    x = cached if features_input else data.images.astype(np.float32)
 
-    t = time.time()
+def _model(config: BGANConfig, inputs: _Inputs, graph, strategy, out_dir: str, chief: bool):
+    """(BGAN, its EpochCheckpoint restored from the run folder, the epoch to resume from)."""
+    import tensorflow as tf
+
+    from bgan_tf.training.callbacks import EpochCheckpoint
+
     rank1 = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     with strategy.scope():
-        model = build_bgan(config, graph, x, features_input, data.images, rank1_logs=rank1)
-        if config.init_from:  # before the restore below: a resumed run's checkpoint overrides it
-            from bgan_tf.inference.keras_model import warm_start_encoder
-
-            warm_start_encoder(model.encoder, config.init_from)
-            logging.info("encoder starts from the trained encoder of %s", config.init_from)
+        model = build_bgan(config, graph, inputs.x, inputs.features_input, inputs.data.images, rank1_logs=rank1)
+    saved = dict(encoder=model.encoder, e_optimizer=model.e_optimizer)
     if model.generator is not None:
-        saved = dict(encoder=model.encoder, generator=model.generator, discriminator=model.discriminator,
-                     e_optimizer=model.e_optimizer, g_optimizer=model.g_optimizer, d_optimizer=model.d_optimizer)
-    else:
-        saved = dict(encoder=model.encoder, e_optimizer=model.e_optimizer)
-    if model.backbone_optimizer is not None:
-        saved["backbone_optimizer"] = model.backbone_optimizer
-    # Exact codes from what the encoder trains on (cached inputs or images): early stopping
-    # and the reconstruction samples score with it.
-    encode = (lambda v: model.encoder.encode_cached(v, training=False)) if features_input else \
-        (lambda v: model.encoder(v, training=False))
-    held, train_rows = early_stopping_split(config, len(data))
-    stopper = None
-    if config.early_stopping_patience:
-        rng = np.random.default_rng([config.seed, 2])
-        queries = held[np.sort(rng.permutation(held.size)[:EARLY_STOPPING_QUERIES])]
-        db = train_rows[np.sort(rng.permutation(train_rows.size)[:EARLY_STOPPING_DATABASE])]
-        networks = {k: v for k, v in saved.items() if isinstance(v, keras.Model)}
-        stopper = GraphEarlyStopping(encode, x[queries], x[db], graph.block(queries, db) > 0,
-                                     config.early_stopping_patience, os.path.join(out_dir, "checkpoints", "best"),
-                                     networks, write=chief)
-        saved["early_stopping"] = stopper.state
-        logging.info("early stopping: %d training images held out; %d of them score against %d training images "
-                     "after every epoch", held.size, queries.size, db.size)
+        saved.update(generator=model.generator, discriminator=model.discriminator, g_optimizer=model.g_optimizer,
+                     d_optimizer=model.d_optimizer)
     ckpt = EpochCheckpoint(os.path.join(out_dir, "checkpoints"), write=chief, save_every_steps=config.save_every_steps,
                            **saved)
     try:
@@ -274,58 +207,89 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(f"{config.output_dir} holds checkpoints that this configuration cannot resume ({first}); "
                         "choose a new --output_dir, or rerun with that run's settings") from None
-    history: dict[str, list[float]] = {}
-    stopped = stopper is not None and stopper.stopped
-    if (first_epoch >= config.epochs or stopped) and os.path.isdir(model_dir):
-        logging.info("run already finished (%d epochs); model at %s", first_epoch, model_dir)
-        best = int(stopper.best_epoch.numpy()) if stopper is not None else None
-        return TrainResult(model_dir, history, 0, seconds, agreement, graph.num_positive_pairs / len(data),
-                           best, first_epoch)
+    return model, ckpt, first_epoch
 
-    if chief:  # first write into the run folder: marks it as ours (is_run_dir), says how it was trained
-        atomic.write_text(os.path.join(out_dir, "config.json"), config.to_json())
-    steps = config.steps_per_epoch or len(train_rows) // config.batch_size
-    per_pass = len(train_rows) // config.batch_size
-    model.set_run_length(config.epochs * steps, steps)  # instance noise spans the run; content warm-up counts epochs
+
+def _encode_fn(model, features_input: bool):
+    """Exact codes from what the encoder trains on (cached inputs or images)."""
+    if features_input:
+        return lambda v: model.encoder.encode_cached(v, training=False)
+    return lambda v: model.encoder(v, training=False)
+
+
+def _fit(config: BGANConfig, inputs: _Inputs, model, ckpt, first_epoch: int, out_dir: str, chief: bool,
+         verbose: int) -> dict[str, list[float]]:
+    """fit() from the restored position to config.epochs, with the run's callbacks."""
+    import keras
+
+    from bgan_tf.training.callbacks import BetaSchedule, ReconstructionSamples, fit_resumable
+    from bgan_tf.training.distribute import shard_by_data
+    from bgan_tf.training.divergence import DivergenceGuard
+
+    n = len(inputs.data)
+    steps = config.steps_per_epoch or n // config.batch_size
+    per_pass = n // config.batch_size
 
     def make_dataset(start, stop):
         # fit() keeps one iterator across epochs, so fit epoch e reads batches
         # [e*steps, (e+1)*steps) of the stream of seeded passes over the data: start there.
         first = start * steps
-        ds = training_dataset(gan_images, x, config.batch_size, config.seed, first // per_pass,
-                              -(-stop * steps // per_pass), flip=config.flip_augment, mirrored_inputs=mirrored,
-                              other_view=bool(config.w_consistency),
-                              items=train_rows)
+        ds = training_dataset(inputs.gan_images, inputs.x, config.batch_size, config.seed, first // per_pass,
+                              -(-stop * steps // per_pass), flip=config.flip_augment,
+                              mirrored_inputs=inputs.mirrored, other_view=bool(config.w_consistency))
         return shard_by_data(ds.skip(first % per_pass))
 
-    # The early-stopping state is updated before the checkpoint that saves it.
     # The divergence guard first: no callback after it sees a step with a non-finite loss.
-    callbacks = [DivergenceGuard(ckpt, config.init_from),
-                 BetaSchedule(model.encoder.beta, config.beta_values, config.beta_every),
-                 *([stopper] if stopper is not None else []), ckpt]
+    callbacks = [DivergenceGuard(ckpt), BetaSchedule(model.encoder.beta, config.beta_values, config.beta_every), ckpt]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), write_graph=False))
         if model.generator is not None:
-            n = min(8, len(data))
-            callbacks.append(ReconstructionSamples(encode, model.generator, gan_images[:n], x[:n],
+            k = min(8, n)
+            callbacks.append(ReconstructionSamples(_encode_fn(model, inputs.features_input), model.generator,
+                                                   inputs.gan_images[:k], inputs.x[:k],
                                                    os.path.join(out_dir, "samples"),
                                                    os.path.join(out_dir, "logs", "samples"), config.sample_every))
-    if not stopped:  # (stopped, but killed before the model was written: write it now)
-        history = fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks, verbose)
+    return fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks, verbose)
+
+
+def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, chief: bool,
+           t0: float) -> TrainResult:
+    """The stages: inputs, graph, model, fit, save."""
+    seconds: dict[str, float] = {}
+    commit = model_folder.git_commit()  # the code this run imported, for the model's metadata
+    out_dir = config.output_dir if chief else tempfile.mkdtemp(prefix="bgan_worker_")
+    model_dir = os.path.join(out_dir, MODEL_SUBDIR)
+    if data is None:
+        data = load_training_data(config)
+    seconds["load_data"] = time.time() - t0
+    logging.info("training data: %d images %s", len(data), data.images.shape[1:])
+    check_data_fits(config, len(data))
+
+    t = time.time()
+    inputs = _inputs(config, data)
+    seconds["features"] = time.time() - t
+    t = time.time()
+    graph, agreement = _graph(config, inputs)
+    seconds["graph"] = time.time() - t
+    pairs_per_item = graph.num_positive_pairs / len(data)
+
+    t = time.time()
+    model, ckpt, first_epoch = _model(config, inputs, graph, strategy, out_dir, chief)
+    if first_epoch >= config.epochs and os.path.isdir(model_dir):
+        logging.info("run already finished (%d epochs); model at %s", first_epoch, model_dir)
+        return TrainResult(model_dir, {}, 0, seconds, agreement, pairs_per_item, first_epoch)
+    if chief:  # first write into the run folder: marks it as ours (is_run_dir), says how it was trained
+        atomic.write_text(os.path.join(out_dir, "config.json"), config.to_json())
+    history = _fit(config, inputs, model, ckpt, first_epoch, out_dir, chief, verbose)
     epochs_trained = int(ckpt.epoch.numpy())  # completed epochs: restored, then moved by each epoch's save
-    best_epoch = None
-    if stopper is not None:
-        # (Workers' networks are thrown away below: only the chief's written model needs them.)
-        best_epoch = stopper.restore_best() if chief else int(stopper.best_epoch.numpy())
-        logging.info("early stopping: kept the networks of epoch %d of %d (held-out graph mAP %.4f)", best_epoch,
-                     epochs_trained, float(stopper.best.numpy()))
     seconds["train"] = time.time() - t
+
     if chief:
-        _check_trained(model.encoder, encode, x)
+        _check_trained(model.encoder, _encode_fn(model, inputs.features_input), inputs.x)
         model_folder.write_model_folder(model_dir, config, model.encoder, data, model.generator, model.discriminator,
                                         commit=commit)
     else:
         shutil.rmtree(out_dir, ignore_errors=True)
     seconds["total"] = time.time() - t0
-    return TrainResult(model_dir, history, epochs_trained - first_epoch, seconds, agreement,
-                       graph.num_positive_pairs / len(data), best_epoch, epochs_trained)
+    return TrainResult(model_dir, history, epochs_trained - first_epoch, seconds, agreement, pairs_per_item,
+                       epochs_trained)

@@ -1,5 +1,5 @@
-"""Fixtures of the training wing's tests that need a MobileNetV2 (fine-tuning, the
-perceptual content term): a tiny random-init one, with its weights saved to a file."""
+"""Fixtures of the training wing's tests that need a MobileNetV2 (fine-tuning): a tiny
+random-init one, with its weights saved to a file."""
 
 import keras
 import numpy as np

@@ -185,29 +185,25 @@ def test_disk_full_on_a_python_write_is_one_line_too(dense_checkpoints, monkeypa
 
 
 # ------------------------------------------------------------------ case 6
-def nan_model(model_dir: str, dest: Path) -> Path:
-    """A copy of a model folder whose encoder weights are all NaN."""
-    import h5py
+def test_training_from_nan_weights_stops_with_one_line_and_writes_no_model(tmp_path, monkeypatch):
+    """Issue 27 case 6: from NaN weights every step logged loss_e: nan, a NaN model was saved
+    and the run ended rc 0. (Issue 28 removed --init_from, which started the encoder from a
+    NaN model folder; the encoder's weights are now poisoned right after it is built.)"""
+    from bgan_tf.training import trainer
 
-    shutil.copytree(model_dir, dest)
-    with h5py.File(dest / "encoder.weights.h5", "r+") as f:
-        def poison(name, obj):
-            if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f":
-                obj[...] = np.nan
-        f.visititems(poison)
-    return dest
+    real = trainer.build_bgan
 
+    def nan_encoder(*args, **kwargs):
+        model = real(*args, **kwargs)
+        for v in model.encoder.trainable_variables:
+            v.assign(np.full(v.shape, np.nan, np.float32))
+        return model
 
-def test_training_from_nan_weights_stops_with_one_line_and_writes_no_model(tiny_model_dir, tmp_path):
-    """Issue 27 case 6: from NaN weights (--init_from) every step logged loss_e: nan, a NaN
-    model was saved and the run ended rc 0."""
-    from bgan_tf.training.trainer import train
-
-    bad = nan_model(tiny_model_dir, tmp_path / "nan_model")
+    monkeypatch.setattr(trainer, "build_bgan", nan_encoder)
     run = tmp_path / "run"
     with pytest.raises(UserError, match=r"training diverged at epoch 1 step 1 \(loss_\w+ is nan\); the last finite "
-                                        r"checkpoint is kept at \(none was written yet\).*--init_from .*nan_model"):
-        train(config(run, init_from=str(bad)), verbose=0)
+                                        r"checkpoint is kept at \(none was written yet\); lower the learning rates"):
+        trainer.train(config(run), verbose=0)
     assert not (run / "model").exists()
     assert not list((run / "checkpoints").glob("ckpt-*"))  # (an absent folder globs to nothing)
 

@@ -7,7 +7,6 @@ model folder give the same codes, and that only the top's weights moved."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -204,51 +203,6 @@ def test_resume_refuses_another_cut(finetuned):
         check_run_dir(config.replace(trainable_from="block_14_expand"))
     with pytest.raises(UserError, match="--top_bn frozen .now train."):
         check_run_dir(config.replace(top_bn="train"))
-
-
-def test_lr_backbone_gives_the_top_its_own_rate_and_resumes(small_mobilenet, initial_net, finetuned, tmp_path):
-    """--lr_backbone 1e-5 beside --lr_e 1e-3: the top moves by at most Adam's bound of its own
-    rate per step, the head (from the same start as the finetuned fixture) by the encoder's."""
-    from bgan_tf.training.trainer import check_run_dir, train
-
-    config = finetuned[0].replace(lr_backbone=1e-5, feature_cache_dir=str(tmp_path / "cache"),
-                                  output_dir=str(tmp_path / "run"))
-    result, encoder = _train_keeping_encoder(config)
-    steps = config.epochs * config.steps_per_epoch
-    _, top = split_backbone(initial_net, CUT)
-    start = {v.path: np.asarray(v) for v in top.weights}
-    moved = max(float(np.abs(np.asarray(v) - start[v.path]).max()) for v in encoder.backbone.weights
-                if v.path in start)
-    # Adam moves a weight by at most lr * (1 - beta_1) / sqrt(1 - beta_2) ~ 3.2 lr a step.
-    assert 0 < moved <= steps * 3.2 * config.lr_backbone
-    fixture_top = max(float(np.abs(np.asarray(v) - start[v.path]).max()) for v in finetuned[2].backbone.weights
-                      if v.path in start)
-    assert fixture_top > 10 * steps * 3.2 * config.lr_backbone  # at lr_e the same top moves far more
-    head = np.asarray(encoder.hash_dense.kernel)
-    assert float(np.abs(head - np.asarray(finetuned[2].hash_dense.kernel)).max()) > 0  # the head trained too
-    # Its optimizer is checkpointed: one more epoch resumes; dropping the rate is refused.
-    more = config.replace(epochs=config.epochs + 1)
-    assert train(more, verbose=0).epochs_run == 1
-    check_run_dir(more.replace(lr_backbone=3e-5))
-    with pytest.raises(UserError, match="--lr_backbone 1e-05 .now 0"):
-        check_run_dir(more.replace(lr_backbone=0.0))
-    # A run folder of a version before --lr_backbone (no such key) had no backbone optimizer.
-    stored_path = os.path.join(config.output_dir, "config.json")
-    stored = json.loads(open(stored_path).read())
-    del stored["lr_backbone"]
-    open(stored_path, "w").write(json.dumps(stored))
-    check_run_dir(more.replace(lr_backbone=0.0))
-    with pytest.raises(UserError, match="--lr_backbone 0 .now 1e-05"):
-        check_run_dir(more)
-    assert os.path.isdir(result.model_dir)
-
-
-def test_lr_backbone_needs_a_backbone_that_trains():
-    base = BGANConfig(backbone="MobileNetV2", backbone_weights="imagenet", freeze_backbone=True, lr_backbone=1e-4)
-    with pytest.raises(UserError, match="--lr_backbone 0.0001 sets .* the backbone is frozen"):
-        base.validate()
-    base.replace(trainable_from=CUT).validate()
-    base.replace(freeze_backbone=False).validate()
 
 
 def test_flip_augment_caches_the_mirrors_bottom_and_trains(small_mobilenet, initial_net, tmp_path, monkeypatch):
