@@ -1,4 +1,4 @@
-"""The wings of bgan_tf import only downwards, and library modules stay short.
+"""The wings of bgan_tf import only downwards, and library modules and functions stay short.
 
 Pure Python: every file is parsed with ast, nothing is imported (no TensorFlow).
 
@@ -16,6 +16,7 @@ The top-level packages flags/ and export/ are one unit each. Rules:
 4. No library module (any .py file under bgan_tf/, flags/ or export/ except
    tests) is longer than MAX_LINES raw lines (as `wc -l` counts them, blank
    lines and comments included).
+5. No function under bgan_tf/ is longer than MAX_FUNCTION_LINES lines.
 
 Every import counts: module level, inside functions, under TYPE_CHECKING or
 `if __name__ == "__main__":`, relative ones, and importlib.import_module /
@@ -61,6 +62,7 @@ RANKS = {
 APP_RANK = 7  # units of this rank may import each other (binaries use flags/, export/)
 OUTSIDE = ("flags", "export")  # top-level packages that library code under bgan_tf/ never imports
 MAX_LINES = 400  # raw lines per library module
+MAX_FUNCTION_LINES = 80  # lines of one function in bgan_tf, from `def` to its last line (issue 28)
 
 
 def _py_files() -> list[str]:
@@ -201,6 +203,23 @@ def test_library_code_never_imports_flags_or_export():
                     f"{path}:{line} `{statement}`: library code under bgan_tf/ never imports "
                     "flags/ or export/ (only binaries do)"
                 )
+    assert not problems, "\n".join(problems)
+
+
+def test_library_functions_are_short():
+    """Issue 28: no function or method in bgan_tf is over MAX_FUNCTION_LINES lines (its
+    signature, docstring and nested functions included, decorators not): a long one is a
+    sequence of stages that wants names."""
+    problems = []
+    for path in _py_files():
+        if not path.startswith("bgan_tf/"):
+            continue
+        for node in ast.walk(ast.parse((ROOT / path).read_text(), filename=path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    problems.append(f"{path}:{node.lineno} {node.name}: {lines} lines, over the limit of "
+                                    f"{MAX_FUNCTION_LINES}: split it into named steps")
     assert not problems, "\n".join(problems)
 
 

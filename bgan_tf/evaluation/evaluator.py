@@ -149,28 +149,16 @@ def evaluate_model(
     encoder: the folder's LoadedEncoder when the caller already loaded it (the binary
     does, so a broken weights file fails before the data is read).
     """
-    from bgan_tf.evaluation.baselines import make_baseline
-    from bgan_tf.inference.keras_model import load_encoder, load_generator
+    from bgan_tf.inference.keras_model import load_encoder
     from bgan_tf.inference.model_folder import read_model_files
-    from bgan_tf.evaluation.retrieval_metrics import evaluate_codes, evaluate_float, top_k_hamming
-    from bgan_tf.evaluation.report import retrieval_grid
+    from bgan_tf.evaluation.retrieval_metrics import evaluate_codes
 
     if not os.path.isdir(model_dir):
         raise UserError(f"model folder not found: {model_dir}")
-    if not 0 <= num_examples <= MAX_EXAMPLES or not 0 <= num_reconstructions <= MAX_EXAMPLES:
-        raise UserError(f"--num_examples must be from 0 to {MAX_EXAMPLES}, got {num_examples}")
-    if not 1 <= top_k <= MAX_TOP_K:
-        raise UserError(f"top_k must be from 1 to {MAX_TOP_K}, got {top_k}")
+    _check_pictures(num_examples, num_reconstructions, top_k)
     config, metadata = read_model_files(model_dir)
     baselines = parse_baselines(baselines)
-    if data.labels is None:
-        raise UserError("evaluation needs labels (class subfolders, TFDS labels or an npz 'labels' array)")
-    n = len(data)
-    for what, idx in (("query", split.query), ("database", split.database), ("training", split.train)):
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise UserError(f"the split's {what} indices do not fit the {n} images; build it from these labels")
-    if split.query.size == 0 or split.database.size == 0:
-        raise UserError("the split needs at least one query and one database item")
+    _check_split(data, split)
     ks = tuple(int(k) for k in (map_at if map_at is not None else DEFAULT_MAP_AT.get(split.name, ())))
     rel_labels = split.labels_for_relevance(data.labels)
     q_lab, db_lab = rel_labels[split.query], rel_labels[split.database]
@@ -188,73 +176,118 @@ def evaluate_model(
 
     feature_desc = None
     if baselines:
-        from bgan_tf.data.features import graph_features
-
-        feats, feature_desc = graph_features(config, data, backbone_feats), _feature_description(config)
-        f_train, f_q, f_db = feats[split.train], feats[split.query], feats[split.database]
-        for name in baselines:
-            if name == "float_cosine":
-                m = evaluate_float(f_q, f_db, q_lab, db_lab, topk=ks)
-                m["method"] = {"features": feature_desc}
-                results[FLOAT_NAME] = m
-                continue
-            model = make_baseline(name, enc.num_bits, config.seed).fit(f_train)
-            m = evaluate_codes(model.encode(f_q), model.encode(f_db), q_lab, db_lab, topk=ks, radius=radius)
-            m["method"] = {"features": feature_desc, "fit_on": f"{split.train.size} training items",
-                           "num_bits": enc.num_bits, "seed": config.seed}
-            results[name] = m
+        feature_desc = _feature_description(config)
+        results.update(_baseline_results(baselines, config, data, split, backbone_feats, enc.num_bits,
+                                         (q_lab, db_lab), ks, radius, feature_desc))
 
     # Pictures: top-k of a few queries, and reconstructions of the same queries.
-    example_grid = None
     shown = example_queries(split.query.size, num_examples)
-    if shown.size:
-        ids, _ = top_k_hamming(q_codes[shown], db_codes, top_k)
-        rel = _relevant(q_lab[shown], db_lab[ids])
-        uniq, inverse = np.unique(ids, return_inverse=True)
-        example_grid = retrieval_grid(_display(data.images[split.query[shown]]),
-                                      _display(data.images[split.database[uniq]]),
-                                      inverse.reshape(ids.shape), rel)
-    from bgan_tf.evaluation.reconstruction import NO_GENERATOR, reconstruction_quality
+    example_grid = _example_grid(data, split, shown, q_codes, db_codes, (q_lab, db_lab), top_k)
+    reconstructions, quality = _reconstructions(model_dir, config.image_size, data.images[split.query], q_codes,
+                                                shown, num_reconstructions)
 
-    reconstructions = None
-    quality: dict[str, Any] = {"skipped": NO_GENERATOR}
-    gen = load_generator(model_dir)
-    if gen is not None:
-        quality = reconstruction_quality(gen, q_codes, images_for_gan(data.images[split.query], config.image_size))
-        quality["images"] = f"the split's queries (up to the first {quality['num_images']})"
-        rec_pos = (shown if shown.size else example_queries(split.query.size, num_reconstructions))
-        rec_pos = rec_pos[:num_reconstructions]
-        if rec_pos.size:
-            originals = images_for_gan(data.images[split.query[rec_pos]], config.image_size)
-            recon = np.asarray(gen(q_codes[rec_pos], training=False))
-            reconstructions = (_display(originals), _display(recon))
-
-    # Does the split's training set match what the model was trained on?
-    trained_on = (metadata.get("training_data") or {}).get("fingerprint")
-    split_fp = data.subset(split.train).fingerprint() if split.train.size else None
-    info = {
-        "model_dir": os.path.abspath(model_dir),
-        "model_id": enc.model_id,
-        "num_bits": enc.num_bits,
-        "protocol": split.name,
-        "seed": split.seed,
-        "sizes": split.sizes(),
-        "map_at": list(ks),
-        "encode": encode_path,
-        "baseline_features": feature_desc,
-        "training_data_matches": None if trained_on is None or split_fp is None else trained_on == split_fp,
-    }
+    info = {"model_dir": os.path.abspath(model_dir), "model_id": enc.model_id, "num_bits": enc.num_bits,
+            "protocol": split.name, "seed": split.seed, "sizes": split.sizes(), "map_at": list(ks),
+            "encode": encode_path, "baseline_features": feature_desc,
+            "training_data_matches": _training_data_matches(metadata, data, split)}
     results[MODEL_NAME]["split"] = {k: info[k] for k in ("protocol", "seed", "sizes", "training_data_matches")}
     return {
-        "results": results,
-        "example_grid": example_grid,
-        "reconstructions": reconstructions,
+        "results": results, "example_grid": example_grid, "reconstructions": reconstructions,
         "reconstruction_quality": quality,
         "title": f"Retrieval evaluation: {os.path.basename(os.path.dirname(os.path.abspath(model_dir)))}"
                  f"/{os.path.basename(os.path.abspath(model_dir))} ({enc.num_bits} bits) on {split.name}",
         "notes": _notes(info, metadata, top_k),
         "info": info,
     }
+
+
+def _check_pictures(num_examples: int, num_reconstructions: int, top_k: int) -> None:
+    if not 0 <= num_examples <= MAX_EXAMPLES or not 0 <= num_reconstructions <= MAX_EXAMPLES:
+        raise UserError(f"--num_examples must be from 0 to {MAX_EXAMPLES}, got {num_examples}")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise UserError(f"top_k must be from 1 to {MAX_TOP_K}, got {top_k}")
+
+
+def _example_grid(data: ImageData, split: Split, shown: np.ndarray, q_codes: np.ndarray, db_codes: np.ndarray,
+                  labels: tuple, top_k: int) -> np.ndarray | None:
+    """The top-``top_k`` database images of the ``shown`` queries as one image, or None."""
+    from bgan_tf.evaluation.report import retrieval_grid
+    from bgan_tf.evaluation.retrieval_metrics import top_k_hamming
+
+    if not shown.size:
+        return None
+    q_lab, db_lab = labels
+    ids, _ = top_k_hamming(q_codes[shown], db_codes, top_k)
+    rel = _relevant(q_lab[shown], db_lab[ids])
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    return retrieval_grid(_display(data.images[split.query[shown]]), _display(data.images[split.database[uniq]]),
+                          inverse.reshape(ids.shape), rel)
+
+
+def _reconstructions(model_dir: str, image_size: int, query_images: np.ndarray, q_codes: np.ndarray,
+                     shown: np.ndarray, num_reconstructions: int) -> tuple[tuple | None, dict[str, Any]]:
+    """((originals, G(code)) of the shown queries, or None; PSNR/SSIM of G(code) on the
+    queries, or {"skipped": why} without a generator)."""
+    from bgan_tf.evaluation.reconstruction import NO_GENERATOR, reconstruction_quality
+    from bgan_tf.inference.keras_model import load_generator
+
+    gen = load_generator(model_dir)
+    if gen is None:
+        return None, {"skipped": NO_GENERATOR}
+    quality = reconstruction_quality(gen, q_codes, images_for_gan(query_images, image_size))
+    quality["images"] = f"the split's queries (up to the first {quality['num_images']})"
+    rec_pos = (shown if shown.size else example_queries(len(query_images), num_reconstructions))[:num_reconstructions]
+    if not rec_pos.size:
+        return None, quality
+    originals = images_for_gan(query_images[rec_pos], image_size)
+    recon = np.asarray(gen(q_codes[rec_pos], training=False))
+    return (_display(originals), _display(recon)), quality
+
+
+def _training_data_matches(metadata: dict, data: ImageData, split: Split) -> bool | None:
+    """Whether the split's training set is what the model was trained on (None: unknown)."""
+    trained_on = (metadata.get("training_data") or {}).get("fingerprint")
+    split_fp = data.subset(split.train).fingerprint() if split.train.size else None
+    return None if trained_on is None or split_fp is None else trained_on == split_fp
+
+
+def _check_split(data: ImageData, split: Split) -> None:
+    """UserError for unlabelled data or a split that does not fit it."""
+    if data.labels is None:
+        raise UserError("evaluation needs labels (class subfolders, TFDS labels or an npz 'labels' array)")
+    n = len(data)
+    for what, idx in (("query", split.query), ("database", split.database), ("training", split.train)):
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise UserError(f"the split's {what} indices do not fit the {n} images; build it from these labels")
+    if split.query.size == 0 or split.database.size == 0:
+        raise UserError("the split needs at least one query and one database item")
+
+
+def _baseline_results(baselines: Sequence[str], config, data: ImageData, split: Split, backbone_feats,
+                      num_bits: int, labels: tuple, ks: tuple[int, ...], radius: int,
+                      feature_desc: str) -> dict[str, dict[str, Any]]:
+    """method -> metrics of each baseline on the config's graph features (float cosine on
+    the features themselves; the hashing baselines fit on the split's training items)."""
+    from bgan_tf.data.features import graph_features
+    from bgan_tf.evaluation.baselines import make_baseline
+    from bgan_tf.evaluation.retrieval_metrics import evaluate_codes, evaluate_float
+
+    q_lab, db_lab = labels
+    feats = graph_features(config, data, backbone_feats)
+    f_train, f_q, f_db = feats[split.train], feats[split.query], feats[split.database]
+    results: dict[str, dict[str, Any]] = {}
+    for name in baselines:
+        if name == "float_cosine":
+            m = evaluate_float(f_q, f_db, q_lab, db_lab, topk=ks)
+            m["method"] = {"features": feature_desc}
+            results[FLOAT_NAME] = m
+            continue
+        model = make_baseline(name, num_bits, config.seed).fit(f_train)
+        m = evaluate_codes(model.encode(f_q), model.encode(f_db), q_lab, db_lab, topk=ks, radius=radius)
+        m["method"] = {"features": feature_desc, "fit_on": f"{split.train.size} training items",
+                       "num_bits": num_bits, "seed": config.seed}
+        results[name] = m
+    return results
 
 
 def _notes(info: dict[str, Any], metadata: dict, top_k: int) -> str:

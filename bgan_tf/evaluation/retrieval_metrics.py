@@ -228,28 +228,8 @@ def evaluate_codes(
         raise UserError(f"radius must be in 0..{n_bits}, got {radius}")
     map_ks = _ks(topk, n_db, ())
     p_ks = _ks(precision_at, n_db, DEFAULT_PRECISION_AT)
-    harm = harmonic(n_db)
-    step = _chunk(chunk_size, n_db)
-
-    per_query: dict[str, list[np.ndarray]] = {}
-    cum_prec, cum_rec, empty = [], [], []
-    for s in range(0, n_q, step):
-        e = min(s + step, n_q)
-        rel = _relevance(q_lab[s:e], d_lab)
-        counts, rel_counts = hamming_histograms(q_packed[s:e], d_packed, rel, n_bits)
-        for key, val in metrics_from_groups(counts, rel_counts, map_ks, p_ks, harm).items():
-            per_query.setdefault(key, []).append(val)
-        in_ball = np.cumsum(counts, axis=1)
-        rel_ball = np.cumsum(rel_counts, axis=1)
-        r_tot = rel_ball[:, -1:]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cum_prec.append(np.where(in_ball > 0, rel_ball / np.maximum(in_ball, 1), 0.0))
-            cum_rec.append(np.where(r_tot > 0, rel_ball / np.maximum(r_tot, 1), 0.0))
-        empty.append(in_ball == 0)
-    mean = {k: float(np.concatenate(v).mean()) for k, v in per_query.items()}
-    prec = np.concatenate(cum_prec).mean(axis=0)
-    rec = np.concatenate(cum_rec).mean(axis=0)
-    emp = np.concatenate(empty).mean(axis=0)
+    mean, prec, rec, emp = _hamming_means(q_packed, d_packed, q_lab, d_lab, n_bits, map_ks, p_ks,
+                                          _chunk(chunk_size, n_db))
     result: dict[str, Any] = {
         "kind": "hamming",
         "num_bits": n_bits,
@@ -271,32 +251,30 @@ def evaluate_codes(
     return result
 
 
-def map_with_relevance(query_codes: np.ndarray, db_codes: np.ndarray, relevant: np.ndarray, *,
-                       num_bits: int | None = None) -> float:
-    """Tie-aware mAP@all of Hamming ranking where relevance is given pair by pair.
-
-    ``relevant``: bool [Q, N], e.g. the neighbourhood graph's positives (training's early
-    stopping scores held-out images against them: no labels needed). Codes as for
-    `evaluate_codes`. Queries with no relevant item are left out of the mean; none with
-    one gives nan.
-    """
-    q_packed, n_bits = _as_packed(query_codes, num_bits, "query codes")
-    d_packed, n_bits_db = _as_packed(db_codes, num_bits, "database codes")
-    rel = np.asarray(relevant, bool)
-    if n_bits != n_bits_db or rel.shape != (q_packed.shape[0], d_packed.shape[0]):
-        raise ValueError(f"codes of {n_bits} and {n_bits_db} bits, {q_packed.shape[0]} queries x "
-                         f"{d_packed.shape[0]} items, do not match relevance {rel.shape}")
-    keep = rel.any(axis=1)
-    if not keep.any():
-        return float("nan")
-    q_packed, rel = q_packed[keep], rel[keep]
-    harm = harmonic(d_packed.shape[0])
-    step = _chunk(None, d_packed.shape[0])
-    ap = []
-    for s in range(0, q_packed.shape[0], step):
-        counts, rel_counts = hamming_histograms(q_packed[s:s + step], d_packed, rel[s:s + step], n_bits)
-        ap.append(metrics_from_groups(counts, rel_counts, [], [], harm)["ap_all"])
-    return float(np.concatenate(ap).mean())
+def _hamming_means(q_packed: np.ndarray, d_packed: np.ndarray, q_lab: np.ndarray, d_lab: np.ndarray, n_bits: int,
+                   map_ks: list[int], p_ks: list[int], step: int) -> tuple[dict[str, float], np.ndarray, np.ndarray,
+                                                                           np.ndarray]:
+    """(metric -> mean over queries, and per Hamming radius 0..L the mean precision, recall and
+    share of queries with an empty ball), over chunks of ``step`` queries."""
+    n_q, harm = q_packed.shape[0], harmonic(d_packed.shape[0])
+    per_query: dict[str, list[np.ndarray]] = {}
+    cum_prec, cum_rec, empty = [], [], []
+    for s in range(0, n_q, step):
+        e = min(s + step, n_q)
+        rel = _relevance(q_lab[s:e], d_lab)
+        counts, rel_counts = hamming_histograms(q_packed[s:e], d_packed, rel, n_bits)
+        for key, val in metrics_from_groups(counts, rel_counts, map_ks, p_ks, harm).items():
+            per_query.setdefault(key, []).append(val)
+        in_ball = np.cumsum(counts, axis=1)
+        rel_ball = np.cumsum(rel_counts, axis=1)
+        r_tot = rel_ball[:, -1:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cum_prec.append(np.where(in_ball > 0, rel_ball / np.maximum(in_ball, 1), 0.0))
+            cum_rec.append(np.where(r_tot > 0, rel_ball / np.maximum(r_tot, 1), 0.0))
+        empty.append(in_ball == 0)
+    mean = {k: float(np.concatenate(v).mean()) for k, v in per_query.items()}
+    return (mean, np.concatenate(cum_prec).mean(axis=0), np.concatenate(cum_rec).mean(axis=0),
+            np.concatenate(empty).mean(axis=0))
 
 
 def evaluate_float(

@@ -2,7 +2,7 @@
 
     app = create_app(index, encoder, max_upload_bytes=..., allowed_types=..., max_pixels=...)
 
-Routes: POST /search (multipart field `image`, query `k`), GET /health, GET /stats,
+Routes (bgan_tf/search/routes.py): POST /search (multipart field `image`, query `k`), GET /health, GET /stats,
 GET/HEAD /images/{id} (the indexed file, only for ids in the index and only from inside
 the recorded image root: bgan_tf/search/files.py), GET /samples, POST /reload (when
 create_app got a loader: re-read the index from disk and switch to it as one unit),
@@ -29,45 +29,27 @@ served at once. The index's own read/write lock makes searches safe against muta
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
 import queue
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-from fastapi import FastAPI, File, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 
-from bgan_tf.data.images import ImageTooLarge, decode_image_bytes
-from bgan_tf.errors import UserError
 from bgan_tf.inference.encoders import Encoder
 from bgan_tf.search import backends as search_lib
-from bgan_tf.search import guards
+from bgan_tf.search import guards, routes
 from bgan_tf.search.binary_index import BinaryIndex
-from bgan_tf.search.files import (NotServed, file_chunks, hide_paths, image_root, media_type, open_indexed_file,
-                                  shown_path)
+from bgan_tf.search.files import hide_paths, image_root, shown_path
 from bgan_tf.search.limits import DEFAULT_MAX_PIXELS, DEFAULT_TYPES, DEFAULTS, check_settings
 
 __all__ = ["create_app", "hide_paths", "image_root", "shown_path"]
 
 _MULTIPART_SLACK = 64 * 1024  # boundary + headers around the file in a multipart body
 _PAGE_FILE = Path(__file__).with_name("static") / "index.html"  # the web page served at GET /
-_BUDGET_WAIT_S = 30.0  # an upload waiting this long for the byte or pixel budget gets a 503
 _BYTES_IN_FLIGHT = 8  # upload bodies held in memory at once, in max_upload_bytes
-_log = logging.getLogger(__name__)
-
-
-class _ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 class _Batcher:
@@ -187,7 +169,7 @@ def create_app(
     allowed = set(check_settings(max_upload_bytes=max_upload_bytes, allowed_types=allowed_types, max_k=max_k,
                                  search_threads=search_threads, max_batch=max_batch, max_pixels=max_pixels,
                                  pixel_budget=pixel_budget))
-    _check_pair(index, encoder)
+    routes.check_pair(index, encoder)
     # The index in use: POST /reload replaces it as one unit (the batcher reads it once per batch).
     live = {"index": index, "root": image_root(index)}
     page_html = _PAGE_FILE.read_text(encoding="utf-8").replace("__MAXK__", str(max_k))
@@ -208,194 +190,20 @@ def create_app(
     # Upload bytes read into memory (the parser spools bodies over 1 MB to disk first);
     # bodies of up to 1 MB may use all of it, so big uploads do not stall small queries.
     bytes_budget = guards.Budget(_BYTES_IN_FLIGHT * (max_upload_bytes + 1), reserve=1 << 20)
-    counters = {"searches": 0, "errors": 0, "reloads": 0, "started": time.time()}
-    counters_lock = threading.Lock()
-    reload_lock = threading.Lock()
-
-    def count(key: str) -> None:
-        with counters_lock:
-            counters[key] += 1
-
-    @app.exception_handler(_ApiError)
-    async def _api_error(request: Request, exc: _ApiError) -> JSONResponse:
-        count("errors")
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        count("errors")
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        count("errors")
-        msgs = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return JSONResponse({"error": msgs or "invalid request"}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette's default is a text/plain 500, which the page cannot parse. The
-        # details stay in the server log (Starlette re-raises to uvicorn after this).
-        count("errors")
-        _log.error("unexpected error on %s %s: %s: %s", request.method, request.url.path,
-                   exc.__class__.__name__, exc)
-        return JSONResponse({"error": f"internal server error ({exc.__class__.__name__}); "
-                                      "the server log has the details"}, status_code=500)
-
-    def decode(data: bytes, filename: str, taken: int) -> np.ndarray:
-        # Runs in the decode pool, off the event loop. The pixel budget is checked from
-        # the header first, so an over-budget upload is refused in well under a millisecond.
-        # The full-resolution image lives only here: it leaves shrunk to the encoder's input.
-        try:
-            return guards.shrink(decode_image_bytes(data, what=filename or "upload", max_pixels=max_pixels), encoder)
-        except ImageTooLarge as e:
-            raise _ApiError(413, str(e)) from None
-        except UserError as e:
-            raise _ApiError(400, str(e)) from None
-        finally:
-            budget.give_back(taken)
-
-    async def take(which: guards.Budget, n: int) -> None:
-        if not await which.take(n, _BUDGET_WAIT_S):
-            raise _ApiError(503, "server busy with other uploads; retry shortly")
-
-    @app.post("/search")
-    async def search_route(
-        request: Request,
-        image: UploadFile = File(..., description="the query image"),
-        k: int = Query(10, ge=1, description="number of neighbours"),
-    ) -> JSONResponse:
-        t0 = time.perf_counter()
-        if k > max_k:
-            raise _ApiError(400, f"k={k} is above the limit {max_k}")
-        ctype = (image.content_type or "").split(";")[0].strip().lower()
-        if ctype not in allowed:
-            raise _ApiError(415, f"content type {ctype or 'unknown'!r} not accepted; send one of {sorted(allowed)}")
-        held = min(image.size if image.size is not None else max_upload_bytes + 1, max_upload_bytes + 1)
-        await take(bytes_budget, held)
-        try:
-            data = await image.read(max_upload_bytes + 1)
-            if len(data) > max_upload_bytes:
-                raise _ApiError(413, f"image larger than {max_upload_bytes} bytes")
-            # The decoder follows the bytes, not the label: a TIFF labelled image/png would
-            # reach the TIFF parser (and its attack surface) though only PNG was allowed.
-            found, declared = guards.sniff_format(data), guards.declared_format(ctype)
-            if found and declared and found != declared:
-                raise _ApiError(415, f"upload declared {ctype} but holds a {found} image; send it as what it is")
-            pixels = guards.header_pixels(data, found)
-            taken = min(pixels, max_pixels) if pixels else 0  # over max_pixels: refused from the header
-            await take(budget, taken)
-            # Images within the budget's reserve get a lane of their own: behind a queue of
-            # 16-megapixel decodes a thumbnail query waited 170 ms (2 threads) instead of 20.
-            lane = small_lane if taken <= budget.reserve else pool
-            decoded = await asyncio.get_running_loop().run_in_executor(lane, decode, data,
-                                                                       image.filename or "upload", taken)
-        finally:
-            bytes_budget.give_back(held)
-        del data
-        try:
-            results = await asyncio.wrap_future(batcher.submit(decoded, k))
-        except UserError as e:  # e.g. an image the model cannot take
-            raise _ApiError(400, str(e)) from None
-        count("searches")
-        root = live["root"]
-        return JSONResponse({"k": k, "count": len(results), "took_ms": round(1000 * (time.perf_counter() - t0), 2),
-                             "results": [{**r, "metadata": hide_paths(r.get("metadata") or {}, root)}
-                                         for r in results]})
-
+    svc = routes.Service(live=live, encoder=encoder, batcher=batcher, pool=pool, small_lane=small_lane,
+                         budget=budget, bytes_budget=bytes_budget, allowed=allowed,
+                         max_upload_bytes=max_upload_bytes, max_k=max_k, max_pixels=max_pixels,
+                         pixel_budget=pixel_budget, serve_images=serve_images, reload=reload)
+    routes.add_error_handlers(app, svc)
+    routes.add_search_route(app, svc)
     app.add_middleware(guards.BodyLimit, limit=max_upload_bytes + _MULTIPART_SLACK,
-                       message=f"request larger than {max_upload_bytes} bytes", on_reject=lambda: count("errors"))
+                       message=f"request larger than {max_upload_bytes} bytes", on_reject=lambda: svc.count("errors"))
     if allowed_hosts is not None:
         app.add_middleware(guards.HostCheck, hosts=allowed_hosts)  # added last: runs first
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        ix = live["index"]
-        return {"status": "ok", "count": len(ix), "model_id": ix.model_id, "num_bits": ix.num_bits}
-
-    @app.get("/stats")
-    async def stats() -> dict[str, Any]:
-        with counters_lock:
-            c = dict(counters)
-        return {**hide_paths(live["index"].stats(), live["root"]), "searches": c["searches"],
-                "errors": c["errors"], "reloads": c["reloads"], "encode_batches": batcher.batches,
-                "mean_batch": round(batcher.queries / batcher.batches, 2) if batcher.batches else 0.0,
-                "largest_batch": batcher.largest,
-                "uptime_s": round(time.time() - c["started"], 1), "max_upload_bytes": max_upload_bytes,
-                "allowed_types": sorted(allowed), "max_k": max_k, "max_pixels": max_pixels,
-                "pixel_budget": pixel_budget, "pixels_in_flight_peak": budget.peak,
-                "upload_bytes_in_flight_peak": bytes_budget.peak}
-
-    # HEAD kept out of the OpenAPI schema: one function on two methods would give the
-    # schema two operations with the same id.
-    @app.head("/images/{item_id}", include_in_schema=False)
-    @app.get("/images/{item_id}")
-    async def image_file(request: Request, item_id: int) -> Response:
-        # The id is looked up, never a path; the file is opened safely (files.py) and
-        # served from the descriptor that was checked. No Range support (always 200 with
-        # the whole file, which HTTP allows), so no Range error can be a non-JSON 416.
-        if not serve_images:
-            raise _ApiError(404, "this server does not serve image files (--no_images)")
-        ix = live["index"]
-        try:
-            fd, size = await asyncio.get_running_loop().run_in_executor(None, open_indexed_file, ix, item_id)
-        except NotServed as e:
-            raise _ApiError(404, str(e)) from None
-        headers = {"content-length": str(size), "accept-ranges": "none", "x-content-type-options": "nosniff"}
-        media = media_type(ix.store.metadata(item_id).get("path"))
-        if request.method == "HEAD":
-            os.close(fd)
-            return Response(status_code=200, headers=headers, media_type=media)
-        return StreamingResponse(file_chunks(fd, size), headers=headers, media_type=media)
-
-    @app.get("/samples")
-    async def samples(n: int = Query(12, ge=1, le=100)) -> dict[str, Any]:
-        """A few indexed ids with their image URLs, for the page's 'pick an image'."""
-        ix, root = live["index"], live["root"]
-        ids = ix.store.ids
-        step = max(1, len(ids) // n) if len(ids) else 1
-        pick = [int(i) for i in ids[::step][:n]]
-        return {"items": [{"id": i, "image_url": f"/images/{i}", "metadata": hide_paths(ix.store.metadata(i), root)}
-                          for i in pick if i in ix]}
-
-    def do_reload() -> BinaryIndex:
-        new = reload()  # type: ignore[misc]
-        _check_pair(new, encoder)
-        return new
-
-    @app.post("/reload")
-    async def reload_route() -> dict[str, Any]:
-        """Re-read the index from disk and switch to it as one unit; on any error the old
-        index keeps serving. One reload at a time (a second gets 409)."""
-        if reload is None:
-            raise _ApiError(404, "this server was started without an index folder to reload")
-        if not reload_lock.acquire(blocking=False):
-            raise _ApiError(409, "a reload is already running")
-        try:
-            try:
-                new = await asyncio.get_running_loop().run_in_executor(None, do_reload)
-            except UserError as e:
-                raise _ApiError(400, f"reload refused, still serving the old index: {e}") from None
-            batcher.index = new
-            live.update(index=new, root=image_root(new))
-            count("reloads")
-        finally:
-            reload_lock.release()
-        return {"status": "reloaded", "count": len(new), "model_id": new.model_id, "num_bits": new.num_bits}
-
-    @app.get("/", response_class=HTMLResponse)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(page_html)
+    routes.add_read_routes(app, svc, page_html)
+    routes.add_reload_route(app, svc)
 
     app.state.search_pool, app.state.small_lane = pool, small_lane  # idle threads cost nothing
     app.state.batcher = batcher  # daemon thread, started on the first search
     app.state.pixel_budget = budget
     return app
-
-
-def _check_pair(index: BinaryIndex, encoder: Encoder) -> None:
-    if encoder.num_bits != index.num_bits or encoder.model_id != index.model_id:
-        raise UserError(
-            f"index was built by model {index.model_id!r} ({index.num_bits} bits), "
-            f"not {encoder.model_id!r} ({encoder.num_bits} bits); rebuild it or pass its model"
-        )
