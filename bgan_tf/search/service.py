@@ -326,8 +326,7 @@ def create_app(
                 "pixel_budget": pixel_budget, "pixels_in_flight_peak": budget.peak,
                 "upload_bytes_in_flight_peak": bytes_budget.peak}
 
-    # HEAD kept out of the OpenAPI schema: one function on two methods would give the
-    # schema two operations with the same id.
+    # HEAD stays out of the schema: one function on two methods gives two equal operation ids.
     @app.head("/images/{item_id}", include_in_schema=False)
     @app.get("/images/{item_id}")
     async def image_file(request: Request, item_id: int) -> Response:
