@@ -83,7 +83,7 @@ def load_cifar(root: str):
                      parts[0].names + parts[1].names, parts[0].class_names)
 
 
-# The loss preset each learned row's method name trains with (render_readme reads it too).
+# The loss preset each learned row's method name trains with (render_results reads it too).
 PRESET_OF_METHOD = {"bgan_released_code": "released_code", "bgan_paper": "paper", "nbr_only": "nbr_only"}
 
 

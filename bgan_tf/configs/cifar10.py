@@ -5,24 +5,20 @@ Command:  python -m bgan_tf.train --config cifar10 \
               --backbone_weights ../shared/weights/mobilenet_v2_imagenet_torchvision_notop.weights.h5
 Cost:     features once (then cached; XNNPACK, ~200 s for the 60,000 images on 2 cores),
           graph (~10 s for 10,000), 6 epochs at batch 64 (~510 s for the paper preset on
-          10,000 images; benchmarks/results/cifar10_pbgan.md, whole_run_32).
-Result:   P-BGAN protocol, 32 bits, mAP@all / mAP@1000: paper preset 0.353 / 0.522,
-          nbr_only 0.374 / 0.541, ITQ 0.279 / 0.461 (benchmarks/cifar10_pbgan.py).
+          10,000 images; whole_run_32 in benchmarks/results/cifar10_pbgan.json).
+Result:   P-BGAN protocol, 32 bits: mAP@all 0.353 for the paper preset (seed 0; ITQ 0.279).
 
 ``--config cifar10:finetune``: MobileNetV2 from block_10_expand on trains (its bottom's
 activations and their mirrors' cached once, float16) at Adam 1e-4, on the diffusion graph,
 with the consistency term (--w_consistency 1: an image's and its mirror's codes agree),
 spectral norm in D and D at a third of G's step (--lr_d 3e-4).
-Cost:     the whole run, features and bottom activations included, 699 s on the 2-core AMD
-          EPYC with another job on the cores, paper preset (whole_run_32_ft_lr1e-4_diffusion_
-          sn_cons1_from_block10 in benchmarks/results/cifar10_pbgan.md, timed before --lr_d
-          3e-4, which changes no shape; its training 452 s).
-Result:   same protocol, seeds 0-2 (AMD EPYC): paper preset 0.428 / 0.553, 0.433 / 0.562 and
-          0.419 / 0.547, D's last-epoch accuracy on fakes at most 0.936; nbr_only 0.423 / 0.553,
-          0.451 / 0.573 and 0.415 / 0.542 (the _ft_lr1e-4_diffusion_sn_cons1_lrd3e-4_from_block10
-          and _ft_lr1e-4_diffusion_cons1_from_block10 rows). With --num_bits 12 (seeds 0-2) the
-          paper preset 0.383 / 0.397 / 0.366 against nbr_only 0.381 / 0.396 / 0.365 mAP@all; with
-          24 / 48 / 64 (seed 0) 0.415 / 0.424 / 0.435 against 0.411 / 0.425 / 0.438.
+Command:  the same with --config cifar10:finetune.
+Cost:     699 s for the whole 32-bit run, features and bottom activations included, on the
+          2-core AMD EPYC (whole_run_32_ft_lr1e-4_diffusion_sn_cons1_from_block10; timed
+          before --lr_d 3e-4, which changes no shape).
+Result:   32 bits, mAP@all 0.426 over seeds 0-2, and 0.429 for the same encoder without G
+          and D: README.md's table; per-seed numbers and why each setting is there in
+          docs/experiments.md.
 """
 
 from bgan_tf.config import LOSS_PRESETS, BGANConfig

@@ -5,7 +5,8 @@ Cost:     about 2-4 minutes on 2 CPU cores (small conv net from scratch,
           neighbourhood graph from pixels, small generator/discriminator).
 Result:   prints mAP@all and mAP@100 of BGAN next to ITQ on the same pixels for
           200 held-out queries; `make demo` / scripts/demo.sh reruns it, and
-          benchmarks/results/digits_demo.json holds the last measured numbers.
+          benchmarks/results/digits_demo.json holds the last measured numbers
+          (mAP@all 0.849 against ITQ's 0.668).
 """
 
 from bgan_tf.config import LOSS_PRESETS, BGANConfig
