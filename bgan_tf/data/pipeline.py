@@ -17,7 +17,7 @@ def images_for_gan(images: np.ndarray, image_size: int) -> np.ndarray:
 
 def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_size: int, seed: int,
                      first_epoch: int, epochs: int, flip: bool = False, mirrored_inputs: np.ndarray | None = None,
-                     other_view: bool = False, items: np.ndarray | None = None):
+                     other_view: bool = False):
     """tf.data pipeline yielding {"image", "x", "index"} batches.
 
     ``flip``: each item is seen as itself or as its horizontal mirror, a seeded coin per
@@ -26,7 +26,6 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
     or, for images ([N, H, W, C], no mirrored_inputs), is mirrored in the graph too.
     ``other_view``: batches also hold "x_other", the encoder input of the view not shown
     (the mirror when the item is seen as itself, and the other way round).
-    ``items``: the row numbers to train on (default all; early stopping holds some out).
     Batches carry each item's row number as ``index``, so the graph is looked up by it.
 
     The order of epoch e is a stateless permutation seeded by (seed, e), so a
@@ -38,7 +37,7 @@ def training_dataset(gan_images: np.ndarray, encoder_inputs: np.ndarray, batch_s
     """
     import tensorflow as tf
 
-    rows = np.arange(gan_images.shape[0], dtype=np.int64) if items is None else np.asarray(items, np.int64)
+    rows = np.arange(gan_images.shape[0], dtype=np.int64)
     n = int(rows.size)
     if n < batch_size:
         raise UserError(f"{n} training images is fewer than --batch_size {batch_size}; lower --batch_size")
