@@ -88,7 +88,7 @@ PRESET_OF_METHOD = {"bgan_released_code": "released_code", "bgan_paper": "paper"
 
 
 def bgan_config(method: str, bits: int, args, out_dir: str):
-    from bgan_tf.config import apply_preset
+    from bgan_tf.config import REMOVED_FIELDS, apply_preset
     from bgan_tf.configs import get_config
 
     preset = PRESET_OF_METHOD[method]
@@ -98,7 +98,12 @@ def bgan_config(method: str, bits: int, args, out_dir: str):
                       feature_cache_dir=args.cache)
     if args.trainable_from:
         cfg = cfg.replace(trainable_from=args.trainable_from, top_bn=args.top_bn)
-    return cfg.replace(**parse_override(args.override))
+    changes = parse_override(args.override)
+    removed = sorted(set(changes) & REMOVED_FIELDS.keys())
+    if removed:  # (a traceback from dataclasses.replace would not say why)
+        raise SystemExit(f"--override {', '.join(removed)}: removed from BGANConfig in issue 28 (no measured gain); "
+                         "the rows that used it record measured_with_commit: rerun them at that commit")
+    return cfg.replace(**changes)
 
 
 def parse_override(text: str) -> dict:

@@ -155,6 +155,20 @@ def test_override_values_may_be_tuples():
     assert bench.parse_override("") == {}
 
 
+def test_an_override_of_a_removed_knob_says_which_commit_had_it():
+    """Issue 28: --override w_perceptual=1 (removed with 15 other knobs) is one message naming
+    where to rerun it, not a dataclasses.replace traceback; current fields still apply."""
+    import argparse
+
+    args = argparse.Namespace(weights="w.h5", input_size=128, epochs=None, seed=0, cache="", trainable_from="",
+                              top_bn="frozen", override="w_consistency=1.0,w_perceptual=1.0,lr_backbone=1e-4")
+    with pytest.raises(SystemExit, match="--override lr_backbone, w_perceptual: removed .* issue 28 .*"
+                                         "measured_with_commit"):
+        bench.bgan_config("bgan_paper", 32, args, "out")
+    args.override = "w_consistency=1.0"
+    assert bench.bgan_config("bgan_paper", 32, args, "out").w_consistency == 1.0
+
+
 def test_gan_health_cell_gives_the_references_when_recorded(tmp_path):
     results = _results()
     results["methods"]["bgan_paper"]["32"].update(psnr_other_code_db=9.91, psnr_mean_image_db=11.84)
