@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bgan_tf.data.images import ImageTooLarge, decode_image_bytes
 from bgan_tf.errors import UserError
 from bgan_tf.inference.encoders import Encoder
-from bgan_tf.search import backends as search_lib
+from bgan_tf.search import backend_base as search_lib
 from bgan_tf.search import guards
 from bgan_tf.search.binary_index import BinaryIndex
 from bgan_tf.search.files import (NotServed, file_chunks, hide_paths, image_root, media_type, open_indexed_file,
