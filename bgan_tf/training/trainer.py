@@ -176,6 +176,7 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
     from bgan_tf.training.distribute import shard_by_data
     from bgan_tf.training.divergence import DivergenceGuard
     from bgan_tf.training.graph import RECALL_SAMPLE, build_graph
+    from bgan_tf.training.progress import fit_progress
 
     seconds: dict[str, float] = {}
     commit = model_folder.git_commit()  # the code this run imported, for the model's metadata
@@ -311,7 +312,9 @@ def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, c
                                                    os.path.join(out_dir, "samples"),
                                                    os.path.join(out_dir, "logs", "samples"), config.sample_every))
     if not stopped:  # (stopped, but killed before the model was written: write it now)
-        history = fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks, verbose)
+        fit_verbose, progress = fit_progress(verbose)  # off a terminal: one line per epoch, no bar
+        history = fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps,
+                                callbacks + progress, fit_verbose)
     epochs_trained = int(ckpt.epoch.numpy())  # completed epochs: restored, then moved by each epoch's save
     best_epoch = None
     if stopper is not None:
