@@ -56,7 +56,8 @@ sys.path.insert(0, BENCH)
 
 from bgan_tf.training.diffusion import (affinity, diffusion_ranked, matched_keys, normalised,  # noqa: E402
                                         normalised_affinity, off_diagonal, pattern)
-from bgan_tf.training.graph import NeighbourGraph, build_graph, knn, symmetric_keys  # noqa: E402
+from bgan_tf.training.graph import NeighbourGraph, build_graph  # noqa: E402
+from bgan_tf.training.knn import knn, symmetric_keys  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 VARIANTS = ("128", "128_flip", "160", "160_flip")

@@ -53,6 +53,7 @@ def clustered_features(n: int, dim: int, clusters: int, seed: int) -> np.ndarray
 def child(args: argparse.Namespace) -> None:
     """One size: print one JSON line of measurements."""
     from bgan_tf.training import graph
+    from bgan_tf.training import knn as knn_lib
 
     t = time.perf_counter()
     x = clustered_features(args.child, args.dim, args.clusters, args.seed)
@@ -63,7 +64,7 @@ def child(args: argparse.Namespace) -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
     recall = g.knn_recall
     if recall is None:  # exact: measured the same way, outside the timing
-        recall = graph.knn_recall(x, graph.knn(x, args.k1, "exact"), args.recall_sample, args.seed)
+        recall = knn_lib.knn_recall(x, knn_lib.knn(x, args.k1, "exact"), args.recall_sample, args.seed)
     print(json.dumps({"seconds": round(seconds, 1), "peak_rss_gb": round(peak_gb, 2), "knn_recall": round(recall, 4),
                       "knn_method": g.knn_method,
                       "stage_seconds": {k: round(v, 1) for k, v in g.seconds.items()}, "positive_pairs": g.num_positive_pairs,
@@ -103,7 +104,7 @@ def main() -> None:
 
     from bgan_tf import atomic
     from bgan_tf.config import EXACT_KNN_MAX_ITEMS
-    from bgan_tf.training import graph
+    from bgan_tf.training import knn as knn_lib
 
     load = [round(v, 2) for v in os.getloadavg()]
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -126,8 +127,8 @@ def write(args, results: dict, load: list, started: str, faiss_version: str, thr
         date=started, loadavg_at_start=load, loadavg_at_end=[round(v, 2) for v in os.getloadavg()],
         settings={k: getattr(args, k) for k in ("dim", "clusters", "k1", "k2", "knn", "recall_sample", "seed")},
         exact_knn_max_items=exact_max,
-        hnsw={"links": graph.HNSW_LINKS, "ef_construction": graph.HNSW_EF_CONSTRUCTION,
-              "ef_search": graph.HNSW_EF_SEARCH},
+        hnsw={"links": knn_lib.HNSW_LINKS, "ef_construction": knn_lib.HNSW_EF_CONSTRUCTION,
+              "ef_search": knn_lib.HNSW_EF_SEARCH},
     )
     big = results["n"].get(str(TARGET_ITEMS))
     results["target"] = {"items": TARGET_ITEMS, "seconds": TARGET_SECONDS, "peak_rss_gb": TARGET_GB,
@@ -139,8 +140,8 @@ def write(args, results: dict, load: list, started: str, faiss_version: str, thr
              f"FAISS {faiss_version} ({threads} threads)  ",
              f"Load average at start: {load} (other jobs share the cores), at end: {results['loadavg_at_end']}  ",
              f"--knn {args.knn}: exact up to {exact_max:,} items, approximate (FAISS HNSW, "
-             f"{graph.HNSW_LINKS} links, efConstruction {graph.HNSW_EF_CONSTRUCTION}, efSearch "
-             f"{graph.HNSW_EF_SEARCH}) above; recall@K1 against exact search on "
+             f"{knn_lib.HNSW_LINKS} links, efConstruction {knn_lib.HNSW_EF_CONSTRUCTION}, efSearch "
+             f"{knn_lib.HNSW_EF_SEARCH}) above; recall@K1 against exact search on "
              f"{args.recall_sample} sampled queries.", "",
              "| items | kNN | seconds | kNN / recall / expand / symmetrise s | peak RSS (GB) | features (GB) | "
              "kNN recall | positive pairs / item | keys (GB) |",

@@ -9,7 +9,7 @@ held-out rows; benchmarks/real_codes.py writes a trained model's codes of the 1,
 digits). --expand_to N tiles the real database codes to N rows, each copy with
 every bit flipped with probability --flip_prob (stated in the output): real codes
 at 1M do not exist here, this keeps their cluster structure at that size.
-Results go to results/<name>.json and .md. One thread (bgan_tf.search.backends.set_num_threads(1)): CI cores are shared.
+Results go to results/<name>.json and .md. One thread (bgan_tf.search.backend_base.set_num_threads(1)): CI cores are shared.
 Each backend's queries/s is timed twice: wall clock, and CPU time of this process
 (other jobs on the shared cores stretch the first, not the second). For the exact
 backends the run also measures two limits on the same core: the scalar-POPCNT
@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bgan_tf.atomic import write_json, write_text  # noqa: E402
+from bgan_tf.search import backend_base  # noqa: E402
 from bgan_tf.search import backends as search  # noqa: E402
 from bgan_tf.search.hamming_c import load_kernel  # noqa: E402
 from bgan_tf.codes import pack  # noqa: E402
@@ -140,7 +141,7 @@ def main() -> None:
     ap.add_argument("--expand_to", type=int, default=0, help="with --codes: tile the database to this many rows")
     ap.add_argument("--flip_prob", type=float, default=0.03, help="with --expand_to: bit-flip probability per copy")
     args = ap.parse_args()
-    search.set_num_threads(1)
+    backend_base.set_num_threads(1)
     rng = np.random.default_rng(0)
     results: dict = {"n": args.n, "k": K, "machine": machine(), "command": "python " + " ".join(sys.argv),
                      "date": datetime.date.today().isoformat(),

@@ -401,7 +401,7 @@ def encode_stages(res: Results, cfg, feats: np.ndarray, images: np.ndarray, min_
 
 
 def index_stages(res: Results, codes: np.ndarray, min_seconds: float) -> None:
-    from bgan_tf.search.backends import get_num_threads
+    from bgan_tf.search.backend_base import get_num_threads
     from bgan_tf.search.binary_index import BinaryIndex
 
     bits = codes.shape[1]

@@ -64,10 +64,11 @@ def cli_run(main: Callable[[list[str]], object], *flag_modules: ModuleType) -> N
     """Run an absl binary: key flags for --helpshort, one-line errors, exit 2."""
     from absl import app, flags
 
-    from bgan_tf.runtime import quiet_tensorflow_import, tune_allocator
+    from bgan_tf.runtime import quiet_library_logs, quiet_tensorflow_import, tune_allocator
 
     tune_allocator()  # before any TensorFlow work: see bgan_tf/runtime.py
     quiet_tensorflow_import()
+    quiet_library_logs()  # FAISS's loader and TF's saver chatter; train --verbose brings them back
 
     # --helpshort lists the main module's key flags; absl keys them by sys.argv[0], which
     # is the binary for `python -m` and the wrapper for a console script alike.

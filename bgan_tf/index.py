@@ -23,7 +23,7 @@ from absl import flags
 from bgan_tf import atomic
 from bgan_tf.inference.encoders import load_model
 from bgan_tf.search import indexer as indexing
-from bgan_tf.search import backends as search
+from bgan_tf.search import backend_base
 from bgan_tf.search import store
 from bgan_tf.errors import UserError, cli_run
 from flags import common, search_flags
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in ("build", "query"):
         raise UserError("usage: python -m bgan_tf.index build|query --index DIR ...")
     batch_size, max_pixels = search_flags.index_batch_size(), search_flags.index_max_pixels()
-    search.set_num_threads(FLAGS.threads)
+    backend_base.set_num_threads(FLAGS.threads)
     if argv[1] == "build":
         _require(model=FLAGS.model, images=FLAGS.images, index=FLAGS.index)
         # Paths and the folder are checked before the model is loaded or anything is

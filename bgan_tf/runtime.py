@@ -19,6 +19,15 @@ absl::InitializeLog() ..." line, so a bad input's one ``error:`` line came fourt
 first ``import tensorflow``, wherever a binary makes it, now runs with file descriptor 2
 captured; what TensorFlow wrote there is then passed on without those notice lines.
 oneDNN itself stays on (turning it off to silence the notice costs 2-3x on the CPU).
+
+`quiet_library_logs()`: libraries that log their own workings at INFO through Python's
+logging, which absl's handler prints once a binary sets INFO: FAISS's loader wrote six
+lines ("Loading faiss with AVX512 support.", "Could not load library with AVX512 support
+due to: ModuleNotFoundError(...)", ...) whenever it was first imported, and TensorFlow's
+checkpoint saver (through absl.logging) one "Sharding callback duration: N microseconds" line at every save
+(each epoch of training). `errors.cli_run` drops them for every binary;
+``quiet_library_logs(verbose=True)`` (``train --verbose``) brings them back, and so does
+``TF_CPP_MIN_LOG_LEVEL=0`` for TensorFlow's, as it asks TensorFlow for all its logs.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import ctypes
 import ctypes.util
 import importlib.abc
 import importlib.machinery
+import logging
 import os
 import sys
 import tempfile
@@ -141,3 +151,41 @@ def quiet_import(name: str, notices: Sequence[str]) -> importlib.abc.MetaPathFin
 def quiet_tensorflow_import() -> None:
     """`quiet_import` for TensorFlow and its load-time notices (see the module docstring)."""
     quiet_import("tensorflow", TENSORFLOW_IMPORT_NOTICES)
+
+
+# Python loggers whose INFO lines are about the library itself, and the messages (by their
+# start) TensorFlow logs through absl about its internals at every epoch: see the docstring.
+QUIET_LOGGERS = ("faiss.loader",)
+TENSORFLOW_CHATTER = ("Sharding callback duration",)
+
+
+class _DropMessages(logging.Filter):
+    """Drops records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: Sequence[str]):
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+_tensorflow_filter = _DropMessages(TENSORFLOW_CHATTER)
+
+
+def quiet_library_logs(verbose: bool = False) -> None:
+    """Silence the library chatter above unless ``verbose``; callable again to switch.
+
+    Works whether or not FAISS or TensorFlow is imported yet (a logger is configured by
+    name before its library creates it) and imports neither."""
+    # TensorFlow's checkpoint code logs with absl.logging, i.e. to absl's own logger (which
+    # must come from absl: a plain logging.getLogger("absl") made first would replace it).
+    from absl import logging as absl_logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+    absl_logger = absl_logging.get_absl_logger()
+    if verbose or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0":
+        absl_logger.removeFilter(_tensorflow_filter)
+    else:
+        absl_logger.addFilter(_tensorflow_filter)  # (adding the same filter twice keeps one)

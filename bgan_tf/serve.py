@@ -25,7 +25,7 @@ from absl import flags
 
 from bgan_tf.inference.encoders import load_model
 from bgan_tf.search import indexer as indexing
-from bgan_tf.search import backends as search
+from bgan_tf.search import backend_base
 from bgan_tf.errors import UserError, cli_run
 from flags import common, search_flags
 from flags.search_flags import define_service_flags
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
     # Before the (possibly slow) model load: a busy port fails in a second, not after it.
     sock = bind_socket(FLAGS.host, FLAGS.port)
     try:
-        search.set_num_threads(FLAGS.threads)
+        backend_base.set_num_threads(FLAGS.threads)
         encoder = load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
         options = search_flags.open_options()
         index = indexing.open_index(FLAGS.index, encoder, **options)

@@ -31,8 +31,11 @@ def main(argv: list[str]) -> None:
     from bgan_tf.evaluation.quick import quick_evaluate
     from bgan_tf.training.trainer import check_run_dir, train
 
+    from bgan_tf.runtime import quiet_library_logs
+
     config = config_from_flags()
     logging.set_verbosity(logging.INFO)
+    quiet_library_logs(verbose=FLAGS.verbose)
     # The strategy comes before any other TensorFlow op (loading a tfds dataset
     # runs some): MultiWorkerMirrored must configure collectives first.
     from bgan_tf.training.distribute import is_chief, make_strategy
@@ -45,7 +48,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.holdout_per_class and data.labels is not None and data.labels.ndim == 1:
         split = holdout_split(data.labels, FLAGS.holdout_per_class, config.seed)
         query, data = data.subset(split.query), data.subset(split.database)
-    result = train(config, data)
+    result = train(config, data, verbose=2 if FLAGS.verbose else 1)  # see bgan_tf/training/progress.py
     print(f"model saved to {result.model_dir}")
     if FLAGS.evaluate and query is not None:
         ev = quick_evaluate(result.model_dir, config, query, data)

@@ -14,7 +14,8 @@ from absl import flags
 
 from bgan_tf.data import images as data
 from bgan_tf.errors import UserError
-from bgan_tf.search import backends as search
+from bgan_tf.search import backend_base
+from bgan_tf.search.backends import BACKEND_NAMES
 from bgan_tf.search import limits
 from flags import common
 
@@ -23,7 +24,7 @@ FLAGS = flags.FLAGS
 # What one query may ask for.
 MAX_QUERY_K = 10_000
 
-_BACKENDS = list(search.BACKEND_NAMES)
+_BACKENDS = list(BACKEND_NAMES)
 
 
 def _define_search_flags(fv: flags.FlagValues) -> None:
@@ -36,21 +37,21 @@ def _define_search_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("index", None, "Folder of the binary index to build, query or serve.", flag_values=fv)
     flags.DEFINE_enum("backend", "flat", _BACKENDS, "Search backend: flat/ours_exact/numpy are exact, ivf/hnsw/multihash approximate, milvus a Milvus collection.", flag_values=fv)
     flags.DEFINE_integer("threads", 1, "Threads for FAISS and the C scan (1 is fastest on shared CI cores).",
-                         lower_bound=1, upper_bound=search.MAX_THREADS, flag_values=fv)
+                         lower_bound=1, upper_bound=backend_base.MAX_THREADS, flag_values=fv)
     flags.DEFINE_integer("nlist", 1024, "ivf backend: number of inverted lists (capped at codes/39).",
-                         lower_bound=1, upper_bound=search.MAX_NLIST, flag_values=fv)
+                         lower_bound=1, upper_bound=backend_base.MAX_NLIST, flag_values=fv)
     flags.DEFINE_integer("nprobe", 32, "ivf backend: lists visited per query.",
-                         lower_bound=1, upper_bound=search.MAX_NLIST, flag_values=fv)
+                         lower_bound=1, upper_bound=backend_base.MAX_NLIST, flag_values=fv)
     flags.DEFINE_integer("hnsw_m", 32, "hnsw backend: graph links per node.",
-                         lower_bound=1, upper_bound=search.MAX_HNSW_M, flag_values=fv)
+                         lower_bound=1, upper_bound=backend_base.MAX_HNSW_M, flag_values=fv)
     flags.DEFINE_integer("ef_search", 128, "hnsw backend: candidate list size per query (raised to k).",
-                         lower_bound=1, upper_bound=search.MAX_EF, flag_values=fv)
+                         lower_bound=1, upper_bound=backend_base.MAX_EF, flag_values=fv)
     flags.DEFINE_integer("nhash", 0, "multihash backend: number of hash tables (0 = per code length: 2 at 32 bits, 4 at 16 and 64).",
-                         lower_bound=0, upper_bound=search.MAX_NHASH, flag_values=fv)
+                         lower_bound=0, upper_bound=backend_base.MAX_NHASH, flag_values=fv)
     flags.DEFINE_integer("hash_bits", 0, "multihash backend: bits per hash key (0 = per code length: 16 at 32 and 64 bits, 4 at 16, 24 above 96).",
-                         lower_bound=0, upper_bound=search.MAX_HASH_BITS, flag_values=fv)
+                         lower_bound=0, upper_bound=backend_base.MAX_HASH_BITS, flag_values=fv)
     flags.DEFINE_integer("nflip", -1, "multihash backend: bit flips probed per hash key (-1 = per code length: 2 up to 16-bit keys, 1 for 24-bit).",
-                         lower_bound=-1, upper_bound=search.MAX_NFLIP, flag_values=fv)
+                         lower_bound=-1, upper_bound=backend_base.MAX_NFLIP, flag_values=fv)
 
 
 def define_index_flags(flag_values: flags.FlagValues = FLAGS) -> None:

@@ -154,6 +154,8 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string("preset", None, f"Loss preset applied on top: {', '.join(LOSS_PRESETS)}.", flag_values=fv)
     flags.DEFINE_bool("evaluate", True, "After training, print mAP of BGAN and ITQ on the held-out queries.",
                       flag_values=fv)
+    flags.DEFINE_bool("verbose", False, "Keras' progress bar even off a terminal (else one line per epoch there), "
+                      "and the FAISS loader's and TensorFlow saver's INFO lines.", flag_values=fv)
     for name, (kind, help_text) in _TRAIN_FLAGS.items():
         _define(name, kind, help_text, fv)
     flags.register_validator("image_size", lambda v: v in (32, 64), "--image_size must be 32 or 64", flag_values=fv)

@@ -231,3 +231,113 @@ def test_library_modules_are_short():
             problems.append(f"{path}: {count} lines, over the limit of {MAX_LINES} "
                             "(raw lines, as `wc -l` counts): split it")
     assert not problems, "\n".join(problems)
+
+
+def _module_of_file(path: str) -> str:
+    """bgan_tf/search/store.py -> bgan_tf.search.store; a package's __init__.py -> the package."""
+    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the first-party modules it imports (every import counts, see the module
+    docstring). `from a.b import c` is an edge to a.b.c when that is a module, else to a.b."""
+    modules = {_module_of_file(p) for p in _py_files()}
+    graph: dict[str, set[str]] = {}
+    for path in _py_files():
+        here = _module_of_file(path)
+        edges = set()
+        for _line, dotted, _statement in _imports(path):
+            # The longest prefix that is one of our modules: a.b.c, else a.b (c an attribute).
+            parts = dotted.split(".")
+            for end in range(len(parts), 0, -1):
+                name = ".".join(parts[:end])
+                if name in modules:
+                    if name != here:
+                        edges.add(name)
+                    break
+        graph[here] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (as a module path a -> b -> ... -> a) per strongly connected component of
+    more than one module (Tarjan's algorithm, iterative: no recursion limit)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    component.append(top)
+                    if top == node:
+                        break
+                if len(component) > 1:
+                    components.append(set(component))
+    cycles = []
+    for component in components:
+        # A shortest way back to the smallest module of the component, by breadth-first search.
+        start = min(component)
+        came_from = {start: None}
+        frontier = [start]
+        end = None
+        while frontier and end is None:
+            nxt = []
+            for node in frontier:
+                for child in sorted(graph[node] & component):
+                    if child == start:
+                        end = node
+                        break
+                    if child not in came_from:
+                        came_from[child] = node
+                        nxt.append(child)
+                if end is not None:
+                    break
+            frontier = nxt
+        path = [start]
+        node = end
+        while node is not None and node != start:
+            path.insert(1, node)
+            node = came_from[node]
+        cycles.append(path + [start])
+    return cycles
+
+
+def test_cycle_finder_names_a_cycle():
+    """The finder itself: a -> b -> c -> a is reported as that path, a dead end is not."""
+    graph = {"a": {"b"}, "b": {"c", "d"}, "c": {"a"}, "d": set(), "e": {"e"}}
+    assert _cycles(graph) == [["a", "b", "c", "a"]]
+
+
+def test_no_import_cycles():
+    """Issue 28, item 5: no import cycle among the first-party modules, imports inside
+    functions included (a function-level import hid search/backends.py <-> approximate.py
+    and training/graph.py <-> diffusion.py). Break a cycle by moving what both sides
+    share into a module below them."""
+    cycles = _cycles(_import_graph())
+    assert not cycles, f"{len(cycles)} import cycle(s):\n" + "\n".join(" -> ".join(c) for c in cycles)

@@ -83,3 +83,33 @@ def test_binaries_import_tensorflow_without_its_load_notices():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "imported"
     assert proc.stderr == ""
+
+
+def test_library_chatter_is_dropped_unless_verbose(monkeypatch):
+    """Issue 28, item 6: FAISS's loader lines and TensorFlow's per-save "Sharding callback
+    duration" line (logged through absl) are dropped; verbose, or TF_CPP_MIN_LOG_LEVEL=0,
+    brings them back. (The binaries' output itself: tests/training/test_train_cli.py.)"""
+    import logging
+
+    from absl import logging as absl_logging
+
+    from bgan_tf.runtime import quiet_library_logs
+
+    absl_logger, faiss_loader = absl_logging.get_absl_logger(), logging.getLogger("faiss.loader")
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("absl", logging.INFO, __file__, 1, msg, (182,), None)
+
+    chatter, other = record("Sharding callback duration: %s microseconds"), record("training data: %s images")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        quiet_library_logs()
+        assert not absl_logger.filter(chatter) and absl_logger.filter(other)
+        assert faiss_loader.level == logging.WARNING
+        quiet_library_logs(verbose=True)
+        assert absl_logger.filter(chatter) and faiss_loader.level == logging.NOTSET
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # asks TensorFlow for every log line
+        quiet_library_logs()
+        assert absl_logger.filter(chatter) and faiss_loader.level == logging.WARNING
+    finally:
+        quiet_library_logs(verbose=True)  # the state before: no filter, FAISS's logger unset

@@ -2,7 +2,7 @@
 
 `ivf` (k-means lists), `hnsw` (a neighbour graph) and `multihash` (hash tables
 keyed by substrings of the code, with `multihash_defaults` per code length)
-implement the `SearchBackend` interface of bgan_tf/search/backends.py. They
+implement the `SearchBackend` interface of bgan_tf/search/backend_base.py. They
 return the best k of the candidates they visit, each row sorted by (distance,
 id); build them with `backends.make_backend`. HNSW and multi-hash indexes cannot
 delete, so they keep their codes and rebuild on remove (`_RebuildOnRemove`).
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from bgan_tf.errors import UserError
-from bgan_tf.search.backends import (MAX_EF, MAX_HASH_BITS, MAX_HNSW_M, MAX_NFLIP, MAX_NHASH, MAX_NLIST, as_ids,
-                                     check_knob, clamp_k, faiss_search, sort_rows)
+from bgan_tf.search.backend_base import (MAX_EF, MAX_HASH_BITS, MAX_HNSW_M, MAX_NFLIP, MAX_NHASH, MAX_NLIST,
+                                         as_ids, check_knob, clamp_k, faiss_search, sort_rows)
 from bgan_tf.search.store import code_bytes as codes_lib_code_bytes
 
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from bgan_tf import codes as codes_lib
 from bgan_tf.errors import UserError
-from bgan_tf.search.backends import clamp_k, get_num_threads, make_backend
+from bgan_tf.search.backend_base import clamp_k, get_num_threads
+from bgan_tf.search.backends import make_backend
 from bgan_tf.search.store import CodeStore
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bgan_tf.errors import UserError
-from bgan_tf.search.backends import NO_DISTANCE
+from bgan_tf.search.backend_base import NO_DISTANCE
 from bgan_tf.search.store import code_bytes
 
 _MAX_TOPK = 16384  # Milvus's limit on k per search

@@ -39,7 +39,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from bgan_tf.inference.encoders import Encoder
-from bgan_tf.search import backends as search_lib
+from bgan_tf.search.backend_base import apply_num_threads
 from bgan_tf.search import guards, routes
 from bgan_tf.search.binary_index import BinaryIndex
 from bgan_tf.search.files import hide_paths, image_root, shown_path
@@ -86,7 +86,7 @@ class _Batcher:
             self._thread = None
 
     def _run(self) -> None:
-        search_lib.apply_num_threads()  # OpenMP thread count is per OS thread
+        apply_num_threads()  # OpenMP thread count is per OS thread
         while True:
             item = self._queue.get()
             if item is None:
@@ -178,9 +178,8 @@ def create_app(
                   openapi_url="/openapi.json" if api_docs else None)
     # A plain executor rather than an anyio CapacityLimiter: it is not tied to one
     # event loop, so the app also works when driven from several loops (TestClient).
-    pool = ThreadPoolExecutor(max(1, search_threads), thread_name_prefix="bgan-decode",
-                              initializer=search_lib.apply_num_threads)
-    small_lane = ThreadPoolExecutor(1, thread_name_prefix="bgan-decode-small", initializer=search_lib.apply_num_threads)
+    pool = ThreadPoolExecutor(max(1, search_threads), thread_name_prefix="bgan-decode", initializer=apply_num_threads)
+    small_lane = ThreadPoolExecutor(1, thread_name_prefix="bgan-decode-small", initializer=apply_num_threads)
     # Encoders wrap Keras models: only the batcher thread calls them, so the
     # model is never used from two threads at once, and concurrent queries share
     # one model call instead of queueing on a lock.

@@ -9,6 +9,8 @@
 - `losses`: adversarial, content, neighbourhood (released-code and paper forms),
   quantization.
 - `graph`: kNN -> K1/K2 expansion -> sparse positive pairs and the in-graph S_B lookup.
+- `knn`: the K1 lists (exact or HNSW FAISS search, its recall) and the sorted pair keys,
+  under both `graph` and `diffusion` (manifold-ranking positives).
 - `distribute`: `make_strategy(name)`, chief detection, dataset sharding, sync BN.
 - `callbacks`: beta schedule, reconstruction samples, step-level checkpoints and
   `fit_resumable`.

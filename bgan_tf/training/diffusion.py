@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from bgan_tf.training.graph import knn, symmetric_keys
+from bgan_tf.training.knn import knn, symmetric_keys
 
 # Columns of F per block, and the cap on one N x block float32 array (~256 MB).
 BLOCK_COLUMNS = 1000

@@ -225,6 +225,7 @@ def _fit(config: BGANConfig, inputs: _Inputs, model, ckpt, first_epoch: int, out
     from bgan_tf.training.callbacks import BetaSchedule, ReconstructionSamples, fit_resumable
     from bgan_tf.training.distribute import shard_by_data
     from bgan_tf.training.divergence import DivergenceGuard
+    from bgan_tf.training.progress import fit_progress
 
     n = len(inputs.data)
     steps = config.steps_per_epoch or n // config.batch_size
@@ -249,7 +250,9 @@ def _fit(config: BGANConfig, inputs: _Inputs, model, ckpt, first_epoch: int, out
                                                    inputs.gan_images[:k], inputs.x[:k],
                                                    os.path.join(out_dir, "samples"),
                                                    os.path.join(out_dir, "logs", "samples"), config.sample_every))
-    return fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks, verbose)
+    fit_verbose, progress = fit_progress(verbose)  # off a terminal: one line per epoch, no bar
+    return fit_resumable(model, make_dataset, ckpt, first_epoch, config.epochs, steps, callbacks + progress,
+                         fit_verbose)
 
 
 def _train(config: BGANConfig, data: ImageData | None, verbose: int, strategy, chief: bool,

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
                                 "benchmarks"))
 import graph_quality as gq  # noqa: E402
 
-from bgan_tf.training.graph import knn  # noqa: E402
+from bgan_tf.training.knn import knn  # noqa: E402
 from testlib import separated_clusters  # noqa: E402
 
 

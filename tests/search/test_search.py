@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import subprocess
+import sys
+
+from bgan_tf.search import backend_base
 from bgan_tf.search import backends as search
 from bgan_tf.codes import hamming_distances, pack
 from bgan_tf.errors import UserError
@@ -68,7 +72,7 @@ def test_small_index_clamps_k_to_its_size():
         b.add(_random(2, 16, seed=1), np.array([7, 3]))
         d, i = b.search(_random(2, 16), 3)
         assert i.shape == (2, 2) and sorted(i[0].tolist()) == [3, 7], name
-        assert d.dtype == np.int32 and (d < search.NO_DISTANCE).all(), name
+        assert d.dtype == np.int32 and (d < backend_base.NO_DISTANCE).all(), name
 
 
 @pytest.mark.parametrize("name", sorted(APPROX))
@@ -131,8 +135,29 @@ def test_ours_exact_falls_back_without_compiler(monkeypatch):
 
 def test_backend_names_are_the_backends_make_backend_builds():
     # BACKEND_NAMES is what the --backend flag offers: every name must build, none be missing.
-    assert sorted(search._constructors()) == sorted(search.BACKEND_NAMES)
+    assert [search.backend_class(name).name for name in search.BACKEND_NAMES] == list(search.BACKEND_NAMES)
     assert set(search.EXACT_BACKENDS) < set(search.BACKEND_NAMES)
+    with pytest.raises(UserError, match="unknown search backend 'annoy'"):
+        make_backend("annoy", 64)
+
+
+def test_registry_imports_a_backend_module_only_when_asked_for():
+    """Issue 28, item 5: the registry imports a backend's module when that backend is asked
+    for (no import loop between backends.py and approximate.py / milvus.py, whose shared
+    helpers are in backend_base.py), and reading BACKEND_NAMES imports no FAISS."""
+    code = (
+        "import sys\n"
+        "from bgan_tf.search import backends\n"
+        "loaded = lambda: sorted(m for m in ('faiss', 'pymilvus', 'bgan_tf.search.approximate',\n"
+        "                                    'bgan_tf.search.milvus') if m in sys.modules)\n"
+        "print(loaded())\n"
+        "backends.backend_class('hnsw')\n"
+        "print(loaded())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    before, after = out.stdout.splitlines()
+    assert before == "[]"
+    assert after == "['bgan_tf.search.approximate']"  # not milvus's module; FAISS loads on construction
 
 
 def test_ours_exact_threads_match_single_thread():
@@ -140,9 +165,9 @@ def test_ours_exact_threads_match_single_thread():
     b = make_backend("ours_exact", 64)
     b.add(db, np.arange(5000))
     one = b.search(q, 20)
-    search.set_num_threads(2)
+    backend_base.set_num_threads(2)
     try:
         two = b.search(q, 20)
     finally:
-        search.set_num_threads(1)
+        backend_base.set_num_threads(1)
     np.testing.assert_array_equal(one[1], two[1])

@@ -8,7 +8,8 @@ from bgan_tf.config import DIFFUSION_MAX_ITEMS, BGANConfig, check_graph_construc
 from bgan_tf.errors import UserError
 from bgan_tf.training.diffusion import (affinity, diffusion_ranked, matched_keys, normalised, normalised_affinity,
                                         off_diagonal, pattern, top_rows)
-from bgan_tf.training.graph import build_graph, knn, symmetric_keys
+from bgan_tf.training.graph import build_graph
+from bgan_tf.training.knn import knn, symmetric_keys
 from flags.train_flags import define_train_flags
 from testlib import separated_clusters
 

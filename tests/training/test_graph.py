@@ -9,8 +9,8 @@ from absl import flags
 
 from bgan_tf.config import EXACT_KNN_MAX_ITEMS, BGANConfig
 from bgan_tf.errors import UserError
-from bgan_tf.training.graph import (NeighbourGraph, block_lookup, build_graph, expand, knn, knn_recall,
-                                    resolve_knn)
+from bgan_tf.training.graph import NeighbourGraph, block_lookup, build_graph, expand
+from bgan_tf.training.knn import knn, knn_recall, resolve_knn
 from flags.train_flags import define_train_flags
 
 

@@ -31,7 +31,10 @@ def test_bad_input_is_one_line_error_without_traceback(tmp_path, args, message):
 
 
 def test_short_run_prints_map_next_to_itq(tmp_path):
-    r = run_binary("bgan_tf.train", "--epochs", "1", "--steps_per_epoch", "3", "--batch_size", "32",
+    """Also pins issue 28, item 6 (quiet logs): stdout is not a terminal here, so each epoch
+    is one line and no progress bar (no backspace, no carriage return); FAISS's loader
+    lines and TensorFlow's per-save "Sharding callback duration" line are gone."""
+    r = run_binary("bgan_tf.train", "--epochs", "2", "--steps_per_epoch", "3", "--batch_size", "32",
                    "--gen_channels", "16,8,8", "--disc_channels", "8,8,8,8", "--disc_feature_dim", "16",
                    "--num_bits", "16", "--holdout_per_class", "5", "--output_dir", str(tmp_path / "run"),
                    timeout=600)
@@ -41,3 +44,9 @@ def test_short_run_prints_map_next_to_itq(tmp_path):
     assert set(lines) == {"BGAN", "ITQ"}
     assert 0.0 < float(lines["ITQ"][0]) <= 1.0
     assert os.path.isfile(tmp_path / "run" / "eval.json")
+    assert "\b" not in r.stdout and "\r" not in r.stdout
+    epochs = [line for line in r.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split("  ")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"], r.stdout[:2000]
+    assert len(epochs[0].split("  ")) > 2  # epoch, seconds, then the logged losses
+    for chatter in ("Loading faiss", "Could not load", "Sharding callback"):
+        assert chatter not in r.stderr, r.stderr[-3000:]
