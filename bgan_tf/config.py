@@ -92,7 +92,7 @@ INT_LIMITS.update(diffusion_steps=(1, 100))
 FLOAT_LIMITS.update(diffusion_alpha=(0.0, 0.999, False))
 
 
-# Knobs of earlier versions whose own measurements recorded no gain (issue 28; docs/METHOD.md):
+# Knobs of earlier versions whose own measurements recorded no gain (issue 28; docs/experiments.md):
 # removed from the product. A config.json that still holds them loads (they are skipped); the
 # results measured with them name the commit that had them (benchmarks/results, measured_with_commit).
 # name -> the value under which it changed nothing (its old default).
