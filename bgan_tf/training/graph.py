@@ -135,7 +135,7 @@ def build_graph(features: np.ndarray, k1: int = 20, k2: int = 30, knn_method: st
     bad = n - int(np.isfinite(features).all(axis=tuple(range(1, features.ndim))).sum())
     if bad:  # FAISS on NaN features crashed the process (double free, rc 134: issue 27 case 7)
         raise UserError(f"the neighbourhood graph's features of {bad:,} of {n:,} training images are not finite "
-                        "(NaN or inf): check the backbone's weights (--backbone_weights, --graph_model)")
+                        "(NaN or inf): check the backbone's weights (--backbone_weights)")
     if diffusion_pairs_per_item and not 1.0 < diffusion_pairs_per_item <= n:
         raise UserError(f"--diffusion_pairs_per_item {diffusion_pairs_per_item:g} must be above 1 (an image and "
                         f"at least part of a neighbour) and at most the {n:,} training images")
