@@ -48,12 +48,21 @@ def cli_main(main: Callable[[list[str]], object]) -> Callable[[list[str]], objec
     return wrapped
 
 
+_HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+
+
 def parse_flags_or_fail(argv: list[str]) -> list[str]:
     """absl's parser, but a bad flag or value is one ``error:`` line and exit 2."""
     from absl import flags
 
     try:
         return flags.FLAGS(argv)
+    except SystemExit as e:
+        # absl's --help/--helpshort/--helpfull print the help and exit 1, which scripts
+        # read as a failure; asking for help is a success.
+        if e.code == 1 and any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+            sys.exit(0)
+        raise
     except flags.Error as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         _fail(f"{first} (see --helpshort)")

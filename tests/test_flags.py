@@ -157,3 +157,15 @@ def test_knobs_removed_in_issue_28_are_no_train_flags():
     fv = flags.FlagValues()
     define_train_flags(fv)
     assert not set(REMOVED_FIELDS) & set(fv), sorted(set(REMOVED_FIELDS) & set(fv))
+
+
+@pytest.mark.parametrize("module,flag", [("bgan_tf.train", "--output_dir"), ("bgan_tf.serve", "--index")])
+def test_helpshort_exits_0_and_an_unknown_flag_exits_2(module, flag):
+    """Issue 28 item 2: --helpshort exited 1 (absl's code), so scripts read help as a failure."""
+    from testlib import run_binary
+
+    shown = run_binary(module, "--helpshort")
+    assert shown.returncode == 0, shown.stderr
+    assert flag in shown.stdout
+    bad = run_binary(module, "--no_such_flag")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: Unknown command line flag")
