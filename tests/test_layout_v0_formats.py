@@ -61,7 +61,7 @@ def test_config_with_knobs_removed_in_issue_28_still_loads(caplog):
 
     stored = json.loads((DATA / "model" / "config.json").read_text())
     assert {"adv_to_encoder", "noise_dim"} <= stored.keys() <= {*REMOVED_FIELDS, *BGANConfig.__dataclass_fields__}
-    # The "absl" logger's own level: once any test has parsed absl flags it is INFO.
+    # The "absl" logger's own level: after an in-process absl app.run (another test) it is INFO.
     with caplog.at_level(logging.DEBUG, logger="absl"):
         config = BGANConfig.from_dict(stored)
     assert config.num_bits == 16 and not hasattr(config, "noise_dim")
