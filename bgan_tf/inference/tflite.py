@@ -124,35 +124,39 @@ def _runtime_error(path: str, e: Exception) -> UserError:
                      f"(the TFLite runtime says: {first}); {_REEXPORT}")
 
 
+def bilinear_axis(in_size: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(low index, high index, weight of the high one) per output position along one axis,
+    as ``tf.image.resize(..., "bilinear")`` computes them (half-pixel centres, float32)."""
+    scale = np.float32(in_size / size)
+    src = (np.arange(size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    lo_f = np.floor(src)
+    frac = (src - lo_f).astype(np.float32)
+    lo = np.clip(lo_f.astype(np.int64), 0, in_size - 1)
+    hi = np.clip(np.ceil(src).astype(np.int64), 0, in_size - 1)
+    return lo, hi, frac
+
+
 def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
     """uint8/float [N,H,W,3] -> float32 [N,size,size,3].
 
     The same arithmetic as ``tf.image.resize(..., "bilinear")`` (half-pixel
     centres, no antialiasing), in numpy so a TFLite client needs no
-    TensorFlow. Images already ``size`` x ``size`` are returned unchanged.
+    TensorFlow. Images already ``size`` x ``size`` are returned as float32.
+    Only the 2 x size rows and columns the result needs are cast to float32, so a
+    large uint8 image never gets a float32 copy four times its bytes.
     """
-    x = np.asarray(images, np.float32)
+    x = np.asarray(images)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise UserError(f"expected images [N,H,W,3], got shape {x.shape}")
     n, h, w, _ = x.shape
     if (h, w) == (size, size):
-        return x
+        return x.astype(np.float32, copy=False)
     if h == 0 or w == 0:
         raise UserError(f"images must have height and width >= 1, got {h}x{w}")
-
-    def axis(in_size):
-        scale = np.float32(in_size / size)
-        src = (np.arange(size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-        lo_f = np.floor(src)
-        frac = (src - lo_f).astype(np.float32)
-        lo = np.clip(lo_f.astype(np.int64), 0, in_size - 1)
-        hi = np.clip(np.ceil(src).astype(np.int64), 0, in_size - 1)
-        return lo, hi, frac
-
-    y0, y1, fy = axis(h)
-    x0, x1, fx = axis(w)
-    top_l, top_r = x[:, y0][:, :, x0], x[:, y0][:, :, x1]
-    bot_l, bot_r = x[:, y1][:, :, x0], x[:, y1][:, :, x1]
+    y0, y1, fy = bilinear_axis(h, size)
+    x0, x1, fx = bilinear_axis(w, size)
+    top_l, top_r = x[:, y0][:, :, x0].astype(np.float32), x[:, y0][:, :, x1].astype(np.float32)
+    bot_l, bot_r = x[:, y1][:, :, x0].astype(np.float32), x[:, y1][:, :, x1].astype(np.float32)
     fx_ = fx[None, None, :, None]
     fy_ = fy[None, :, None, None]
     top = top_l + (top_r - top_l) * fx_

@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from starlette.exceptions import HTTPException
 
+from bgan_tf.inference.tflite import resize_bilinear
+
 # Content type -> the format Pillow reports for it.
 _TYPE_FORMATS = {
     "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/pjpeg": "JPEG", "image/png": "PNG",
@@ -196,26 +198,13 @@ def header_pixels(data: bytes, fmt: str | None) -> int | None:
         return None
 
 
-def _bilinear_axis(in_size: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # The arithmetic of bgan_tf.inference.tflite.resize_bilinear (tf.image.resize,
-    # bilinear, half-pixel centres, no antialias), so codes match the encoder's own resize.
-    scale = np.float32(in_size / size)
-    src = (np.arange(size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-    lo_f = np.floor(src)
-    frac = (src - lo_f).astype(np.float32)
-    lo = np.clip(lo_f.astype(np.int64), 0, in_size - 1)
-    hi = np.clip(np.ceil(src).astype(np.int64), 0, in_size - 1)
-    return lo, hi, frac
-
-
 def shrink(img: np.ndarray, encoder: Any) -> np.ndarray:
     """uint8 HxWx3 -> what ``encoder.encode`` would compute from it after its own resize.
 
     ``encoder.input_size`` / ``encoder.input_resize``: "nearest" (pixel LSH samples rows
     ``arange(S) * H // S``) keeps uint8 SxSx3; "bilinear" (Keras and TFLite encoders)
-    gives float32 SxSx3. tflite.resize_bilinear would first turn the whole image into
-    float32 (4x its bytes); this gathers the 2S rows and columns it needs from the uint8
-    image first. Encoders without ``input_size`` get the image unchanged.
+    gives float32 SxSx3 through tflite.resize_bilinear, which casts only the 2S rows and
+    columns it needs. Encoders without ``input_size`` get the image unchanged.
     """
     size = getattr(encoder, "input_size", None)
     kind = getattr(encoder, "input_resize", "bilinear")
@@ -228,11 +217,4 @@ def shrink(img: np.ndarray, encoder: Any) -> np.ndarray:
         return np.ascontiguousarray(img[ys][:, xs])
     if (h, w) == (size, size):
         return img
-    y0, y1, fy = _bilinear_axis(h, size)
-    x0, x1, fx = _bilinear_axis(w, size)
-    top_l, top_r = img[y0][:, x0].astype(np.float32), img[y0][:, x1].astype(np.float32)
-    bot_l, bot_r = img[y1][:, x0].astype(np.float32), img[y1][:, x1].astype(np.float32)
-    fx_, fy_ = fx[None, :, None], fy[:, None, None]
-    top = top_l + (top_r - top_l) * fx_
-    bot = bot_l + (bot_r - bot_l) * fx_
-    return (top + (bot - top) * fy_).astype(np.float32)
+    return resize_bilinear(img[None], size)[0]
