@@ -127,11 +127,17 @@ def _on_white(rgba):
     """
     import tensorflow as tf
 
-    x = tf.cast(rgba, tf.uint16)
-    alpha = x[..., 3:4]
-    out = (x[..., :3] * alpha + tf.constant(255, tf.uint16) * (tf.constant(255, tf.uint16) - alpha)
-           + tf.constant(127, tf.uint16)) // tf.constant(255, tf.uint16)
-    return tf.cast(out, tf.uint8)
+    def composite():
+        # One channel at a time, so no [H,W,3] uint16 copy is held (measured in
+        # docs/serving.md).
+        u16 = tf.uint16
+        alpha = tf.cast(rgba[..., 3], u16)
+        white = tf.constant(255, u16) * (tf.constant(255, u16) - alpha) + tf.constant(127, u16)
+        return tf.stack([tf.cast((tf.cast(rgba[..., c], u16) * alpha + white) // tf.constant(255, u16), tf.uint8)
+                         for c in range(3)], axis=-1)
+
+    # An opaque alpha channel (screenshots, exported graphics) composites to its colours.
+    return tf.cond(tf.reduce_all(tf.equal(rgba[..., 3], 255)), lambda: rgba[..., :3], composite)
 
 
 def _png(data):
