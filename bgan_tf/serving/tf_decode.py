@@ -8,7 +8,7 @@ the index's codes bit for bit (issue 29 item 5). What makes them agree:
 - JPEG: ``dct_method="INTEGER_ACCURATE"`` (libjpeg's ISLOW IDCT, Pillow's choice) with
   fancy upsampling (both defaults). TensorFlow's default IDCT (IFAST) differed by up to 19
   grey levels at quality 100 (3-8 at quality 50-95). Grey and CMYK JPEGs agree too.
-- The EXIF orientation of a JPEG (APP1 ``Exif`` IFD0 tag 0x0112) is applied, as
+- The EXIF orientation of a JPEG (APP1 ``Exif`` IFD0 tag 0x0112) or PNG (``eXIf``) is applied, as
   Pillow's ``ImageOps.exif_transpose`` does on the Python path (issue 27 case 20).
 - PNG with alpha (grey+alpha, RGBA, a palette with a tRNS chunk) is composited on white
   to the Python path's float32 result (computed exactly in integers); TensorFlow alone
@@ -17,8 +17,8 @@ the index's codes bit for bit (issue 29 item 5). What makes them agree:
   colour and grey+alpha keep the high byte (what Pillow's 16-bit unpackers do).
 
 Not identical (docs/serving.md): a GIF with a transparent colour (Pillow composites it on
-white, TensorFlow's GIF decoder does not), PNG with an EXIF orientation (eXIf chunk),
-and WebP/TIFF, which ``encode_bytes`` refuses.
+white, TensorFlow's GIF decoder gives black), and WebP/TIFF, which ``encode_bytes``
+refuses.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ _PAD = 16  # zero bytes appended so a read past the end gives zeros, never an op
 # a crafted one cannot make the walk long.
 _MAX_SEGMENTS = 64
 _MAX_IFD_ENTRIES = 256
+# PNG chunks walked looking for eXIf: encoders split the image data into chunks of 8-64 KB,
+# so this covers a 250 MB file at 8 KB a chunk (about 50 us a chunk).
+_MAX_PNG_CHUNKS = 32768
 
 
 def starts_with(data, prefix: bytes):
@@ -56,14 +59,10 @@ def read_uint(padded, offset, nbytes: int, little_endian):
     return tf.where(inside, value, tf.constant(0, tf.int64))
 
 
-def exif_orientation(data):
-    """int64 1..8: the EXIF orientation of a JPEG (1, as stored, when there is none, it is
-    not 2..8, or the block is malformed: reads outside the APP1 segment count as absent,
-    as Pillow reads the Exif block from that segment alone)."""
+def _jpeg_exif(padded, n):
+    """(start of the TIFF block, end of its APP1 segment) of a JPEG's first ``Exif``
+    segment before the scan, or (-1, 0)."""
     import tensorflow as tf
-
-    padded = tf.strings.join([data, tf.constant(b"\0" * _PAD)])
-    n = tf.cast(tf.strings.length(data), tf.int64)
 
     def seg_cond(pos, tiff, end, i):
         return tf.logical_and(tf.logical_and(tiff < 0, pos + 4 <= n), i < _MAX_SEGMENTS)
@@ -81,6 +80,40 @@ def exif_orientation(data):
 
     _, tiff, end, _ = tf.while_loop(seg_cond, seg_body, (tf.constant(2, tf.int64), tf.constant(-1, tf.int64),
                                                          tf.constant(0, tf.int64), tf.constant(0)))
+    return tiff, end
+
+
+def _png_exif(padded, n):
+    """(start of the TIFF block, end of the chunk) of a PNG's ``eXIf`` chunk, or (-1, 0).
+    Pillow reads it wherever it is (after the image data too), so every chunk up to IEND
+    is walked, at most _MAX_PNG_CHUNKS of them (8 bytes read per chunk, nothing copied)."""
+    import tensorflow as tf
+
+    def cond(pos, tiff, end, i):
+        return tf.logical_and(tf.logical_and(tiff < 0, pos + 8 <= n), i < _MAX_PNG_CHUNKS)
+
+    def body(pos, tiff, end, i):
+        length = read_uint(padded, pos, 4, False)
+        kind = tf.strings.substr(padded, tf.minimum(pos + 4, n), 4)
+        found = tf.equal(kind, b"eXIf")
+        new_pos = tf.where(tf.equal(kind, b"IEND"), n, pos + 12 + length)
+        return new_pos, tf.where(found, pos + 8, tf.constant(-1, tf.int64)), pos + 8 + length, i + 1
+
+    _, tiff, end, _ = tf.while_loop(cond, body, (tf.constant(8, tf.int64), tf.constant(-1, tf.int64),
+                                                 tf.constant(0, tf.int64), tf.constant(0)))
+    return tiff, end
+
+
+def exif_orientation(data, png: bool = False):
+    """int64 1..8: the EXIF orientation of a JPEG (APP1 ``Exif``) or, with ``png``, a PNG
+    (``eXIf`` chunk): 1, as stored, when there is none, it is not 2..8, or the block is
+    malformed (reads outside the segment count as absent: Pillow reads the block from that
+    segment alone)."""
+    import tensorflow as tf
+
+    padded = tf.strings.join([data, tf.constant(b"\0" * _PAD)])
+    n = tf.cast(tf.strings.length(data), tf.int64)
+    tiff, end = (_png_exif if png else _jpeg_exif)(padded, n)
     end = tf.minimum(end, n)
     le = tf.equal(tf.strings.substr(padded, tf.clip_by_value(tiff, 0, n), 2), b"II")
     ifd = tiff + read_uint(padded, tiff + 4, 4, le)
@@ -97,7 +130,8 @@ def exif_orientation(data):
         return i + 1, tf.where(hit, value, found)
 
     ok = tf.logical_and(tiff >= 0, ifd + 2 <= end)
-    _, found = tf.while_loop(ifd_cond, ifd_body, (tf.constant(0, tf.int64), tf.where(ok, tf.constant(-1, tf.int64), 1)))
+    start = tf.where(ok, tf.constant(-1, tf.int64), tf.constant(1, tf.int64))
+    _, found = tf.while_loop(ifd_cond, ifd_body, (tf.constant(0, tf.int64), start))
     return tf.where(tf.logical_and(found >= 2, found <= 8), found, tf.constant(1, tf.int64))
 
 
@@ -166,8 +200,9 @@ def _png(data):
 
         return tf.cond(alpha, lambda: _on_white(high(4)), lambda: high(3))
 
-    return tf.case([(tf.logical_and(tf.equal(depth, 16), tf.equal(colour, 0)), sixteen_grey),
-                    (tf.equal(depth, 16), sixteen_colour)], default=eight_bit)
+    image = tf.case([(tf.logical_and(tf.equal(depth, 16), tf.equal(colour, 0)), sixteen_grey),
+                     (tf.equal(depth, 16), sixteen_colour)], default=eight_bit)
+    return apply_orientation(image, exif_orientation(data, png=True))
 
 
 def decode_like_python(data):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -237,7 +238,8 @@ def _save(img, fmt: str, **kw) -> bytes:
 def _decoder_cases() -> dict[str, bytes]:
     """Files of every kind both decoders read: JPEG at several qualities and chroma
     subsamplings, progressive, grey and CMYK; JPEGs carrying each EXIF orientation (in
-    little- and big-endian TIFF order); PNG grey, 1-bit, RGBA, grey+alpha, palette with
+    little- and big-endian TIFF order); PNGs with an EXIF orientation (eXIf chunk, also
+    after the image data); PNG grey, 1-bit, RGBA, grey+alpha, palette with
     tRNS, 16-bit grey and 16-bit RGBA; GIF and BMP. Sizes are odd and non-square so a
     wrong turn or chroma edge shows."""
     from PIL import Image
@@ -268,6 +270,14 @@ def _decoder_cases() -> dict[str, bytes]:
     # Pillow cannot write 16-bit colour PNGs; TensorFlow can.
     cases["png 16-bit rgba"] = tf.io.encode_png(
         tf.constant(rng.integers(0, 65536, (21, 30, 4)).astype(np.uint16))).numpy()
+    for o in (6, 7):
+        exif = Image.Exif()
+        exif[0x0112] = o
+        cases[f"png exif {o}"] = _save(pil, "PNG", exif=exif.tobytes())
+    # An eXIf chunk after the image data, where Pillow still finds it.
+    tiff = exif.tobytes().removeprefix(b"Exif\0\0")
+    chunk = len(tiff).to_bytes(4, "big") + b"eXIf" + tiff + zlib.crc32(b"eXIf" + tiff).to_bytes(4, "big")
+    cases["png exif after IDAT"] = cases["png grey"][:-12] + chunk + cases["png grey"][-12:]
     cases["gif"] = _save(pil, "GIF")
     cases["bmp"] = _save(pil, "BMP")
     return cases
@@ -277,7 +287,7 @@ def test_tf_decoder_gives_the_python_paths_pixels_for_every_format():
     """Issue 29 item 5 (one decoder contract): encode_bytes' decoder (serving.tf_decode)
     returns exactly the Python path's pixels (data.images.decode_image_bytes) for JPEG
     (TensorFlow's default IDCT was up to 19 grey levels off at quality 100), EXIF-oriented
-    JPEG (was stored sideways), PNG with alpha (transparent came out black), 16-bit PNG,
+    JPEG and PNG (were stored sideways), PNG with alpha (transparent came out black), 16-bit PNG,
     GIF and BMP."""
     from bgan_tf.data.images import decode_image_bytes
     from bgan_tf.serving.tf_decode import decode_like_python
