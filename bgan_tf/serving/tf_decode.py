@@ -23,6 +23,10 @@ refuses.
 
 from __future__ import annotations
 
+# Recorded in the export metadata (signatures.encode_bytes.decoder): exports made before
+# this contract decoded with TensorFlow's defaults and record nothing, so a client or
+# index can tell whether file bytes sent to a version give the Python path's codes.
+DECODER_CONTRACT = "python-path-pixels-v1"
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PAD = 16  # zero bytes appended so a read past the end gives zeros, never an op error

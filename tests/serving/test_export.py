@@ -311,4 +311,6 @@ def test_encode_bytes_codes_equal_the_python_paths_codes(loaded, exported):
     np.testing.assert_array_equal(got, checks_lib.python_path_codes(sm.signatures["serving_default"], files))
     check = checks_lib.check_saved_model(path, loaded, checks_lib.check_images(loaded, 16))
     assert check.jpeg_bit_agreement == 1.0 and check.ok, check.summary()
+    # The metadata says so: an export made before the contract records no decoder.
+    assert sm_lib.read_export_metadata(path)["signatures"]["encode_bytes"]["decoder"] == "python-path-pixels-v1"
     assert "encode_bytes on JPEG (EXIF-rotated too) vs the Python decoder: bit agreement 1.0000" in check.summary()
