@@ -3,7 +3,8 @@
 Bit agreement of codes (``bit_agreement``, with the int8 bar
 ``INT8_TARGET_AGREEMENT``), the model's own stability under pixel noise and
 input rounding (guides to what an int8 file can reach), the SavedModel check
-(``check_saved_model``: reload, compare both signatures, packed and hex, and
+(``check_saved_model``: reload, compare both signatures, packed and hex,
+``encode_bytes`` on JPEGs against the Python path's decoder, and
 ``saved_model_cli_show``), the TFLite check (``check_tflite``) and the images
 they compare on (``check_images``). Library functions shared by the export
 binaries, tests and benchmarks.
@@ -84,6 +85,52 @@ def encode_png(images: np.ndarray) -> list[bytes]:
     return out
 
 
+def encode_jpeg(images: np.ndarray, quality: int = 90, orientations: list[int] | None = None) -> list[bytes]:
+    """uint8 [N,H,W,3] -> JPEG bytes per image (4:2:0, as cameras write them). With
+    ``orientations``, image i carries EXIF orientation tag ``orientations[i]`` (its pixels
+    stored as given, so a decoder that applies the tag returns them turned)."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for i, img in enumerate(np.asarray(images, np.uint8)):
+        extra = {}
+        if orientations is not None:
+            exif = Image.Exif()
+            exif[0x0112] = int(orientations[i])
+            extra["exif"] = exif.tobytes()
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=quality, subsampling=2, **extra)
+        out.append(buf.getvalue())
+    return out
+
+
+def python_path_codes(sig, files: list[bytes]) -> np.ndarray:
+    """Codes of ``files`` decoded by the Python path (``bgan_tf.data.images``: what index
+    build, query and the search service read) and encoded by ``serving_default`` (``sig``),
+    one call per decoded shape; [N, L] in the order of ``files``."""
+    import tensorflow as tf
+
+    from bgan_tf.data.images import decode_image_bytes
+
+    decoded = [decode_image_bytes(f, what=f"check image {i}") for i, f in enumerate(files)]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(decoded):
+        by_shape.setdefault(img.shape, []).append(i)
+    out: list[np.ndarray | None] = [None] * len(files)
+    for idx in by_shape.values():
+        codes = call_signature(sig, images=tf.constant(np.stack([decoded[i] for i in idx])))["codes"]
+        for row, i in zip(codes, idx):
+            out[i] = row
+    return np.stack(out)
+
+
+# EXIF orientations the check's JPEGs carry in turn (1, as stored, then every turn and
+# mirror), so a decoder that ignores or misapplies the tag fails the check.
+CHECK_ORIENTATIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+
+
 @dataclasses.dataclass
 class SavedModelCheck:
     num_images: int
@@ -92,15 +139,20 @@ class SavedModelCheck:
     packed_ok: bool  # packed == codes.pack(codes)
     hex_ok: bool  # hex == codes.to_hex(packed)
     signatures: list[str]
+    # encode_bytes on JPEGs (quality 90, 4:2:0, EXIF orientations 1-8 in turn) vs the
+    # Python path's decode of the same files: the bit agreement (1.0 = identical).
+    jpeg_bit_agreement: float = 1.0
 
     @property
     def ok(self) -> bool:
         return self.identical_codes and self.bytes_identical_codes and self.packed_ok and self.hex_ok \
-            and set(SIGNATURES) <= set(self.signatures)
+            and self.jpeg_bit_agreement == 1.0 and set(SIGNATURES) <= set(self.signatures)
 
     def summary(self) -> str:
         return (f"SavedModel check on {self.num_images} images: codes identical to Keras: {self.identical_codes}; "
-                f"encode_bytes == serving_default: {self.bytes_identical_codes}; packed ok: {self.packed_ok}; "
+                f"encode_bytes == serving_default: {self.bytes_identical_codes}; "
+                f"encode_bytes on JPEG (EXIF-rotated too) vs the Python decoder: bit agreement "
+                f"{self.jpeg_bit_agreement:.4f}; packed ok: {self.packed_ok}; "
                 f"hex ok: {self.hex_ok}; signatures: {', '.join(self.signatures)}")
 
 
@@ -113,7 +165,9 @@ def call_signature(sig, **inputs) -> dict[str, np.ndarray]:
 
 
 def check_saved_model(version_dir: str, model, images: np.ndarray) -> SavedModelCheck:
-    """Reload with tf.saved_model.load and compare with the Keras encoder."""
+    """Reload with tf.saved_model.load and compare with the Keras encoder, and
+    ``encode_bytes`` with ``serving_default`` on PNGs and with the Python path's decoder
+    on JPEGs (``docs/serving.md``: one decoder contract)."""
     import tensorflow as tf
 
     from bgan_tf import codes as codes_lib
@@ -124,6 +178,9 @@ def check_saved_model(version_dir: str, model, images: np.ndarray) -> SavedModel
     ref = loaded.encode(images)
     got = call_signature(sm.signatures["serving_default"], images=tf.constant(images))
     by_bytes = call_signature(sm.signatures["encode_bytes"], image_bytes=tf.constant(encode_png(images)))
+    turns = [CHECK_ORIENTATIONS[i % len(CHECK_ORIENTATIONS)] for i in range(len(images))]
+    jpegs = encode_jpeg(images, orientations=turns)
+    by_jpeg = call_signature(sm.signatures["encode_bytes"], image_bytes=tf.constant(jpegs, dtype=tf.string))
     packed_ref = codes_lib.pack(got["codes"])
     return SavedModelCheck(
         num_images=len(images),
@@ -132,6 +189,8 @@ def check_saved_model(version_dir: str, model, images: np.ndarray) -> SavedModel
         packed_ok=bool(np.array_equal(got["packed"], packed_ref)),
         hex_ok=list(got["hex"]) == codes_lib.to_hex(packed_ref),
         signatures=sorted(sm.signatures.keys()),
+        jpeg_bit_agreement=bit_agreement(by_jpeg["codes"], python_path_codes(
+            sm.signatures["serving_default"], jpegs)) if len(jpegs) else 1.0,
     )
 
 

@@ -18,6 +18,8 @@ else is refused before anything is written (``check_export_base``). Signatures:
   (``tf.map_fn``), so one request may mix image sizes. An image whose header
   claims more than ``max_pixels`` (an export setting, recorded in the metadata)
   is refused before it is decoded; the graphs are in ``bgan_tf.serving.signatures``.
+  Files decode to the Python path's pixels (``bgan_tf.serving.tf_decode``: JPEG's
+  accurate IDCT, EXIF orientation, alpha on white), so codes equal an index's.
 
 Bad input gives an error from the signature, never a crash: the input specs
 reject a wrong dtype or rank; an empty batch returns empty outputs; an image
@@ -50,6 +52,7 @@ from bgan_tf import atomic
 from bgan_tf.data.images import DEFAULT_MAX_PIXELS
 from bgan_tf.errors import UserError
 from bgan_tf.serving.signatures import serving_fns
+from bgan_tf.serving.tf_decode import DECODER_CONTRACT
 
 METADATA_NAME = "bgan_metadata.json"
 SIGNATURES = ("serving_default", "encode_bytes")
@@ -127,7 +130,8 @@ def export_metadata(loaded, max_pixels: int | None = None) -> dict:
                                             "hex": "string [N]"}},
             "encode_bytes": {"inputs": {"image_bytes": "string [N], encoded JPEG/PNG/GIF/BMP"},
                              "outputs": "same as serving_default",
-                             "max_pixels": check_max_pixels(max_pixels)},
+                             "max_pixels": check_max_pixels(max_pixels),
+                             "decoder": DECODER_CONTRACT},
         },
     }
 

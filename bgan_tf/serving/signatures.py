@@ -16,12 +16,12 @@ the batch at the input size.
 
 from __future__ import annotations
 
+from bgan_tf.serving.tf_decode import JPEG_MAGIC, PNG_MAGIC, decode_like_python, read_uint, starts_with
+
 # First bytes of the formats tf.io.decode_image reads (WebP is not among them).
-_JPEG = b"\xff\xd8\xff"
-_PNG = b"\x89PNG\r\n\x1a\n"
 _GIFS = (b"GIF87a", b"GIF89a")
 _BMP = b"BM"
-_MAGIC = (_JPEG, _PNG, *_GIFS, _BMP)
+_MAGIC = (JPEG_MAGIC, PNG_MAGIC, *_GIFS, _BMP)
 # The PNG and BMP header bytes read end before byte 26; shorter files are padded with
 # zeros (a truncated header then claims 0 pixels and the decoder names the damage).
 _HEADER_PAD = 32
@@ -66,26 +66,10 @@ def _resize_like_preprocess(image, size: int):
     )
 
 
-def _starts_with(data, prefix: bytes):
-    import tensorflow as tf
-
-    return tf.equal(tf.strings.substr(data, 0, len(prefix)), prefix)
-
-
-def _uint(padded, offset: int, nbytes: int, little_endian: bool):
-    """The unsigned ``nbytes``-byte integer at ``offset`` of a scalar string, as int64."""
-    import tensorflow as tf
-
-    raw = tf.io.decode_raw(tf.strings.substr(padded, offset, nbytes), tf.uint8)
-    order = range(nbytes) if little_endian else range(nbytes - 1, -1, -1)
-    weights = tf.constant([256 ** i for i in order], tf.int64)
-    return tf.reduce_sum(tf.cast(raw, tf.int64) * weights)
-
-
 def _int32_le(padded, offset: int):
     import tensorflow as tf
 
-    value = _uint(padded, offset, 4, little_endian=True)
+    value = read_uint(padded, offset, 4, little_endian=True)
     return tf.where(value >= 2 ** 31, value - 2 ** 32, value)
 
 
@@ -161,15 +145,15 @@ def claimed_pixels(data, stop_above: int):
         return hw[0] * hw[1]
 
     def png():
-        return _uint(padded, 16, 4, False) * _uint(padded, 20, 4, False)
+        return read_uint(padded, 16, 4, False) * read_uint(padded, 20, 4, False)
 
     def bmp():
         return tf.abs(_int32_le(padded, 18)) * tf.abs(_int32_le(padded, 22))
 
-    return tf.case([(_starts_with(data, _JPEG), jpeg), (_starts_with(data, _PNG), png),
-                    (tf.logical_or(_starts_with(data, _GIFS[0]), _starts_with(data, _GIFS[1])),
+    return tf.case([(starts_with(data, JPEG_MAGIC), jpeg), (starts_with(data, PNG_MAGIC), png),
+                    (tf.logical_or(starts_with(data, _GIFS[0]), starts_with(data, _GIFS[1])),
                      lambda: _gif_frame_pixels(data, stop_above)),
-                    (_starts_with(data, _BMP), bmp)],
+                    (starts_with(data, _BMP), bmp)],
                    default=lambda: tf.constant(0, tf.int64))
 
 
@@ -213,7 +197,7 @@ def serving_fns(encoder, num_bits: int, input_size: int, max_pixels: int):
 
     def decode_one(args):
         data, index = args
-        known = tf.reduce_any(tf.stack([_starts_with(data, m) for m in _MAGIC]))
+        known = tf.reduce_any(tf.stack([starts_with(data, m) for m in _MAGIC]))
         with tf.control_dependencies([tf.debugging.Assert(
                 known, ["image_bytes item", index, "is not a JPEG, PNG, GIF or BMP file; its first bytes are",
                         tf.io.decode_raw(tf.strings.substr(data, 0, 8), tf.uint8),
@@ -225,7 +209,9 @@ def serving_fns(encoder, num_bits: int, input_size: int, max_pixels: int):
                 pixels <= max_pixels,
                 ["image_bytes item", index, "claims", pixels, "pixels (width x height, every frame of a GIF), "
                  "over the limit of", max_pixels, "set at export (--max_pixels); downscale it before sending"])]):
-            image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+            # The Python path's pixels (tf_decode: JPEG's accurate IDCT, EXIF orientation,
+            # alpha on white), so codes equal an index's bit for bit (issue 29 item 5).
+            image = decode_like_python(data)
         image = tf.ensure_shape(image, (None, None, 3))
         decoded_hw = tf.shape(image)[:2]
         with tf.control_dependencies([tf.debugging.Assert(

@@ -555,6 +555,10 @@ import resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
 import tensorflow as tf
 sig = tf.saved_model.load(sys.argv[2]).signatures["encode_bytes"]
+# One small image first: the first call instantiates the graph (about 1-2 s on a busy
+# 2-core machine since encode_bytes gained the decoder contract's JPEG/PNG branches,
+# issue 29), which is not the decode time the limit is about.
+sig(image_bytes=tf.constant([tf.io.encode_png(tf.zeros((4, 4, 3), tf.uint8)).numpy()]))
 for path in sys.argv[3:]:
     start = time.monotonic()
     try:
@@ -829,3 +833,57 @@ def test_huge_tflite_is_refused_before_it_is_read(tmp_path):
     outcome, = _fuzz_outcomes([big])
     assert outcome == (f"user {big} is not an encoder exported by python -m export.tflite (2,147,487,744 bytes, "
                        "more than a TFLite flatbuffer can address); export it again (python -m export.tflite)")
+
+
+# Pillow warns about each broken block it reads; that is the Python path's reaction the
+# test compares against, not a failure.
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_malformed_exif_decodes_as_stored_in_both_decoders(loaded, tmp_path):
+    """Issue 29 item 5: encode_bytes now reads a JPEG's EXIF orientation (to match the Python
+    path), so EXIF is request data a client controls. A broken or hostile block (offsets
+    past the segment, a 65535-entry count, an orientation outside 1-8, an Exif block after
+    ICC and comment segments) must neither fail the request nor turn the image: both
+    decoders keep it as stored, or both apply the same valid tag."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from bgan_tf.data.images import decode_image_bytes
+    from bgan_tf.serving.tf_decode import decode_like_python
+
+    img = Image.fromarray(np.random.default_rng(3).integers(0, 256, (19, 27, 3), dtype=np.uint8))
+
+    def jpeg(exif: bytes, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90, exif=exif, **kw)
+        return buf.getvalue()
+
+    def ifd(entries: bytes, count: int, offset: int = 8) -> bytes:
+        return b"Exif\0\0II*\0" + offset.to_bytes(4, "little") + count.to_bytes(2, "little") + entries
+
+    def orientation(value: int, kind: int = 3) -> bytes:
+        return b"\x12\x01" + kind.to_bytes(2, "little") + b"\1\0\0\0" + value.to_bytes(4, "little")
+
+    files = {
+        "ifd offset past the segment": jpeg(ifd(orientation(6), 1, offset=0xFFFFFFF0)),
+        "count 65535, one entry": jpeg(ifd(orientation(6), 65535)),
+        "orientation 9": jpeg(ifd(orientation(9), 1)),
+        "orientation 0": jpeg(ifd(orientation(0), 1)),
+        "entry cut short": jpeg(ifd(orientation(6)[:9], 1)),
+        "no IFD": jpeg(b"Exif\0\0II*\0"),
+        "not TIFF": jpeg(b"Exif\0\0garbage"),
+        "after ICC and comment": jpeg(ifd(orientation(6), 1), icc_profile=b"\0" * 3000, comment=b"hi"),
+    }
+    decode = tf.function(decode_like_python)
+    for name, data in files.items():
+        want = decode_image_bytes(data, what=name)
+        got = decode(tf.constant(data)).numpy()
+        assert got.shape == want.shape and np.array_equal(got, want), name
+    # The last one carries a valid tag after other segments: it is turned (27x19 -> 19x27 stored).
+    assert want.shape == (27, 19, 3)
+    base = tmp_path / "base"
+    sm = tf.saved_model.load(sm_lib.export_saved_model(loaded, base))
+    out = checks_lib.call_signature(sm.signatures["encode_bytes"], image_bytes=tf.constant(list(files.values())))
+    np.testing.assert_array_equal(out["codes"], checks_lib.python_path_codes(sm.signatures["serving_default"],
+                                                                              list(files.values())))

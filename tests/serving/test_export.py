@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -224,3 +225,92 @@ def test_tflite_binary_warns_below_the_int8_target(tiny_model_dir, tmp_path, cap
     named = warning[0].split("bit agreement: ")[1].split(". Codes")[0]
     assert named.startswith("dynamic_int8 0.") and "float" not in named  # float must be exact, never "low"
     assert "benchmarks/results/int8_retrieval.md" in warning[0] and "pixel noise" in warning[0]
+
+
+def _save(img, fmt: str, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _decoder_cases() -> dict[str, bytes]:
+    """Files of every kind both decoders read: JPEG at several qualities and chroma
+    subsamplings, progressive, grey and CMYK; JPEGs carrying each EXIF orientation (in
+    little- and big-endian TIFF order); PNGs with an EXIF orientation (eXIf chunk, also
+    after the image data); PNG grey, 1-bit, RGBA, grey+alpha, palette with
+    tRNS, 16-bit grey and 16-bit RGBA; GIF and BMP. Sizes are odd and non-square so a
+    wrong turn or chroma edge shows."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:37, 0:53].astype(np.float32)
+    smooth = np.stack([128 + 100 * np.sin(x / 7) * np.cos(y / 11), 128 + 90 * np.cos((x + y) / 9),
+                       128 + 80 * np.sin(x * y / 500)], -1)
+    img = np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)  # photo-like
+    pil = Image.fromarray(img)
+    cases = {f"jpeg q{q} ss{ss} prog{p}": _save(pil, "JPEG", quality=q, subsampling=ss, progressive=bool(p))
+             for q, ss, p in ((50, 2, 0), (75, 1, 1), (90, 2, 0), (100, 0, 0), (100, 2, 1))}
+    cases["jpeg grey"] = _save(pil.convert("L"), "JPEG", quality=85)
+    cases["jpeg cmyk"] = _save(pil.convert("CMYK"), "JPEG", quality=90)
+    for o in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = o
+        cases[f"jpeg exif {o}"] = _save(pil, "JPEG", quality=90, exif=exif.tobytes())
+        big_endian = b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0" + bytes([o]) + b"\0\0\0\0\0\0"
+        cases[f"jpeg exif {o} big-endian"] = _save(pil, "JPEG", quality=90, exif=big_endian)
+    alpha = rng.integers(0, 256, img.shape[:2], dtype=np.uint8)
+    cases["png grey"] = _save(pil.convert("L"), "PNG")
+    cases["png 1-bit"] = _save(pil.convert("1"), "PNG")
+    cases["png rgba"] = _save(Image.fromarray(np.dstack([img, alpha])), "PNG")
+    cases["png grey+alpha"] = _save(Image.fromarray(np.dstack([img[..., 0], alpha]), "LA"), "PNG")
+    cases["png palette tRNS"] = _save(pil.quantize(64), "PNG", transparency=5)
+    cases["png 16-bit grey"] = _save(Image.fromarray(img[..., 0].astype(np.uint16) * 257 + 3), "PNG")
+    # Pillow cannot write 16-bit colour PNGs; TensorFlow can.
+    cases["png 16-bit rgba"] = tf.io.encode_png(
+        tf.constant(rng.integers(0, 65536, (21, 30, 4)).astype(np.uint16))).numpy()
+    for o in (6, 7):
+        exif = Image.Exif()
+        exif[0x0112] = o
+        cases[f"png exif {o}"] = _save(pil, "PNG", exif=exif.tobytes())
+    # An eXIf chunk after the image data, where Pillow still finds it.
+    tiff = exif.tobytes().removeprefix(b"Exif\0\0")
+    chunk = len(tiff).to_bytes(4, "big") + b"eXIf" + tiff + zlib.crc32(b"eXIf" + tiff).to_bytes(4, "big")
+    cases["png exif after IDAT"] = cases["png grey"][:-12] + chunk + cases["png grey"][-12:]
+    cases["gif"] = _save(pil, "GIF")
+    cases["bmp"] = _save(pil, "BMP")
+    return cases
+
+
+def test_tf_decoder_gives_the_python_paths_pixels_for_every_format():
+    """Issue 29 item 5 (one decoder contract): encode_bytes' decoder (serving.tf_decode)
+    returns exactly the Python path's pixels (data.images.decode_image_bytes) for JPEG
+    (TensorFlow's default IDCT was up to 19 grey levels off at quality 100), EXIF-oriented
+    JPEG and PNG (were stored sideways), PNG with alpha (transparent came out black), 16-bit PNG,
+    GIF and BMP."""
+    from bgan_tf.data.images import decode_image_bytes
+    from bgan_tf.serving.tf_decode import decode_like_python
+
+    decode = tf.function(decode_like_python)
+    for name, data in _decoder_cases().items():
+        want = decode_image_bytes(data)
+        got = decode(tf.constant(data)).numpy()
+        assert got.shape == want.shape, (name, got.shape, want.shape)
+        assert np.array_equal(got, want), (name, int(np.abs(got.astype(int) - want).max()))
+
+
+def test_encode_bytes_codes_equal_the_python_paths_codes(loaded, exported):
+    """Issue 29 item 5: a TF Serving client sending file bytes gets the codes an index built
+    by the Python path holds, bit for bit, for every format and EXIF orientation (bit
+    agreement was 0.9775 on EXIF-rotated JPEGs, 0.90 on RGBA PNGs of this model); the
+    export's own check covers JPEG with EXIF orientations too."""
+    _, path, sm = exported
+    files = list(_decoder_cases().values())
+    got = checks_lib.call_signature(sm.signatures["encode_bytes"], image_bytes=tf.constant(files))["codes"]
+    np.testing.assert_array_equal(got, checks_lib.python_path_codes(sm.signatures["serving_default"], files))
+    check = checks_lib.check_saved_model(path, loaded, checks_lib.check_images(loaded, 16))
+    assert check.jpeg_bit_agreement == 1.0 and check.ok, check.summary()
+    # The metadata says so: an export made before the contract records no decoder.
+    assert sm_lib.read_export_metadata(path)["signatures"]["encode_bytes"]["decoder"] == "python-path-pixels-v1"
+    assert "encode_bytes on JPEG (EXIF-rotated too) vs the Python decoder: bit agreement 1.0000" in check.summary()
