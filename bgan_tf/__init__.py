@@ -8,7 +8,11 @@ Hamming-distance image retrieval. The Python API (`bgan_tf.api`):
     rows = bgan_tf.open_index("my_index").search("q.jpg", k=10)
 
 Importing bgan_tf imports nothing else (no TensorFlow): the two functions are looked
-up on first use (PEP 562 ``__getattr__``).
+up on first use (PEP 562 ``__getattr__``). Bazel: every module's target depends on this
+file's (//:core), so //:core cannot depend on //:api without a cycle; the lazy
+``importlib.import_module`` keeps that edge out of BUILD (tools/bazel/sync_build.py reads
+import statements only), and a Bazel target that calls bgan_tf.load_model depends on
+//:api. tests/test_architecture.py does see the edge and checks its direction.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ __all__ = ["load_model", "open_index"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from bgan_tf import api
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module("bgan_tf.api"), name)
     raise AttributeError(f"module 'bgan_tf' has no attribute {name!r}")

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> None:
                 save_every=FLAGS.save_every, progress=FLAGS.progress, model_ref=FLAGS.model,
                 max_pixels=max_pixels, listing=listing)
             # Converted once here so that every later query can skip TensorFlow.
-            from bgan_tf.api import write_query_encoder
+            from bgan_tf.api.query_encoder_build import write_query_encoder
 
             fast = write_query_encoder(FLAGS.index, encoder)
         print(report.summary(FLAGS.index))

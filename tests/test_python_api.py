@@ -13,6 +13,7 @@ from PIL import Image
 
 import bgan_tf
 from bgan_tf import codes as codes_lib
+from bgan_tf.api.query_encoder_build import write_query_encoder
 from bgan_tf.errors import UserError
 from bgan_tf.search import indexer
 from bgan_tf.search.query_encoder import VerifiedTFLiteEncoder
@@ -75,8 +76,6 @@ def test_open_index_search_finds_an_indexed_image_at_distance_zero_keras_and_tfl
     assert rows[0].distance == 0 and os.path.abspath(paths[10]) in [r.metadata["path"] for r in rows
                                                                      if r.distance == 0]
     assert len(rows) == 100 and [r.distance for r in rows] == sorted(r.distance for r in rows)
-    from bgan_tf.api import write_query_encoder
-
     assert "float TFLite copy" in write_query_encoder(idx, index.model.encoder)
     fast = bgan_tf.open_index(idx)
     assert isinstance(fast.model.encoder, VerifiedTFLiteEncoder)
