@@ -59,6 +59,7 @@ def test_load_model_encodes_100_mixed_size_files_in_one_call_like_the_index_buil
     pixels = np.asarray(Image.open(paths[3]).convert("RGB"))
     mixed = model.encode([paths[0], pixels, paths[5]])
     np.testing.assert_array_equal(mixed, codes[[0, 3, 5]])
+    np.testing.assert_array_equal(model.encode(np.stack([pixels, pixels])), codes[[3, 3]])  # a batch array
     np.testing.assert_array_equal(model.encode_packed(paths[7]), stored[7:8])
 
 

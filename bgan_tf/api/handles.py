@@ -58,11 +58,17 @@ class Model:
 
         ``batch_size`` images are decoded at a time (memory stays bounded for long lists);
         within a batch, images of one size are encoded together. ``progress``: a bar on
-        stderr. One path or array alone gives a [1, L] result.
+        stderr. One path or image array alone gives a [1, L] result; an array [N, H, W, 3] is N
+        images.
         """
         if int(batch_size) < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
-        items = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            items: list[ImageLike] = list(images)  # a batch [N, H, W, 3]
+        elif isinstance(images, (str, os.PathLike, np.ndarray)):
+            items = [images]
+        else:
+            items = list(images)
         out = np.zeros((len(items), self.num_bits), np.float32)
         bar = indexer.Progress(len(items), progress, unit="encoded")
         try:

@@ -6,12 +6,14 @@ the index (``query_encoder.tflite``, recorded in ``extra["query_encoder"]`` with
 and the Keras model id) after checking that it gives the index's codes bit for bit. A query
 given no other --model runs that file with the LiteRT interpreter and never imports
 TensorFlow: the import and the Keras model build were 15-17 s of every cold CLI query.
-When the file is missing (a later save by the service drops it; the next `index build`
-writes it again), damaged or from another model, the query loads the Keras model.
+A later save of the index (the service adding images) carries the file over
+(`kept_query_encoder`). When it is missing, damaged or from another model, the query
+loads the Keras model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -59,6 +61,21 @@ def resolve_recorded_model(index_path: str | os.PathLike[str], model: str | None
         raise UserError(f"index {index_path} was built by the model {recorded}, which no longer exists; "
                         "pass --model with the model folder that built it")
     return recorded
+
+
+def kept_query_encoder(index_path: str | os.PathLike[str], extra: dict) -> bytes | None:
+    """The bytes of the query encoder in ``index_path`` when ``extra`` (the manifest's, about
+    to be saved) records their sha256; else None (`fast_encoder` checks the model id)."""
+    rec = extra.get("query_encoder")
+    path = os.path.join(os.fspath(index_path), QUERY_ENCODER_FILE)
+    if not isinstance(rec, dict) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == rec.get("sha256") else None
 
 
 def fast_encoder(index_path: str | os.PathLike[str]) -> VerifiedTFLiteEncoder | None:
