@@ -20,16 +20,35 @@ from bgan_tf.inference.tflite import TFLiteEncoder, quiet_tflite_notices
 from bgan_tf.search import indexer
 from bgan_tf.search.query_encoder import QUERY_ENCODER_FILE, VerifiedTFLiteEncoder
 
-# Indexed images the float TFLite conversion is checked on, each at its own size and at
-# twice it (the resize path), before an index trusts it for queries.
+# Indexed images the float TFLite conversion is checked on before an index trusts it, at
+# their own size (the resize path, for photos) and, for those already at the model's input
+# size, also at twice it; at most CHECK_PIXELS decoded pixels in all (phone photos are
+# 12 megapixels: 32 of them would be gigabytes).
 QUERY_ENCODER_CHECK_IMAGES = 32
+CHECK_PIXELS = indexer.ENCODE_PIXEL_BUDGET // 2
+
+
+def _check_images(index, input_size: int) -> list[np.ndarray]:
+    out, held = [], 0
+    for meta in index.store.metadata_rows()[:QUERY_ENCODER_CHECK_IMAGES]:
+        try:
+            im = indexer.read_image(str(meta.get("path", "")))
+        except UserError:  # gone or changed since it was indexed: check on the others
+            continue
+        variants = [im] + ([np.repeat(np.repeat(im, 2, axis=0), 2, axis=1)]
+                           if im.shape[:2] == (input_size, input_size) else [])
+        size = sum(v.shape[0] * v.shape[1] for v in variants)
+        if out and held + size > CHECK_PIXELS:
+            break
+        out, held = out + variants, held + size
+    return out
 
 
 def write_query_encoder(index_path: str | os.PathLike[str], encoder: Encoder) -> str:
     """Keep a float TFLite conversion of a Keras ``encoder`` in the index for fast queries.
 
     Written only when its codes equal the Keras model's on a check set of the indexed
-    images (at their size and at twice it); returns one line saying what was done. The
+    images (`_check_images`); returns one line saying what was done. The
     caller holds the index's writer lock. Encoders that are not Keras models (a .tflite
     file, pixel-lsh) already run without TensorFlow: nothing is written.
     """
@@ -39,12 +58,9 @@ def write_query_encoder(index_path: str | os.PathLike[str], encoder: Encoder) ->
     from bgan_tf.serving.tflite import tflite_converter, tflite_saved_model
 
     index = indexer.open_index(index_path, encoder)
-    pixels = []
-    for meta in index.store.metadata_rows()[:QUERY_ENCODER_CHECK_IMAGES]:
-        try:
-            pixels.append(indexer.read_image(str(meta.get("path", ""))))
-        except UserError:  # gone or changed since it was indexed: check on the others
-            continue
+    checks = _check_images(index, int(encoder.input_size))
+    if not checks:
+        return "queries load the Keras model (no readable indexed image to check a faster copy on)"
     verbosity = absl_logging.get_verbosity()
     with tempfile.TemporaryDirectory(prefix="bgan_query_encoder_") as work:
         # The SavedModel writer logs its temp paths at INFO: not the user's business.
@@ -52,19 +68,19 @@ def write_query_encoder(index_path: str | os.PathLike[str], encoder: Encoder) ->
         try:
             with quiet_tflite_notices():
                 data = tflite_converter(tflite_saved_model(encoder, os.path.join(work, "sm")), "float").convert()
+            tmp_file = os.path.join(work, QUERY_ENCODER_FILE)
+            with open(tmp_file, "wb") as f:
+                f.write(data)
+            fast = VerifiedTFLiteEncoder(TFLiteEncoder(tmp_file), encoder.model_id, {})
+            same = np.array_equal(indexer.encode_images(fast, checks), indexer.encode_images(encoder, checks))
+        except Exception as e:  # noqa: BLE001 - the index is saved and fine: only the speed-up is lost
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return f"queries load the Keras model (its TFLite conversion failed: {first})"
         finally:
             absl_logging.set_verbosity(verbosity)
-        tmp_file = os.path.join(work, QUERY_ENCODER_FILE)
-        with open(tmp_file, "wb") as f:
-            f.write(data)
-        fast = VerifiedTFLiteEncoder(TFLiteEncoder(tmp_file), encoder.model_id, {})
-        checks = pixels + [np.repeat(np.repeat(p, 2, axis=0), 2, axis=1) for p in pixels]
-        same = bool(checks) and np.array_equal(indexer.encode_images(fast, checks),
-                                               indexer.encode_images(encoder, checks))
     if not same:
         return ("queries load the Keras model: its float TFLite conversion did not give the same codes "
-                f"on {len(checks)} check images" if checks else "queries load the Keras model (no image to "
-                "check a faster conversion on)")
+                f"on {len(checks)} check images")
     index.store.extra["query_encoder"] = {"file": QUERY_ENCODER_FILE, "sha256": hashlib.sha256(data).hexdigest(),
                                           "model_id": encoder.model_id, "checked_images": len(checks)}
     index.save(index_path)
