@@ -101,3 +101,17 @@ def test_importing_bgan_tf_imports_no_tensorflow():
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_tflite_copy_that_differs_from_the_keras_codes_is_not_kept(indexed, tmp_path, monkeypatch):
+    """Issue 29 item 4: the fast query path is only taken when its codes were checked bit
+    for bit; a conversion whose codes differ leaves queries on the Keras model."""
+    paths, _, model_dir = indexed
+    model = bgan_tf.load_model(model_dir)
+    idx = tmp_path / "idx"
+    indexer.build_index(model.encoder, os.path.dirname(paths[0]), idx, progress=False, model_ref=model_dir)
+    encode = VerifiedTFLiteEncoder.encode
+    monkeypatch.setattr(VerifiedTFLiteEncoder, "encode", lambda self, x: -encode(self, x))  # every bit off
+    assert "did not give the same codes" in write_query_encoder(idx, model.encoder)
+    assert not (idx / "query_encoder.tflite").exists() and "query_encoder" not in CodeStore.load(idx).extra
+    assert not isinstance(bgan_tf.open_index(idx).model.encoder, VerifiedTFLiteEncoder)
