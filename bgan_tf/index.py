@@ -7,7 +7,9 @@
 is saved atomically every --save_every images. It writes only to a new or empty
 folder or an existing index outside --images (checked before the model loads), and
 one build at a time per index. `query` encodes with --model (or the model recorded
-at build time), refuses an index built by another model and returns at most the
+at build time by absolute path, so it works from any folder; by default through the
+float TFLite copy `build` keeps in the index after checking its codes, which needs no
+TensorFlow), refuses an index built by another model and returns at most the
 index size. Images over --max_pixels, or files over 8 bytes per pixel of it, are
 skipped (build) or refused (query); docs/search.md says what a build may read.
 """
@@ -25,6 +27,7 @@ from bgan_tf.inference.encoders import load_model
 from bgan_tf.search import indexer as indexing
 from bgan_tf.search import backend_base
 from bgan_tf.search import store
+from bgan_tf.search.query_encoder import query_encoder
 from bgan_tf.errors import UserError, cli_run
 from flags import common, search_flags
 from flags.search_flags import define_index_flags
@@ -57,12 +60,17 @@ def main(argv: list[str]) -> None:
                 backend_knobs=search_flags.backend_knobs(), batch_size=batch_size,
                 save_every=FLAGS.save_every, progress=FLAGS.progress, model_ref=FLAGS.model,
                 max_pixels=max_pixels, listing=listing)
+            # Converted once here so that every later query can skip TensorFlow.
+            from bgan_tf.api.query_encoder_build import write_query_encoder
+
+            fast = write_query_encoder(FLAGS.index, encoder)
         print(report.summary(FLAGS.index))
+        print(fast)
         for line in (report.failed + report.too_large)[:10]:
             print(f"skipped {indexing.printable(line)}")
         return
     _require(index=FLAGS.index, image=FLAGS.image)
-    encoder = load_model(indexing.model_for_index(FLAGS.index, FLAGS.model))
+    encoder = query_encoder(FLAGS.index, FLAGS.model)
     index = indexing.open_index(FLAGS.index, encoder, **search_flags.open_options())
     results = indexing.query_index(index, encoder, FLAGS.image, FLAGS.k, max_pixels=max_pixels)
     if FLAGS.json:

@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # the wrong place. A new binary bgan_tf/<name>.py gets APP_RANK. (BUILD gets
 # its //:<wing> library from tools/bazel/sync_build.py.)
 RANKS = {
-    "__init__": -1,  # bgan_tf/__init__.py: loaded before any bgan_tf module, imports none
+    # bgan_tf/__init__.py: loaded before any bgan_tf module; at import time it imports none,
+    # its PEP 562 __getattr__ loads `api` on first use of bgan_tf.load_model / open_index.
+    "__init__": 8,
     "runtime": -1,  # process settings (malloc); imports no bgan_tf module; errors.cli_run applies them
     "errors": 0,
     "codes": 0,
@@ -51,6 +53,7 @@ RANKS = {
     "training": 6,  # above evaluation: early stopping scores held-out codes with its metrics
     "serving": 5,
     "search": 5,
+    "api": 6,  # bgan_tf.load_model / open_index: encoders (inference), indexes (search), TFLite conversion (serving)
     # APP_RANK: the binaries in bgan_tf/, and the top-level packages beside it.
     "train": 7,
     "evaluate": 7,

@@ -15,10 +15,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from bgan_tf import atomic
 from bgan_tf import codes as codes_lib
 from bgan_tf.errors import UserError
 from bgan_tf.search.backend_base import clamp_k, get_num_threads
 from bgan_tf.search.backends import make_backend
+from bgan_tf.search.query_encoder import QUERY_ENCODER_FILE, kept_query_encoder
 from bgan_tf.search.store import CodeStore
 
 
@@ -176,7 +178,13 @@ class BinaryIndex:
     def save(self, path: str | os.PathLike[str]) -> None:
         with self._lock.read():  # saving only reads; blocks mutations meanwhile
             self.store.extra["backend"] = {"name": self.backend_name, "knobs": self.knobs}
+            # A save swaps in a new folder: the verified TFLite query encoder that
+            # `index build` keeps in the old one is carried over, or a service that adds
+            # images would leave every later CLI query on the slow Keras path.
+            kept = kept_query_encoder(path, self.store.extra)
             self.store.save(path)
+            if kept is not None:
+                atomic.write_bytes(os.path.join(os.fspath(path), QUERY_ENCODER_FILE), kept)
 
     # --------------------------------------------------------------- search
     def search_arrays(self, query_signs_or_packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,8 @@ from bgan_tf.data.images import IMAGE_EXTENSIONS, ImageListing, ImageTooLarge, d
 from bgan_tf.errors import UserError
 from bgan_tf.inference.encoders import Encoder
 from bgan_tf.search.binary_index import BinaryIndex, SearchResult
-from bgan_tf.search.store import INDEX_WHAT, is_index, read_manifest
+from bgan_tf.search.query_encoder import resolve_recorded_model
+from bgan_tf.search.store import INDEX_WHAT, is_index
 
 
 # ------------------------------------------------------------------ images
@@ -112,11 +113,11 @@ class BuildReport:
                 + (f"; {self.unlisted} folder(s) could not be listed" if self.unlisted else ""))
 
 
-class _Progress:
+class Progress:
     """tqdm when available, else a line every few seconds (no dependency needed)."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.n, self.enabled = total, 0, enabled
+    def __init__(self, total: int, enabled: bool, unit: str = "indexed") -> None:
+        self.total, self.n, self.enabled, self.unit = total, 0, enabled, unit
         self._bar = None
         self._last = 0.0
         if enabled:
@@ -133,7 +134,7 @@ class _Progress:
             self._bar.update(n)
         elif self.enabled and (time.time() - self._last > 5 or self.n == self.total):
             self._last = time.time()
-            print(f"indexed {self.n}/{self.total}", file=sys.stderr)
+            print(f"{self.unit} {self.n}/{self.total}", file=sys.stderr)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -218,7 +219,8 @@ def _build_locked(encoder: Encoder, images_dir: str | os.PathLike[str],
     else:
         index = BinaryIndex.create(encoder.num_bits, encoder.model_id, backend, **(backend_knobs or {}))
     if model_ref:
-        index.store.extra["model"] = model_ref
+        # By absolute path: a query from another folder finds it (issue 29 item 4).
+        index.store.extra["model"] = os.path.abspath(model_ref) if os.path.exists(model_ref) else model_ref
     index.store.extra.setdefault("model_metadata", _jsonable(getattr(encoder, "metadata", {})))
     # The service shows paths relative to the first root and serves files only from
     # inside the recorded roots (search/files.py): every folder a build read is one.
@@ -229,7 +231,7 @@ def _build_locked(encoder: Encoder, images_dir: str | os.PathLike[str],
         roots.append(root)
     done = {m.get("path") for m in index.store.metadata_rows()}
     todo = [(p, lab) for p, lab in files if p not in done]
-    bar = _Progress(len(todo), progress)
+    bar = Progress(len(todo), progress)
     added, failed, too_large, since_save = 0, [], [], 0
     try:
         for s in range(0, len(todo), batch_size):
@@ -304,13 +306,9 @@ def _jsonable(d: Any) -> Any:
 
 # ------------------------------------------------------------------ query
 def model_for_index(index_path: str | os.PathLike[str], model: str | None) -> str:
-    """The model to encode queries with: the given one, else the one recorded at build."""
-    if model:
-        return model
-    recorded = read_manifest(index_path).get("extra", {}).get("model")
-    if not recorded or not isinstance(recorded, str):
-        raise UserError(f"index {index_path} does not record its model; pass --model")
-    return recorded
+    """The model to encode queries with: the given one, else the one recorded at build
+    (`query_encoder.resolve_recorded_model`)."""
+    return resolve_recorded_model(index_path, model)
 
 
 def open_index(index_path: str | os.PathLike[str], encoder: Encoder, **kwargs: Any) -> BinaryIndex:

@@ -91,3 +91,69 @@ def test_build_saves_periodically_and_resumes_after_crash(tmp_path):
     assert report.added == 10 - saved and report.count == 10
     paths = [m["path"] for m in CodeStore.load(idx).metadata_rows()]
     assert len(set(paths)) == 10
+
+
+def test_query_from_another_folder_runs_the_verified_tflite_copy_without_tensorflow(tmp_path, tiny_model_dir):
+    """Issue 29 item 4: a build given a relative --model records it by absolute path, so
+    `index query` from another working folder finds it ("model folder not found" before);
+    build keeps a float TFLite copy whose codes it checked, and query runs it without
+    importing TensorFlow (15-17 s of every cold query) and answers as the Keras model does;
+    later saves keep the copy, and a damaged copy is not used."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "imgs").mkdir()
+    for i in range(12):
+        size = (32, 32) if i % 2 else (20 + i, 40 - i)
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    idx = tmp_path / "idx"
+    r = _run("build", f"--model={os.path.relpath(tiny_model_dir, ROOT)}", f"--images={tmp_path / 'imgs'}",
+             f"--index={idx}", "--noprogress")
+    assert r.returncode == 0, r.stderr
+    assert "float TFLite copy" in r.stdout and r.stderr == "", r.stderr
+    extra = json.loads((idx / "manifest.json").read_text())["extra"]
+    # Checked on the 12 images, the 6 already at the 32-px input size also at twice it.
+    assert extra["model"] == tiny_model_dir and extra["query_encoder"]["checked_images"] == 18
+    # From another folder, reporting at exit whether TensorFlow was imported.
+    query = [f"--index={idx}", f"--image={tmp_path / 'imgs' / '3.png'}", "--k=12", "--json"]
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('TF imported:', 'tensorflow' in "
+            "sys.modules, file=sys.stderr)); sys.argv = ['index', 'query', *sys.argv[1:]]; "
+            "runpy.run_module('bgan_tf.index', run_name='__main__')")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    fast = subprocess.run([sys.executable, "-c", code, *query], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert fast.returncode == 0 and "TF imported: False" in fast.stderr, fast.stderr
+    # The Keras model in this process (a third TensorFlow process would cost ~5 s) answers alike.
+    import bgan_tf
+
+    keras = bgan_tf.open_index(idx, model=tiny_model_dir).search(tmp_path / "imgs" / "3.png", k=12)
+    assert json.loads(fast.stdout)["results"] == [row.to_dict() for row in keras]
+    assert str(tmp_path / "imgs" / "3.png") in [row["metadata"]["path"] for row in
+                                                json.loads(fast.stdout)["results"] if row["distance"] == 0]
+    # A later save (the service adding an image) keeps the verified copy in the new folder.
+    from bgan_tf.search.binary_index import BinaryIndex
+    from bgan_tf.search.query_encoder import QUERY_ENCODER_FILE, fast_encoder
+
+    index = BinaryIndex.load(idx)
+    index.add(np.ones((1, index.num_bits), np.float32), metadata=[{"path": "added"}])
+    index.save(idx)
+    assert (idx / QUERY_ENCODER_FILE).is_file() and fast_encoder(idx) is not None
+    (idx / QUERY_ENCODER_FILE).write_bytes(b"TFL3 damaged")  # a damaged copy is never run
+    assert fast_encoder(idx) is None
+
+
+def test_old_index_with_a_relative_model_path(tmp_path, monkeypatch, tiny_model_dir):
+    """Issue 29 item 4: an index that recorded its model as typed (relative) still finds it
+    from the folder it was built in; from anywhere else `query` prints one error line naming
+    the recorded path and suggesting --model, instead of "model folder not found; train one"."""
+    from bgan_tf.search.query_encoder import resolve_recorded_model
+
+    _images(tmp_path / "imgs", 3, seed=0)
+    idx = tmp_path / "idx"
+    indexing.build_index(PixelLSHEncoder(32, 0), tmp_path / "imgs", idx, progress=False)
+    store = CodeStore.load(idx)
+    store.extra["model"] = os.path.relpath(tiny_model_dir, tmp_path)  # what old builds recorded
+    store.save(idx)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_recorded_model(idx, None) == store.extra["model"]
+    r = _run("query", f"--index={idx}", f"--image={tmp_path / 'imgs' / 'cats' / '0_0.png'}")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"records its model as '{store.extra['model']}'" in r.stderr and "--model" in r.stderr
