@@ -36,6 +36,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -53,6 +54,15 @@ LOCK_SUFFIX = ".lock"
 IsOurs = Callable[[Path], bool]
 
 _umask_lock = threading.Lock()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read a megabyte at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def current_umask() -> int:

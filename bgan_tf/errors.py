@@ -8,6 +8,7 @@ below ``main`` is printed as one line with exit status 2, no traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from types import ModuleType
@@ -19,6 +20,16 @@ class UserError(Exception):
 
     Binaries print it as one line and exit with status 2, no traceback.
     """
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether an error raised while writing means a full disk or quota: OSError ENOSPC /
+    EDQUOT from Python's writes, or ResourceExhaustedError, which TensorFlow's savers
+    (SaveV2) raise instead. Imports no TensorFlow: when it is not loaded, the error is not its."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(e, tf.errors.ResourceExhaustedError)
 
 
 def _fail(message: str) -> None:

@@ -22,13 +22,13 @@ trainable top (partial fine-tuning on cached bottom activations).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import os
 
 import keras
 import tensorflow as tf
 
+from bgan_tf import atomic
 from bgan_tf.errors import UserError
 
 TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -44,11 +44,7 @@ class BackboneSpec:
     def weights_identity(self) -> str:
         """What identifies the weights for cache keys: file content hash or the tag."""
         if self.weights and os.path.isfile(self.weights):
-            h = hashlib.sha256()
-            with open(self.weights, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            return "sha256:" + h.hexdigest()
+            return "sha256:" + atomic.file_sha256(self.weights)
         return str(self.weights)
 
     @property

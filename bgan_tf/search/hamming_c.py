@@ -129,14 +129,6 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cached_ok(out: Path) -> bool:
     """The cached .so matches the sha256 recorded beside it when it was built.
 
@@ -144,7 +136,7 @@ def _cached_ok(out: Path) -> bool:
     query (issue 27 case 9), and no Python code can catch that; the hash is checked first.
     """
     try:
-        return _sha256(out) == Path(f"{out}.sha256").read_text().strip()
+        return atomic.file_sha256(out) == Path(f"{out}.sha256").read_text().strip()
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -165,7 +157,7 @@ def _build(cc: str) -> Path:
         so = Path(tmp) / "hamming.so"
         subprocess.run([cc, "-O3", "-fPIC", "-shared", "-std=c11", str(src), "-o", str(so)],
                        check=True, capture_output=True, timeout=120)
-        digest = _sha256(so)
+        digest = atomic.file_sha256(so)
         # The hash goes in before the .so, each by an atomic rename: a reader sees an old
         # .so with a new hash at worst, which fails the check and is rebuilt, never loaded.
         atomic.write_text(f"{out}.sha256", digest + "\n")

@@ -39,18 +39,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from bgan_tf import atomic
 from bgan_tf.data.images import DEFAULT_MAX_PIXELS
-from bgan_tf.errors import UserError
+from bgan_tf.errors import UserError, is_disk_full
 from bgan_tf.serving.signatures import serving_fns
 from bgan_tf.serving.tf_decode import DECODER_CONTRACT
 
@@ -93,16 +91,11 @@ def no_space_is_user_error(target: str | os.PathLike[str], advice: str) -> Itera
     """
     try:
         yield
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as e:  # noqa: BLE001 - only a full disk becomes a line
+        if not is_disk_full(e):
             raise
-        raise UserError(f"no space left on device while writing {target}; {advice}") from None
-    except Exception as e:  # noqa: BLE001 - only TF's out-of-resource error is turned into a line
-        tf = sys.modules.get("tensorflow")  # not imported: the error cannot be TensorFlow's
-        if tf is None or not isinstance(e, tf.errors.ResourceExhaustedError):
-            raise
-        raise UserError(f"no space left on device while writing {target} ({e.__class__.__name__}); "
-                        f"{advice}") from None
+        kind = "" if isinstance(e, OSError) else f" ({e.__class__.__name__})"
+        raise UserError(f"no space left on device while writing {target}{kind}; {advice}") from None
 
 
 # --------------------------------------------------------------------------

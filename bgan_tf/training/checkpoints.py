@@ -15,7 +15,6 @@ removing the ``ckpt-N_temp`` folder the failed save left.
 
 from __future__ import annotations
 
-import errno
 import glob
 import os
 import re
@@ -25,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from bgan_tf.errors import UserError
+from bgan_tf.errors import UserError, is_disk_full
 
 _CKPT_FILE = re.compile(r"^ckpt-(\d+)\.(?:index|data-\d+-of-\d+)$")
 
@@ -110,12 +109,6 @@ def non_finite_weight(networks: dict) -> str | None:
     return None
 
 
-def _is_disk_full(e: Exception) -> bool:
-    # SaveV2 reports a full disk (or quota) as ResourceExhaustedError; Python writes as ENOSPC.
-    return isinstance(e, tf.errors.ResourceExhaustedError) or \
-        (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
-
-
 def save_checkpoint(manager: tf.train.CheckpointManager, number: int, networks: dict,
                     last: str | None) -> str:
     """``manager.save(number)``, refused while a network holds non-finite weights (the last
@@ -127,8 +120,8 @@ def save_checkpoint(manager: tf.train.CheckpointManager, number: int, networks: 
                         "and rerun, no model was written")
     try:
         return manager.save(checkpoint_number=number)
-    except (tf.errors.ResourceExhaustedError, OSError) as e:
-        if not _is_disk_full(e):
+    except Exception as e:  # noqa: BLE001 - only a full disk becomes a line
+        if not is_disk_full(e):
             raise
         prefix = os.path.join(manager.directory, f"ckpt-{number}")
         for temp in glob.glob(glob.escape(prefix) + "_temp*"):  # the failed save's own temp
